@@ -1,0 +1,239 @@
+"""SETR model configuration.
+
+This file is shipped next to the weights for `trust_remote_code` users: it imports only `transformers` and
+`huggingface_hub`.
+"""
+
+from typing import Literal
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+# Per-decoder defaults, taken from the released mmsegmentation SETR configs (ADE20K, ViT-L/16).
+# `None` in a config field means "use the value of this table for the chosen decoder".
+_DECODER_DEFAULTS: dict[str, dict] = {
+    "naive": {
+        "out_indices": [9, 14, 19, 23],
+        "use_cls_token": True,
+        "decoder_channels": 256,
+        "decoder_num_convs": 1,
+        "decoder_kernel_size": 1,
+        "decoder_up_scale": 4,
+        "auxiliary_in_indices": [0, 1, 2],
+        "auxiliary_num_convs": 2,
+        "auxiliary_kernel_size": 1,
+    },
+    "pup": {
+        "out_indices": [9, 14, 19, 23],
+        "use_cls_token": True,
+        "decoder_channels": 256,
+        "decoder_num_convs": 4,
+        "decoder_kernel_size": 3,
+        "decoder_up_scale": 2,
+        "auxiliary_in_indices": [0, 1, 2],
+        "auxiliary_num_convs": 2,
+        "auxiliary_kernel_size": 3,
+    },
+    "mla": {
+        "out_indices": [5, 11, 17, 23],
+        "use_cls_token": False,
+        "decoder_channels": 512,
+        "decoder_num_convs": 2,
+        "decoder_kernel_size": 3,
+        "decoder_up_scale": 4,
+        "auxiliary_in_indices": [0, 1, 2, 3],
+        "auxiliary_num_convs": 0,
+        "auxiliary_kernel_size": 1,
+    },
+}
+
+DEFAULT_NUM_LABELS = 150  # ADE20K, the dataset of the default (PUP) checkpoint
+
+
+@strict
+class SetrConfig(PreTrainedConfig):
+    r"""
+    Configuration of a SETR model (Zheng et al., CVPR 2021) as implemented in mmsegmentation: a plain ViT encoder
+    and a Naive, PUP or MLA decoder. The defaults give the released ADE20K SETR-PUP model (ViT-L/16, 512x512, 150
+    classes).
+
+    Encoder:
+        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, hidden_act, layer_norm_eps,
+        qkv_bias: the ViT. SETR uses LayerNorm eps 1e-6, exact GELU and no final LayerNorm.
+        image_size (`int` or `[height, width]`): the training crop; it fixes the position-embedding grid
+            (`image_size // patch_size`). Other input sizes resize the table bilinearly, as mmsegmentation does.
+        patch_size, num_channels, patch_embeddings_bias: the patch embedding (a strided convolution; the released
+            checkpoints carry its bias).
+        use_cls_token (`bool`, *optional*): whether the cls token passes through the encoder layers. Naive and PUP:
+            `True`; MLA drops it after the position embedding is added (`False`).
+        out_indices (`list[int]`, *optional*): 0-based encoder layers whose outputs feed the decoder and the
+            auxiliary heads. Naive/PUP: `[9, 14, 19, 23]`; MLA: `[5, 11, 17, 23]`.
+
+    Decoder (`decoder_type` is `"naive"`, `"pup"` or `"mla"`; `None` fields take that decoder's default):
+        decoder_in_index: which of `out_indices` feeds the Naive/PUP head (the last one).
+        decoder_channels: conv width of the Naive/PUP head (256); the MLA head's concatenated width (512).
+        decoder_num_convs, decoder_kernel_size, decoder_up_scale: Naive 1/1/4, PUP 4/3/2 (conv, BN, ReLU then
+            bilinear up-sampling per stage). MLA: 2 convs (k=3) per branch, then x4.
+        mla_channels: channels of each MLA branch (128; `decoder_channels == len(out_indices) * mla_channels`).
+        mla_neck_channels: output channels of the MLA neck (256).
+
+    Auxiliary heads (training only; they cost nothing at inference):
+        use_auxiliary_head, auxiliary_in_indices (indices into `out_indices`, or into the MLA neck outputs),
+        auxiliary_channels, auxiliary_num_convs, auxiliary_kernel_size, auxiliary_up_scale,
+        auxiliary_loss_weight (0.4 each, as mmsegmentation).
+
+    Loss: `semantic_loss_ignore_index` (255).
+    """
+
+    model_type = "setr"
+
+    hidden_size: int = 1024
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    intermediate_size: int = 4096
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float | int = 0.0
+    attention_probs_dropout_prob: float | int = 0.0
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-6
+    image_size: int | list[int] | tuple[int, int] = 512
+    patch_size: int = 16
+    num_channels: int = 3
+    qkv_bias: bool = True
+    patch_embeddings_bias: bool = True
+    use_cls_token: bool | None = None
+    out_indices: list[int] | tuple[int, ...] | None = None
+
+    decoder_type: Literal["naive", "pup", "mla"] = "pup"
+    decoder_in_index: int = -1
+    decoder_channels: int | None = None
+    decoder_num_convs: int | None = None
+    decoder_kernel_size: int | None = None
+    decoder_up_scale: int | None = None
+    mla_channels: int = 128
+    mla_neck_channels: int = 256
+    batch_norm_eps: float = 1e-5
+
+    use_auxiliary_head: bool = True
+    auxiliary_in_indices: list[int] | tuple[int, ...] | None = None
+    auxiliary_channels: int = 256
+    auxiliary_num_convs: int | None = None
+    auxiliary_kernel_size: int | None = None
+    auxiliary_up_scale: int = 4
+    auxiliary_loss_weight: float = 0.4
+
+    semantic_loss_ignore_index: int = 255
+
+    def __post_init__(self, **kwargs):
+        defaults = _DECODER_DEFAULTS.get(self.decoder_type, {})
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, list(value) if isinstance(value, list) else value)
+        if self.out_indices is not None:
+            self.out_indices = list(self.out_indices)
+        if self.auxiliary_in_indices is not None:
+            self.auxiliary_in_indices = list(self.auxiliary_in_indices)
+        if isinstance(self.image_size, tuple):
+            self.image_size = list(self.image_size)
+        self._complete_label_maps(kwargs)
+        super().__post_init__(**kwargs)
+
+    def _complete_label_maps(self, kwargs: dict) -> None:
+        """Always set both `id2label` and `label2id` (transformers leaves `label2id` empty given only `id2label`)."""
+        num_labels = kwargs.get("num_labels")
+        if self.id2label is None and self.label2id is not None:
+            self.id2label = {int(index): name for name, index in self.label2id.items()}
+        if self.id2label is not None:
+            self.id2label = {int(index): name for index, name in self.id2label.items()}
+            if num_labels is not None and num_labels != len(self.id2label):
+                raise ValueError(
+                    f"num_labels={num_labels} contradicts id2label, which has {len(self.id2label)} entries."
+                )
+            if sorted(self.id2label) != list(range(len(self.id2label))):
+                raise ValueError(f"id2label keys must be 0..{len(self.id2label) - 1}, got {sorted(self.id2label)}.")
+            kwargs.pop("num_labels", None)
+            self.label2id = {name: index for index, name in self.id2label.items()}
+        else:
+            kwargs["num_labels"] = DEFAULT_NUM_LABELS if num_labels is None else num_labels
+
+    @property
+    def image_grid(self) -> tuple[int, int]:
+        """Height and width of the position-embedding grid (`image_size // patch_size`)."""
+        height, width = (
+            (self.image_size, self.image_size) if isinstance(self.image_size, int) else tuple(self.image_size)
+        )
+        return height // self.patch_size, width // self.patch_size
+
+    @property
+    def num_feature_levels(self) -> int:
+        return len(self.out_indices)
+
+    def validate_architecture(self):
+        """Reject combinations the model cannot build, with a message naming the fields."""
+        super().validate_architecture()
+        errors = []
+        if self.hidden_size % self.num_attention_heads:
+            errors.append(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads ({self.num_attention_heads})"
+            )
+        if self.patch_size < 1:
+            errors.append(f"patch_size must be positive, got {self.patch_size}")
+        sizes = [self.image_size] if isinstance(self.image_size, int) else list(self.image_size)
+        if len(sizes) not in (1, 2) or any(size < self.patch_size or size % self.patch_size for size in sizes):
+            errors.append(
+                f"image_size {self.image_size} must be one or two positive multiples of patch_size ({self.patch_size})"
+            )
+        if not self.out_indices:
+            errors.append("out_indices must name at least one encoder layer")
+        else:
+            if any(not 0 <= index < self.num_hidden_layers for index in self.out_indices):
+                errors.append(
+                    f"out_indices {self.out_indices} must lie in [0, num_hidden_layers={self.num_hidden_layers})"
+                )
+            if sorted(set(self.out_indices)) != list(self.out_indices):
+                errors.append(f"out_indices {self.out_indices} must be strictly increasing")
+            levels = len(self.out_indices)
+            if not -levels <= self.decoder_in_index < levels:
+                errors.append(f"decoder_in_index {self.decoder_in_index} is out of range for {levels} out_indices")
+            if self.auxiliary_in_indices and any(not -levels <= i < levels for i in self.auxiliary_in_indices):
+                errors.append(
+                    f"auxiliary_in_indices {self.auxiliary_in_indices} are out of range for {levels} feature levels"
+                )
+            if self.decoder_type == "mla" and self.decoder_channels != levels * self.mla_channels:
+                errors.append(
+                    f"the MLA head concatenates {levels} branches of mla_channels={self.mla_channels}: decoder_channels "
+                    f"must be {levels * self.mla_channels}, got {self.decoder_channels}"
+                )
+        if self.decoder_type in ("naive", "pup"):
+            if self.decoder_num_convs < 1:
+                errors.append(f"decoder_num_convs must be >= 1 for the {self.decoder_type} head")
+            if self.decoder_kernel_size not in (1, 3):
+                errors.append(
+                    f"decoder_kernel_size must be 1 or 3 (mmsegmentation's SETRUPHead), got {self.decoder_kernel_size}"
+                )
+            if self.use_auxiliary_head and self.auxiliary_num_convs < 1:
+                errors.append("auxiliary_num_convs must be >= 1 for Naive/PUP auxiliary heads")
+        if self.decoder_kernel_size % 2 == 0 or (self.auxiliary_kernel_size or 1) % 2 == 0:
+            errors.append("kernel sizes must be odd so that convolutions keep the feature size")
+        for name in (
+            "decoder_channels",
+            "decoder_up_scale",
+            "auxiliary_up_scale",
+            "mla_channels",
+            "mla_neck_channels",
+        ):
+            if getattr(self, name) < 1:
+                errors.append(f"{name} must be positive, got {getattr(self, name)}")
+        if self.auxiliary_num_convs is not None and self.auxiliary_num_convs < 0:
+            errors.append(f"auxiliary_num_convs must be >= 0, got {self.auxiliary_num_convs}")
+        if self.use_auxiliary_head and not self.auxiliary_in_indices:
+            errors.append("use_auxiliary_head=True needs auxiliary_in_indices")
+        if self.auxiliary_loss_weight < 0:
+            errors.append(f"auxiliary_loss_weight must be >= 0, got {self.auxiliary_loss_weight}")
+        if self.num_labels is None or self.num_labels < 1:
+            errors.append("a SETR model needs at least one label")
+        if errors:
+            raise ValueError("Invalid SetrConfig: " + "; ".join(errors) + ".")
+
+
+__all__ = ["SetrConfig"]

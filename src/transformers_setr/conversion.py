@@ -1,0 +1,200 @@
+"""mmsegmentation SETR state dict -> transformers `SetrForSemanticSegmentation` state dict.
+
+One declarative table (`MMSEG_KEY_RULES`) holds every key correspondence. A rule maps a regular expression on the
+mmsegmentation key to a template for the transformers key; `qkv` rules split the fused `in_proj` tensors into q, k
+and v (rows in that order). BatchNorm's `num_batches_tracked` is the only thing dropped. Any key that no rule
+matches, any parameter the model lacks or does not receive, and any shape mismatch is an error naming the key.
+"""
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from .configuration_setr import SetrConfig
+
+
+@dataclass(frozen=True)
+class KeyRule:
+    pattern: str
+    template: str
+    decoders: tuple[str, ...] = ("naive", "pup", "mla")
+    split_qkv: bool = False
+
+
+_HEAD = r"(decode_head|auxiliary_heads\.\d+)"
+_BN = r"(weight|bias|running_mean|running_var)"
+_UP = ("naive", "pup")
+
+MMSEG_KEY_RULES: tuple[KeyRule, ...] = (
+    # ViT encoder (mmseg `VisionTransformer`)
+    KeyRule(r"backbone\.cls_token", "setr.embeddings.cls_token"),
+    KeyRule(r"backbone\.pos_embed", "setr.embeddings.position_embeddings"),
+    KeyRule(r"backbone\.patch_embed\.projection\.(weight|bias)", r"setr.embeddings.patch_embeddings.projection.\1"),
+    KeyRule(r"backbone\.layers\.(\d+)\.ln1\.(weight|bias)", r"setr.layers.\1.layernorm_before.\2"),
+    KeyRule(r"backbone\.layers\.(\d+)\.ln2\.(weight|bias)", r"setr.layers.\1.layernorm_after.\2"),
+    KeyRule(
+        r"backbone\.layers\.(\d+)\.attn\.attn\.in_proj_(weight|bias)",
+        r"setr.layers.\1.attention.{qkv}_proj.\2",
+        split_qkv=True,
+    ),
+    KeyRule(r"backbone\.layers\.(\d+)\.attn\.attn\.out_proj\.(weight|bias)", r"setr.layers.\1.attention.o_proj.\2"),
+    KeyRule(r"backbone\.layers\.(\d+)\.ffn\.layers\.0\.0\.(weight|bias)", r"setr.layers.\1.mlp.fc1.\2"),
+    KeyRule(r"backbone\.layers\.(\d+)\.ffn\.layers\.1\.(weight|bias)", r"setr.layers.\1.mlp.fc2.\2"),
+    # Every head's classifier (`conv_seg`)
+    KeyRule(rf"{_HEAD}\.conv_seg\.(weight|bias)", r"\1.classifier.\2"),
+    # Naive / PUP heads and their auxiliary heads (`SETRUPHead`): up_convs.j = [ConvModule, Upsample]
+    KeyRule(rf"{_HEAD}\.norm\.(weight|bias)", r"\1.layernorm.\2", _UP),
+    KeyRule(rf"{_HEAD}\.up_convs\.(\d+)\.0\.conv\.weight", r"\1.stages.\2.conv.weight", _UP),
+    KeyRule(rf"{_HEAD}\.up_convs\.(\d+)\.0\.bn\.{_BN}", r"\1.stages.\2.batch_norm.\3", _UP),
+    # MLA neck (`MLANeck`): neck output 0 is the deepest level; indices are kept as they are
+    KeyRule(r"neck\.norm\.(\d+)\.(weight|bias)", r"neck.layernorms.\1.\2", ("mla",)),
+    KeyRule(r"neck\.mla\.channel_proj\.(\d+)\.conv\.weight", r"neck.channel_projections.\1.conv.weight", ("mla",)),
+    KeyRule(rf"neck\.mla\.channel_proj\.(\d+)\.bn\.{_BN}", r"neck.channel_projections.\1.batch_norm.\2", ("mla",)),
+    KeyRule(r"neck\.mla\.feat_extract\.(\d+)\.conv\.weight", r"neck.feature_extractors.\1.conv.weight", ("mla",)),
+    KeyRule(rf"neck\.mla\.feat_extract\.(\d+)\.bn\.{_BN}", r"neck.feature_extractors.\1.batch_norm.\2", ("mla",)),
+    # MLA head (`SETRMLAHead`): up_convs.i = [ConvModule, ConvModule, Upsample]
+    KeyRule(r"decode_head\.up_convs\.(\d+)\.(\d+)\.conv\.weight", r"decode_head.branches.\1.\2.conv.weight", ("mla",)),
+    KeyRule(rf"decode_head\.up_convs\.(\d+)\.(\d+)\.bn\.{_BN}", r"decode_head.branches.\1.\2.batch_norm.\3", ("mla",)),
+    # MLA auxiliary heads (`FCNHead`, concat_input=False); the released ones have no convs
+    KeyRule(
+        r"auxiliary_heads\.(\d+)\.convs\.(\d+)\.conv\.weight", r"auxiliary_heads.\1.convs.\2.conv.weight", ("mla",)
+    ),
+    KeyRule(
+        rf"auxiliary_heads\.(\d+)\.convs\.(\d+)\.bn\.{_BN}", r"auxiliary_heads.\1.convs.\2.batch_norm.\3", ("mla",)
+    ),
+)
+
+_DROPPED_SUFFIX = ".num_batches_tracked"
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not fit the model: names every offending key."""
+
+
+def _normalise_auxiliary_prefix(key: str) -> str:
+    # mmseg names a list of auxiliary heads `auxiliary_head.<i>.`, a single one `auxiliary_head.`.
+    if key.startswith("auxiliary_head."):
+        rest = key[len("auxiliary_head.") :]
+        index, _, tail = rest.partition(".")
+        return f"auxiliary_heads.{index}.{tail}" if index.isdigit() else f"auxiliary_heads.0.{rest}"
+    return key
+
+
+def map_mmseg_key(key: str, decoder_type: str) -> list[str] | None:
+    """The transformers key(s) for an mmsegmentation key, or None when no rule matches."""
+    normalised = _normalise_auxiliary_prefix(key)
+    for rule in MMSEG_KEY_RULES:
+        if decoder_type not in rule.decoders:
+            continue
+        match = re.fullmatch(rule.pattern, normalised)
+        if match is None:
+            continue
+        target = match.expand(rule.template)
+        if rule.split_qkv:
+            return [target.replace("{qkv}", part) for part in ("q", "k", "v")]
+        return [target]
+    return None
+
+
+def convert_mmseg_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    config: SetrConfig,
+    expected_shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Map an mmsegmentation SETR state dict onto `SetrForSemanticSegmentation` keys.
+
+    `expected_shapes` (the target model's `{key: shape}`) turns on the completeness checks: every model key must be
+    produced, with the right shape. Raises `CheckpointMismatchError` listing unmapped, missing and mis-shaped keys.
+    """
+    converted: dict[str, torch.Tensor] = {}
+    unmapped = []
+    for key, tensor in state_dict.items():
+        if key.endswith(_DROPPED_SUFFIX):
+            continue
+        targets = map_mmseg_key(key, config.decoder_type)
+        if targets is None:
+            unmapped.append(key)
+            continue
+        pieces = tensor.chunk(3, dim=0) if len(targets) == 3 else (tensor,)
+        if len(targets) == 3 and tensor.shape[0] % 3:
+            unmapped.append(f"{key} (first dimension {tensor.shape[0]} is not divisible into q, k, v)")
+            continue
+        for target, piece in zip(targets, pieces):
+            converted[target] = piece.contiguous()
+
+    problems = []
+    if unmapped:
+        problems.append("keys no rule maps (unexpected in a SETR checkpoint): " + ", ".join(unmapped))
+    if expected_shapes is not None:
+        missing = sorted(set(expected_shapes) - set(converted))
+        extra = sorted(set(converted) - set(expected_shapes))
+        mismatched = [
+            f"{key}: checkpoint {tuple(converted[key].shape)} vs model {tuple(expected_shapes[key])}"
+            for key in sorted(set(converted) & set(expected_shapes))
+            if tuple(converted[key].shape) != tuple(expected_shapes[key])
+        ]
+        if missing:
+            problems.append("model parameters the checkpoint does not provide: " + ", ".join(missing))
+        if extra:
+            problems.append("checkpoint tensors the model has no place for: " + ", ".join(extra))
+        if mismatched:
+            problems.append("shape mismatches: " + "; ".join(mismatched))
+    if problems:
+        raise CheckpointMismatchError("The checkpoint does not fit the SETR model. " + " | ".join(problems))
+    return converted
+
+
+def load_mmseg_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Convert and load an mmsegmentation state dict into `model` (a `SetrForSemanticSegmentation`), strictly."""
+    expected = {
+        key: tuple(value.shape) for key, value in model.state_dict().items() if not key.endswith(_DROPPED_SUFFIX)
+    }
+    converted = convert_mmseg_state_dict(state_dict, model.config, expected)
+    model.load_state_dict(converted, strict=False)
+
+
+def _numpy_safe_globals() -> list:
+    """What released mmseg checkpoints carry in `meta` besides plain containers: numpy scalars and dtypes.
+
+    Files pickled under numpy 1 name the scalar reconstructor `numpy.core.multiarray.scalar`, numpy 2 writes
+    `numpy._core.multiarray.scalar`; both names are allowed, pointing at the installed function.
+    """
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy 1
+        from numpy.core.multiarray import scalar
+    dtype_classes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
+    return [
+        (scalar, "numpy.core.multiarray.scalar"),
+        (scalar, "numpy._core.multiarray.scalar"),
+        np.dtype,
+        *dtype_classes,
+    ]
+
+
+def load_checkpoint_file(path: str) -> dict:
+    """Load an mmsegmentation `.pth` without running any code from it.
+
+    `torch.load(weights_only=True)` allows tensors and plain containers; numpy scalars and dtypes (found in the
+    released files' `meta`) are the only additions. Anything else is refused with the name of the offending global.
+    """
+    import pickle
+    import zipfile
+
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{path} holds objects that are not plain tensors, containers or numpy scalars; it is refused so that no "
+            f"code from it runs. Details: {str(error).splitlines()[0]}"
+        ) from None
+    except (EOFError, RuntimeError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {error}") from None
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path} does not hold a dict but a {type(checkpoint).__name__}")
+    return checkpoint

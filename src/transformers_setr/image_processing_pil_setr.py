@@ -1,0 +1,793 @@
+# Copyright 2026 The transformers-setr developers.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""SETR image processor, PIL/NumPy backend, plus the pieces shared with the torchvision backend.
+
+Preprocessing reproduces mmsegmentation's SETR test pipeline:
+
+1. 8-bit RGB input (grey is expanded, alpha is composited onto white as transformers does);
+2. keep-ratio resize with mmcv ``imrescale``'s size rule and cv2 ``INTER_LINEAR`` interpolation (bilinear, half-pixel
+   centres, *no* antialias) computed on the 0-255 values and rounded back to uint8;
+3. ``(x - mean) / std`` with mmseg's mean/std (= ImageNet mean/std x 255).
+
+This file is shipped next to the weights for ``trust_remote_code`` users: it imports only the standard library, numpy,
+PIL, torch and transformers (never torchvision, never ``transformers_setr``).
+"""
+
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from transformers.image_processing_backends import PilBackend
+from transformers.image_processing_base import BatchFeature
+from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
+from transformers.image_transforms import convert_to_rgb
+from transformers.image_utils import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    ChannelDimension,
+    ImageInput,
+    PILImageResampling,
+    SizeDict,
+)
+from transformers.processing_utils import ImagesKwargs, Unpack
+from transformers.utils import TensorType
+
+__all__ = [
+    "SetrImageProcessorKwargs",
+    "SetrImageProcessingMixin",
+    "SetrImageProcessorPil",
+    "get_setr_resize_output_size",
+    "reduce_segmentation_labels",
+]
+
+# mmseg pads segmentation maps with 255 (`seg_pad_val`) and ignores that value in the loss.
+SEGMENTATION_IGNORE_INDEX = 255
+
+# Written into preprocessor_config.json so that `AutoImageProcessor` finds either backend for trust_remote_code users.
+SETR_IMAGE_PROCESSOR_AUTO_MAP = {
+    "torchvision": "image_processing_setr.SetrImageProcessor",
+    "pil": "image_processing_pil_setr.SetrImageProcessorPil",
+}
+
+_PIL_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+class SetrImageProcessorKwargs(ImagesKwargs, total=False):
+    r"""
+    do_reduce_labels (`bool`, *optional*, defaults to `self.do_reduce_labels`):
+        Whether to reduce the label values of the segmentation maps by one (0 -> 255, v -> v - 1, 255 stays 255), as
+        mmseg's `reduce_zero_label=True` does for ADE20K, where 0 means "other" and is ignored. Images are never
+        affected.
+    """
+
+    do_reduce_labels: bool
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Size rule
+
+
+def _size_value(size: SizeDict | dict[str, int], key: str) -> int | None:
+    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+
+def get_setr_resize_output_size(image_size: tuple[int, int], size: SizeDict | dict[str, int]) -> tuple[int, int]:
+    """
+    Output `(height, width)` of SETR's resize for an image of `image_size = (height, width)`.
+
+    With `shortest_edge` and/or `longest_edge` this is mmcv's keep-ratio `imrescale` rule, used by mmseg's
+    `Resize(scale=(longest, shortest), keep_ratio=True)`:
+    `factor = min(longest / max(h, w), shortest / min(h, w))`, `new = int(old * factor + 0.5)`.
+    With `height` and `width` the image is resized to exactly that size.
+    """
+    height, width = int(image_size[0]), int(image_size[1])
+    if height <= 0 or width <= 0:
+        raise ValueError(f"Cannot resize an empty image of size {height}x{width} (HxW).")
+    target_height, target_width = _size_value(size, "height"), _size_value(size, "width")
+    shortest, longest = _size_value(size, "shortest_edge"), _size_value(size, "longest_edge")
+    if target_height and target_width:
+        return int(target_height), int(target_width)
+    if not (shortest or longest):
+        raise ValueError(
+            "SETR `size` must be {'shortest_edge': s, 'longest_edge': l} (mmseg keep-ratio scale), one of those two "
+            f"keys alone, or {{'height': h, 'width': w}}; got {dict(size)}."
+        )
+    factors = []
+    if longest:
+        factors.append(longest / max(height, width))
+    if shortest:
+        factors.append(shortest / min(height, width))
+    factor = min(factors)
+    # mmcv `_scale_size`: int(x * factor + 0.5). Clamp to 1 so extreme aspect ratios do not produce an empty image.
+    new_width = max(1, int(width * factor + 0.5))
+    new_height = max(1, int(height * factor + 0.5))
+    return new_height, new_width
+
+
+def _validate_size(size: SizeDict | dict[str, int] | None) -> None:
+    if size is None:
+        raise ValueError("`size` must be given when `do_resize=True`.")
+    keys = {k for k, v in dict(size).items() if v is not None}
+    allowed = ({"height", "width"}, {"shortest_edge"}, {"longest_edge"}, {"shortest_edge", "longest_edge"})
+    if keys not in allowed:
+        raise ValueError(
+            "SETR `size` must have the keys {'shortest_edge', 'longest_edge'} (mmseg keep-ratio resize, e.g. "
+            "{'shortest_edge': 512, 'longest_edge': 2048} for ADE20K), one of them alone, or {'height', 'width'}; "
+            f"got {sorted(keys)}."
+        )
+    for key in keys:
+        value = _size_value(size, key)
+        if not isinstance(value, (int, np.integer)) or value <= 0:
+            raise ValueError(f"`size[{key!r}]` must be a positive integer, got {value!r}.")
+
+
+def _resample_mode(resample: Any) -> str:
+    """Map a PIL / torchvision resample value to "bilinear" or "nearest" (the only modes mmseg's pipeline uses)."""
+    value = getattr(resample, "value", resample)  # torchvision InterpolationMode is a str Enum
+    if value in (PILImageResampling.BILINEAR, int(PILImageResampling.BILINEAR), "bilinear"):
+        return "bilinear"
+    if value in (PILImageResampling.NEAREST, int(PILImageResampling.NEAREST), "nearest"):
+        return "nearest"
+    raise ValueError(
+        f"Unsupported `resample={resample!r}`: SETR preprocessing implements bilinear (cv2 INTER_LINEAR, the mmseg "
+        "default) and nearest interpolation only."
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Interpolation index tables (shared so both backends sample exactly the same source pixels)
+
+
+def nearest_source_indices(in_size: int, out_size: int) -> np.ndarray:
+    """
+    Source index of every output index for cv2 INTER_NEAREST (what mmcv uses for label maps):
+    `floor(dst * (1 / (out / in)))` in float64, clamped to `in - 1`. This is floor(dst * in / out) up to cv2's
+    rounding; torch `mode="nearest"` on float32 tensors computes the scale in float32 and picks a different source
+    row/column in about 1 of 10^4 output positions (where dst * in / out is an exact integer).
+    """
+    if out_size == in_size:
+        return np.arange(out_size, dtype=np.int64)
+    inverse_scale = 1.0 / (out_size / in_size)  # cv2 `resizeNN`: ifx = 1. / fx, fx = out / in
+    src = np.floor(np.arange(out_size, dtype=np.float64) * inverse_scale).astype(np.int64)
+    return np.minimum(src, in_size - 1)
+
+
+def _linear_source_indices(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Indices and weights of bilinear interpolation with half-pixel centres (align_corners=False)."""
+    src = (np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5
+    src = np.maximum(src, 0.0)  # cv2 and torch clamp at the top/left border
+    low = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    high = np.minimum(low + 1, in_size - 1)
+    weight_high = (src - low).astype(np.float32)
+    return low, high, (1.0 - weight_high).astype(np.float32), weight_high
+
+
+def resize_bilinear_numpy(image: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
+    """
+    Bilinear resize of a channels-first `(C, H, W)` array without antialias (= cv2 INTER_LINEAR, = torch
+    `interpolate(mode="bilinear", align_corners=False, antialias=False)`). Computed in float32; uint8 input is rounded
+    half-up and clipped back to uint8 (what mmseg feeds to the normaliser), float input stays float32.
+    """
+    out_height, out_width = output_size
+    _, in_height, in_width = image.shape
+    if (out_height, out_width) == (in_height, in_width):
+        return image.copy()
+    x = image.astype(np.float32, copy=False)
+    # Separable: rows first, then columns (both are exact linear combinations, order only changes float rounding).
+    low, high, w_low, w_high = _linear_source_indices(in_height, out_height)
+    x = x[:, low, :] * w_low[None, :, None] + x[:, high, :] * w_high[None, :, None]
+    low, high, w_low, w_high = _linear_source_indices(in_width, out_width)
+    x = x[:, :, low] * w_low + x[:, :, high] * w_high
+    if image.dtype == np.uint8:
+        return np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)
+    return x
+
+
+def resize_nearest_numpy(array: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
+    """Nearest resize (cv2 INTER_NEAREST) of the last two axes; any dtype, values are only copied, never mixed."""
+    rows = nearest_source_indices(array.shape[-2], output_size[0])
+    cols = nearest_source_indices(array.shape[-1], output_size[1])
+    return array[..., rows[:, None], cols[None, :]]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Input validation / conversion (numpy and torch inputs; PIL images are converted to numpy)
+
+
+def _is_array(obj: Any) -> bool:
+    return isinstance(obj, (np.ndarray, torch.Tensor))
+
+
+def _flatten_inputs(inputs: Any, what: str, expected_ndims: int) -> list[Any]:
+    """Flatten a single input / (nested) list / batched array into a list of single items, with clear errors."""
+    if inputs is None:
+        raise ValueError(f"No {what} were given.")
+    if isinstance(inputs, (list, tuple)):
+        if len(inputs) == 0:
+            raise ValueError(f"No {what} were given (empty list).")
+        flat = []
+        for item in inputs:
+            if isinstance(item, (list, tuple)):
+                flat.extend(_flatten_inputs(item, what, expected_ndims))
+            elif isinstance(item, (PIL.Image.Image, str)) or _is_array(item):
+                flat.append(item)
+            else:
+                raise ValueError(
+                    f"Unsupported {what[:-1]} type {type(item).__name__}: expected a PIL.Image.Image, a numpy.ndarray "
+                    "or a torch.Tensor."
+                )
+        return flat
+    if isinstance(inputs, (PIL.Image.Image, str)):
+        return [inputs]
+    if _is_array(inputs):
+        # One extra leading dimension = a batch (e.g. (B, H, W, C) images or (B, H, W) maps).
+        return list(inputs) if inputs.ndim == expected_ndims + 1 else [inputs]
+    raise ValueError(
+        f"Unsupported {what} type {type(inputs).__name__}: expected a PIL.Image.Image, a numpy.ndarray or a "
+        "torch.Tensor (or a list of them)."
+    )
+
+
+def _refuse_dtype(dtype_name: str, bits: int | None) -> ValueError:
+    kind = f"{bits}-bit integer" if bits else "not 8-bit"
+    return ValueError(
+        f"Image dtype {dtype_name} ({kind}) is not supported: SETR preprocessing works on 8-bit images, as "
+        "mmsegmentation does (cv2 loads 8-bit). Convert the image to 8-bit first (rescale it to 0-255 and cast to "
+        "uint8), or pass float values on the 0-255 scale."
+    )
+
+
+def _check_image_dtype(image: np.ndarray | torch.Tensor) -> None:
+    if isinstance(image, torch.Tensor):
+        if image.dtype == torch.uint8 or image.is_floating_point():
+            return
+        if image.dtype == torch.bool:
+            raise ValueError("Boolean images are not supported; convert them to uint8 (0/255) first.")
+        bits = torch.iinfo(image.dtype).bits if not image.is_complex() else None
+        raise _refuse_dtype(str(image.dtype).replace("torch.", ""), bits)
+    if image.dtype == np.uint8 or np.issubdtype(image.dtype, np.floating):
+        return
+    if image.dtype == np.bool_:
+        raise ValueError("Boolean images are not supported; convert them to uint8 (0/255) first.")
+    bits = image.dtype.itemsize * 8 if np.issubdtype(image.dtype, np.integer) else None
+    raise _refuse_dtype(str(image.dtype), bits)
+
+
+def _pil_to_rgb_array(image: PIL.Image.Image, do_convert_rgb: bool) -> np.ndarray:
+    mode = image.mode
+    if mode.startswith("I") or mode.startswith("F"):
+        raise ValueError(
+            f"PIL images in mode {mode!r} (16-bit/32-bit integer or 32-bit float) are not supported: SETR "
+            "preprocessing works on 8-bit images, as mmsegmentation does. Rescale the values to 0-255 and convert the "
+            "image to an 8-bit mode ('L' or 'RGB') first."
+        )
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"Empty image: PIL image of size {image.width}x{image.height} (WxH) has a zero-size side.")
+    if mode in _PIL_ALPHA_MODES and not do_convert_rgb:
+        raise ValueError(
+            f"PIL image in mode {mode!r} has an alpha channel; pass `do_convert_rgb=True` to composite it onto white "
+            "(as transformers does), or convert it to 'RGB' yourself."
+        )
+    try:
+        # transformers' conversion: alpha (and palette transparency) is composited onto a white background.
+        return convert_to_rgb(image, return_numpy=True) if do_convert_rgb else np.asarray(image.convert("RGB"))
+    except (ValueError, OSError) as error:
+        raise ValueError(f"Cannot convert PIL image in mode {mode!r} to RGB: {error}") from error
+
+
+def _channel_axis(shape: Sequence[int], input_data_format: str | ChannelDimension | None) -> int:
+    if input_data_format is not None:
+        return 0 if ChannelDimension(input_data_format) == ChannelDimension.FIRST else 2
+    first_ok, last_ok = shape[0] in (1, 3, 4), shape[-1] in (1, 3, 4)
+    if first_ok and last_ok:
+        # Ambiguous (e.g. (3, H, 3) or (1, W, 3)): prefer the side holding 3 channels, then channels-first (as
+        # transformers' `infer_channel_dimension_format` does).
+        return 2 if shape[-1] == 3 and shape[0] != 3 else 0
+    if first_ok:
+        return 0
+    if last_ok:
+        return 2
+    raise ValueError(
+        f"Cannot find the channel dimension of an image of shape {tuple(shape)}: expected 1 (grey), 3 (RGB) or 4 "
+        "(RGBA) channels in the first or last dimension. Images with another channel count (e.g. 2 or 5) are not "
+        "supported; convert them to RGB first (or pass `input_data_format` if the layout is ambiguous)."
+    )
+
+
+def _composite_on_white(image: np.ndarray | torch.Tensor, float_white: float) -> np.ndarray | torch.Tensor:
+    """
+    RGBA (C, H, W) -> RGB over a white background, as transformers' `convert_to_rgb` does. uint8: white is 255;
+    float: white is `float_white` (the scale of the float input). float32 maths, so numpy and torch agree exactly.
+    """
+    if isinstance(image, torch.Tensor):
+        white = 255.0 if image.dtype == torch.uint8 else float_white
+        x = image.to(torch.float32)
+        alpha = x[3:4] / white
+        rgb = x[:3] * alpha + (1.0 - alpha) * white
+        return rgb.round().to(image.dtype) if image.dtype == torch.uint8 else rgb
+    white = np.float32(255.0 if image.dtype == np.uint8 else float_white)
+    x = image.astype(np.float32)
+    alpha = x[3:4] / white
+    rgb = x[:3] * alpha + (np.float32(1.0) - alpha) * white
+    return np.round(rgb).astype(np.uint8) if image.dtype == np.uint8 else rgb
+
+
+def to_channels_first_rgb(
+    image: Any,
+    do_convert_rgb: bool = True,
+    input_data_format: str | ChannelDimension | None = None,
+    alpha_white: float = 255.0,
+) -> np.ndarray | torch.Tensor:
+    """
+    Validate one image and return it as a 3-channel channels-first array: `np.ndarray` for PIL / numpy input,
+    `torch.Tensor` (same device) for tensor input. Never modifies the caller's data.
+
+    `alpha_white` is white for float RGBA input (255 for 0-255 values, 1 when `do_rescale=False`); uint8 uses 255.
+    """
+    if isinstance(image, PIL.Image.Image):
+        return np.ascontiguousarray(np.moveaxis(_pil_to_rgb_array(image, do_convert_rgb), -1, 0))
+    if not _is_array(image):
+        raise ValueError(
+            f"Unsupported image type {type(image).__name__}: expected a PIL.Image.Image, a numpy.ndarray or a "
+            "torch.Tensor."
+        )
+    _check_image_dtype(image)
+    shape = tuple(image.shape)
+    if len(shape) not in (2, 3):
+        raise ValueError(f"Expected a 2-D (H, W) or 3-D (C, H, W) / (H, W, C) image, got an array of shape {shape}.")
+    if len(shape) == 2:
+        height, width, channel_axis = shape[0], shape[1], None
+    else:
+        channel_axis = _channel_axis(shape, input_data_format)
+        height, width = (shape[1], shape[2]) if channel_axis == 0 else (shape[0], shape[1])
+        num_channels = shape[channel_axis]
+        if num_channels not in (1, 3, 4):
+            raise ValueError(
+                f"Image of shape {shape} has {num_channels} channels (input_data_format={input_data_format!r}); "
+                "expected 1 (grey), 3 (RGB) or 4 (RGBA)."
+            )
+    if height == 0 or width == 0:
+        raise ValueError(f"Empty image: array of shape {shape} has a zero-size side.")
+
+    if isinstance(image, torch.Tensor):
+        x = image.detach()
+        if x.dtype not in (torch.uint8, torch.float32):
+            x = x.to(torch.float32)  # float16/bfloat16/float64 -> float32
+        x = x[None] if channel_axis is None else (x.permute(2, 0, 1) if channel_axis == 2 else x)
+        if x.shape[0] == 1:
+            x = x.expand(3, -1, -1)
+        elif x.shape[0] == 4:
+            if not do_convert_rgb:
+                raise ValueError(
+                    "4-channel (RGBA) image given with `do_convert_rgb=False`; pass `do_convert_rgb=True` to "
+                    "composite the alpha channel onto white, or drop it yourself."
+                )
+            x = _composite_on_white(x, alpha_white)
+        x = x.contiguous()
+        # Always a new tensor: later steps never write into the caller's data.
+        return x.clone() if x.data_ptr() == image.data_ptr() else x
+
+    x = image
+    if x.dtype not in (np.uint8, np.float32):
+        x = x.astype(np.float32)
+    x = x[None] if channel_axis is None else (np.moveaxis(x, 2, 0) if channel_axis == 2 else x)
+    if x.shape[0] == 1:
+        x = np.repeat(x, 3, axis=0)
+    elif x.shape[0] == 4:
+        if not do_convert_rgb:
+            raise ValueError(
+                "4-channel (RGBA) image given with `do_convert_rgb=False`; pass `do_convert_rgb=True` to composite "
+                "the alpha channel onto white, or drop it yourself."
+            )
+        x = _composite_on_white(x, alpha_white)
+    # Always a new contiguous array: later steps never write into the caller's data.
+    return np.array(x, copy=True, order="C") if np.may_share_memory(x, image) else np.ascontiguousarray(x)
+
+
+def to_label_map(segmentation_map: Any, index: int = 0) -> np.ndarray | torch.Tensor:
+    """
+    Validate one segmentation map and return it as a 2-D int64 array (numpy for PIL / numpy input, a CPU tensor for
+    tensor input). Values above 255 are kept. Always a copy.
+    """
+    what = f"Segmentation map {index}"
+    if isinstance(segmentation_map, PIL.Image.Image):
+        if segmentation_map.mode not in ("1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+            raise ValueError(
+                f"{what} is a PIL image in mode {segmentation_map.mode!r}: expected a single-channel label map "
+                "(mode 'L', 'P', 'I' or 'I;16')."
+            )
+        segmentation_map = np.array(segmentation_map)
+    if not _is_array(segmentation_map):
+        raise ValueError(
+            f"{what} has unsupported type {type(segmentation_map).__name__}: expected a PIL.Image.Image, a "
+            "numpy.ndarray or a torch.Tensor."
+        )
+    shape = tuple(segmentation_map.shape)
+    if len(shape) == 3 and 1 in (shape[0], shape[-1]):
+        segmentation_map = segmentation_map[0] if shape[0] == 1 else segmentation_map[..., 0]
+    elif len(shape) != 2:
+        raise ValueError(f"{what} must be a 2-D (H, W) array of class ids, got shape {shape}.")
+    if 0 in segmentation_map.shape:
+        raise ValueError(f"{what} is empty: shape {shape} has a zero-size side.")
+
+    if isinstance(segmentation_map, torch.Tensor):
+        x = segmentation_map.detach().cpu()
+        if x.is_complex():
+            raise ValueError(f"{what} has unsupported dtype {x.dtype}; expected integer class ids.")
+        if x.is_floating_point() and not bool(torch.all(x == torch.round(x))):
+            raise ValueError(f"{what} holds non-integer float values; expected integer class ids.")
+        return x.to(torch.int64, copy=True)
+    x = segmentation_map
+    if np.issubdtype(x.dtype, np.floating):
+        if not np.all(x == np.round(x)):
+            raise ValueError(f"{what} holds non-integer float values; expected integer class ids.")
+    elif not (np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_):
+        raise ValueError(f"{what} has unsupported dtype {x.dtype}; expected integer class ids.")
+    return x.astype(np.int64)  # astype copies
+
+
+def reduce_segmentation_labels(labels: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """
+    mmseg `reduce_zero_label`: 0 -> 255, v -> v - 1, and 255 stays 255. Returns a new array (never in place).
+    """
+    if isinstance(labels, torch.Tensor):
+        reduced = torch.where(labels == 0, SEGMENTATION_IGNORE_INDEX + 1, labels) - 1
+        return torch.where(reduced == SEGMENTATION_IGNORE_INDEX - 1, SEGMENTATION_IGNORE_INDEX, reduced)
+    reduced = np.where(labels == 0, SEGMENTATION_IGNORE_INDEX + 1, labels) - 1
+    return np.where(reduced == SEGMENTATION_IGNORE_INDEX - 1, SEGMENTATION_IGNORE_INDEX, reduced).astype(labels.dtype)
+
+
+def _spatial_size(array: np.ndarray | torch.Tensor) -> tuple[int, int]:
+    return int(array.shape[-2]), int(array.shape[-1])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Shared behaviour of both backends
+
+
+class SetrImageProcessingMixin:
+    """
+    Everything the PIL and torchvision SETR processors share: input handling, segmentation maps, size checks, padding,
+    collation and `post_process_semantic_segmentation`. Backends provide `process_image` (one image -> channels-first
+    3-channel array), `_preprocess` (images -> list of normalised arrays), `_resize_label_map` and `_pad_arrays`.
+    """
+
+    valid_kwargs = SetrImageProcessorKwargs
+    model_input_names = ["pixel_values"]
+
+    resample = PILImageResampling.BILINEAR
+    image_mean = IMAGENET_DEFAULT_MEAN  # x 255 = mmseg mean (123.675, 116.28, 103.53)
+    image_std = IMAGENET_DEFAULT_STD  # x 255 = mmseg std (58.395, 57.12, 57.375)
+    size = {"shortest_edge": 512, "longest_edge": 2048}  # mmseg ADE20K scale (2048, 512); Cityscapes: 1025 / 2049
+    default_to_square = False
+    crop_size = None
+    do_resize = True
+    do_center_crop = None
+    do_rescale = True
+    rescale_factor = 1 / 255
+    do_normalize = True
+    do_convert_rgb = True
+    do_pad = False
+    pad_size = None
+    do_reduce_labels = False
+
+    def preprocess(
+        self,
+        images: ImageInput,
+        segmentation_maps: ImageInput | None = None,
+        **kwargs: Unpack[SetrImageProcessorKwargs],
+    ) -> BatchFeature:
+        r"""
+        Preprocess images (and optionally segmentation maps) like mmseg's SETR test pipeline.
+
+        Args:
+            images (`ImageInput`):
+                PIL images, numpy arrays or torch tensors ((H, W), (H, W, C) or (C, H, W); a leading batch dimension
+                is allowed), 8-bit or float on the 0-255 scale.
+            segmentation_maps (`ImageInput`, *optional*):
+                One 2-D integer label map per image, the same size as its image. Returned as int64 `labels`.
+
+        Returns:
+            [`BatchFeature`] with `pixel_values` (float32, (B, 3, H, W) with `return_tensors`, else a list) and, if
+            maps were given, `labels` (int64, (B, H, W)).
+        """
+        return super().preprocess(images, segmentation_maps, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        if self._auto_class is not None:
+            # transformers records only the saved class; record both backends.
+            output["auto_map"] = {
+                **(output.get("auto_map") or {}),
+                "AutoImageProcessor": dict(SETR_IMAGE_PROCESSOR_AUTO_MAP),
+            }
+        return output
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any):
+        """Save the processor and, for `trust_remote_code` users, the code of both backends."""
+        hub_kwargs = {}
+        if push_to_hub:
+            repo_id = kwargs.pop("repo_id", str(save_directory).rstrip(os.path.sep).split(os.path.sep)[-1])
+            hub_names = ("commit_message", "token", "private", "create_pr", "revision", "commit_description")
+            hub_kwargs = {name: kwargs.pop(name) for name in hub_names if name in kwargs}
+        saved = super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
+        if self._auto_class is not None:
+            for module_path in SETR_IMAGE_PROCESSOR_AUTO_MAP.values():
+                source = Path(__file__).with_name(module_path.split(".")[0] + ".py")
+                target = Path(save_directory) / source.name
+                if source.exists() and not target.exists():
+                    shutil.copyfile(source, target)
+        if push_to_hub:
+            # Pushing from a fresh save makes the upload include the code files copied above.
+            self.push_to_hub(repo_id, **hub_kwargs)
+        return saved
+
+    def _validate_preprocess_kwargs(self, **kwargs: Any) -> None:
+        super()._validate_preprocess_kwargs(**kwargs)
+        if kwargs.get("do_resize"):
+            _validate_size(kwargs.get("size"))
+            _resample_mode(kwargs.get("resample"))
+        if kwargs.get("do_center_crop"):
+            raise ValueError("`do_center_crop` is not part of SETR preprocessing and is not supported.")
+        pad_size = kwargs.get("pad_size")
+        if kwargs.get("do_pad") and pad_size is not None and not (pad_size.height and pad_size.width):
+            raise ValueError(f"`pad_size` must be {{'height': h, 'width': w}}, got {dict(pad_size)}.")
+
+    def _prepare_images_structure(self, images: ImageInput, expected_ndims: int = 3) -> list[Any]:
+        flat = _flatten_inputs(images, "images", expected_ndims)
+        return [self.fetch_images(item) if isinstance(item, str) else item for item in flat]
+
+    def _prepare_segmentation_maps(self, segmentation_maps: ImageInput) -> list[np.ndarray | torch.Tensor]:
+        flat = _flatten_inputs(segmentation_maps, "segmentation maps", expected_ndims=2)
+        return [self._to_backend_label_map(to_label_map(seg_map, i)) for i, seg_map in enumerate(flat)]
+
+    def _to_backend_label_map(self, label_map: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        return label_map
+
+    def _preprocess_image_like_inputs(
+        self,
+        images: ImageInput,
+        segmentation_maps: ImageInput | None = None,
+        *,
+        do_convert_rgb: bool = True,
+        input_data_format: str | ChannelDimension | None = None,
+        return_tensors: str | TensorType | None = None,
+        device: str | torch.device | None = None,
+        do_reduce_labels: bool = False,
+        do_pad: bool | None = False,
+        pad_size: SizeDict | None = None,
+        **kwargs: Any,
+    ) -> BatchFeature:
+        # Floats are on the 0-255 scale when `do_rescale` will divide them; this sets "white" for RGBA compositing.
+        alpha_white = 255.0 if kwargs.get("do_rescale") else 1.0
+        images = self._prepare_image_like_inputs(
+            images,
+            do_convert_rgb=bool(do_convert_rgb),
+            input_data_format=input_data_format,
+            device=device,
+            alpha_white=alpha_white,
+        )
+
+        label_maps = None
+        if segmentation_maps is not None:
+            label_maps = self._prepare_segmentation_maps(segmentation_maps)
+            if len(label_maps) != len(images):
+                raise ValueError(
+                    f"Got {len(label_maps)} segmentation maps for {len(images)} images; give one per image."
+                )
+            for i, (image, label_map) in enumerate(zip(images, label_maps, strict=True)):
+                if _spatial_size(image) != _spatial_size(label_map):
+                    (ih, iw), (mh, mw) = _spatial_size(image), _spatial_size(label_map)
+                    raise ValueError(
+                        f"Segmentation map {i} has size {mh}x{mw} (HxW) but its image has size {ih}x{iw}; they "
+                        "must match."
+                    )
+
+        pixel_values = self._preprocess(images, **kwargs)
+        data = {"pixel_values": pixel_values}
+        if label_maps is not None:
+            labels = []
+            for label_map in label_maps:
+                if do_reduce_labels:
+                    label_map = reduce_segmentation_labels(label_map)
+                if kwargs.get("do_resize"):
+                    output_size = get_setr_resize_output_size(_spatial_size(label_map), kwargs["size"])
+                    label_map = self._resize_label_map(label_map, output_size)
+                labels.append(label_map)
+            data["labels"] = labels
+
+        if do_pad:
+            if pad_size is None:  # pad to the largest image of the batch
+                sizes = [_spatial_size(x) for x in pixel_values]
+                pad_size = SizeDict(height=max(h for h, _ in sizes), width=max(w for _, w in sizes))
+            data["pixel_values"] = self._pad_arrays(data["pixel_values"], pad_size, fill_value=0)
+            if "labels" in data:
+                data["labels"] = self._pad_arrays(data["labels"], pad_size, fill_value=SEGMENTATION_IGNORE_INDEX)
+
+        if return_tensors is not None:
+            data = {key: self._stack(key, value, return_tensors) for key, value in data.items()}
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    @staticmethod
+    def _stack(name: str, arrays: list[np.ndarray | torch.Tensor], return_tensors: str | TensorType) -> Any:
+        shapes = sorted({tuple(int(s) for s in a.shape) for a in arrays})
+        if len(shapes) > 1:
+            raise ValueError(
+                f"Cannot stack {name} of different sizes {shapes} into one tensor (return_tensors={return_tensors!r}): "
+                "the keep-ratio resize gives each aspect ratio its own size, and mmseg evaluates one image at a time. "
+                "Process the images one by one, pass `return_tensors=None` to get a list, or pass `do_pad=True` with "
+                "`pad_size={'height': h, 'width': w}` to pad them (bottom/right) to a common size."
+            )
+        if isinstance(arrays[0], torch.Tensor):
+            return torch.stack(arrays)
+        return np.stack(arrays)
+
+    def _resize_label_map(
+        self, label_map: np.ndarray | torch.Tensor, output_size: tuple[int, int]
+    ) -> np.ndarray | torch.Tensor:
+        raise NotImplementedError
+
+    def _pad_arrays(
+        self, arrays: list[np.ndarray | torch.Tensor], pad_size: SizeDict, fill_value: int
+    ) -> list[np.ndarray | torch.Tensor]:
+        raise NotImplementedError
+
+    def post_process_semantic_segmentation(
+        self,
+        outputs: Any,
+        target_sizes: Sequence[tuple[int, int]] | torch.Tensor | None = None,
+        return_segmentation_scores: bool = False,
+    ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]:
+        """
+        Turn the logits of `SetrForSemanticSegmentation` into per-image class-id maps.
+
+        Args:
+            outputs: model output with `logits` of shape `(batch_size, num_labels, h, w)`.
+            target_sizes (`list[tuple[int, int]]` or `torch.Tensor`, *optional*):
+                `(height, width)` of each prediction (usually the original image size). The logits are resized there
+                bilinearly (`align_corners=False`, as mmseg does) before the argmax. If unset, the argmax is taken
+                at the logits' resolution.
+            return_segmentation_scores (`bool`, *optional*, defaults to `False`):
+                If `True`, return `SemanticSegmentationPostProcessorOutput` items with `segmentation` and
+                `segmentation_scores` (the resized raw logits, `(num_labels, height, width)`).
+
+        Returns:
+            A list of `batch_size` int64 tensors of shape `(height, width)`, or of
+            `SemanticSegmentationPostProcessorOutput` with `return_segmentation_scores=True`.
+        """
+        logits = outputs.logits
+        if target_sizes is not None and len(target_sizes) != len(logits):
+            raise ValueError(
+                f"Got {len(target_sizes)} target sizes for a batch of {len(logits)} logits; pass one (height, width) "
+                "per image."
+            )
+        results = []
+        for i in range(len(logits)):
+            scores = logits[i]
+            if target_sizes is not None:
+                target = target_sizes[i]
+                target = tuple(int(s) for s in (target.tolist() if isinstance(target, torch.Tensor) else target))
+                scores = F.interpolate(scores[None], size=target, mode="bilinear", align_corners=False)[0]
+            segmentation = scores.argmax(dim=0)
+            if return_segmentation_scores:
+                results.append(
+                    SemanticSegmentationPostProcessorOutput(
+                        data={"segmentation": segmentation, "segmentation_scores": scores}
+                    )
+                )
+            else:
+                results.append(segmentation)
+        return results
+
+
+class SetrImageProcessorPil(SetrImageProcessingMixin, PilBackend):
+    r"""
+    SETR image processor (PIL/NumPy backend, no torchvision needed). Reproduces mmsegmentation's SETR test pipeline:
+    keep-ratio resize (mmcv `imrescale`, cv2 `INTER_LINEAR` without antialias, on uint8), then mean/std
+    normalisation. Same defaults and outputs as [`SetrImageProcessor`] (torchvision backend).
+
+    Args:
+        size (`dict[str, int]`, *optional*, defaults to `{"shortest_edge": 512, "longest_edge": 2048}`):
+            Keep-ratio target: mmseg `Resize(scale=(longest_edge, shortest_edge), keep_ratio=True)`. ADE20K uses
+            512/2048, Cityscapes 1025/2049. `{"height": h, "width": w}` resizes to exactly that size.
+        do_reduce_labels (`bool`, *optional*, defaults to `False`):
+            Apply mmseg's `reduce_zero_label` to segmentation maps (ADE20K): 0 -> 255, v -> v - 1, 255 stays 255.
+        do_pad (`bool`, *optional*, defaults to `False`):
+            Pad bottom/right to `pad_size` (or to the largest image) with 0 (pixels, normalised space) and 255
+            (labels).
+        Other arguments (`do_resize`, `resample`, `do_rescale`, `rescale_factor`, `do_normalize`, `image_mean`,
+        `image_std`, `do_convert_rgb`) are the usual transformers ones.
+    """
+
+    def __init__(self, **kwargs: Unpack[SetrImageProcessorKwargs]) -> None:
+        super().__init__(**kwargs)
+
+    def process_image(
+        self,
+        image: ImageInput,
+        do_convert_rgb: bool | None = True,
+        input_data_format: str | ChannelDimension | None = None,
+        alpha_white: float = 255.0,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        """Validate one image and return it as a (3, H, W) numpy array (uint8, or float32 for float input)."""
+        if isinstance(image, torch.Tensor):
+            _check_image_dtype(image)
+            image = image.detach().cpu()
+            image = (image if image.dtype == torch.uint8 else image.to(torch.float32)).numpy()
+        return to_channels_first_rgb(image, bool(do_convert_rgb), input_data_format, alpha_white)
+
+    def resize(
+        self,
+        image: np.ndarray,
+        size: SizeDict,
+        resample: PILImageResampling | int | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        """Resize a (C, H, W) array with SETR's size rule; bilinear like cv2 INTER_LINEAR (no antialias)."""
+        output_size = get_setr_resize_output_size(_spatial_size(image), size)
+        if _resample_mode(PILImageResampling.BILINEAR if resample is None else resample) == "nearest":
+            return resize_nearest_numpy(image, output_size)
+        return resize_bilinear_numpy(image, output_size)
+
+    def _preprocess(
+        self,
+        images: list[np.ndarray],
+        do_resize: bool,
+        size: SizeDict,
+        resample: PILImageResampling | int | None,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean: float | Sequence[float],
+        image_std: float | Sequence[float],
+        **kwargs: Any,
+    ) -> list[np.ndarray]:
+        mean, std = None, None
+        if do_normalize:
+            mean = np.asarray(image_mean, dtype=np.float64).reshape(-1, 1, 1)
+            std = np.asarray(image_std, dtype=np.float64).reshape(-1, 1, 1)
+            if do_rescale:
+                # Fold the rescale into mean/std: (x * r - m) / s == (x - m / r) / (s / r), i.e. mmseg's 0-255 maths.
+                mean, std = mean / rescale_factor, std / rescale_factor
+            mean, std = mean.astype(np.float32), std.astype(np.float32)
+        processed = []
+        for image in images:
+            if do_resize:
+                image = self.resize(image, size, resample)
+            if do_normalize:
+                image = (image.astype(np.float32) - mean) / std
+            elif do_rescale:
+                image = image.astype(np.float32) * np.float32(rescale_factor)
+            processed.append(image)
+        return processed
+
+    def _resize_label_map(self, label_map: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
+        return resize_nearest_numpy(label_map, output_size)
+
+    def _pad_arrays(self, arrays: list[np.ndarray], pad_size: SizeDict, fill_value: int) -> list[np.ndarray]:
+        if arrays[0].ndim == 3:
+            return self.pad(arrays, pad_size=pad_size, fill_value=fill_value)
+        # 2-D label maps: PilBackend.pad expects channels-first arrays.
+        padded = self.pad([a[None] for a in arrays], pad_size=pad_size, fill_value=fill_value)
+        return [a[0] for a in padded]
+
+
+SetrImageProcessorPil.register_for_auto_class("AutoImageProcessor")

@@ -1,0 +1,560 @@
+"""PyTorch SETR (SEgmentation TRansformer), matching mmsegmentation's implementation op for op.
+
+Encoder: a plain ViT (pre-norm, LayerNorm eps 1e-6, exact GELU, no final norm) with mmsegmentation's input
+handling: bottom/right zero padding to a multiple of the patch size, and a bilinear resize of the position table
+to the padded patch grid only when the token count differs from the training grid's.
+Decoders: Naive and PUP (`SETRUPHead`), MLA (`MLANeck` + `SETRMLAHead`), and the auxiliary heads used in training.
+
+This file is shipped next to the weights for `trust_remote_code` users: it imports only torch, transformers and
+the configuration file.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput, SemanticSegmenterOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, logging
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_setr import SetrConfig
+
+logger = logging.get_logger(__name__)
+
+# What `save_pretrained` writes into `config.json` so that every Auto class resolves for `trust_remote_code` users.
+SETR_AUTO_MAP = {
+    "AutoConfig": "configuration_setr.SetrConfig",
+    "AutoModel": "modeling_setr.SetrModel",
+    "AutoModelForSemanticSegmentation": "modeling_setr.SetrForSemanticSegmentation",
+}
+
+
+@dataclass
+class SetrSemanticSegmenterOutput(SemanticSegmenterOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` is provided):
+        Cross-entropy of the decode head plus `auxiliary_loss_weight` times that of each auxiliary head, each on
+        logits resized bilinearly to the label size, ignoring `semantic_loss_ignore_index` and averaged over all
+        pixels, ignored ones included (mmsegmentation's `avg_non_ignore=False`).
+    logits (`torch.FloatTensor` of shape `(batch_size, num_labels, logits_height, logits_width)`):
+        Scores at the decoder's resolution, as transformers models return them: the input padded to a multiple of
+        `patch_size` (PUP), or a quarter of that (Naive, MLA). Resize them to the (unpadded) input or original image
+        size, e.g. with the image processor's `post_process_semantic_segmentation`.
+    hidden_states, attentions:
+        As returned by [`SetrModel`] when asked for.
+    auxiliary_logits (`tuple(torch.FloatTensor)`, *optional*, returned when `labels` is provided):
+        Logits of each auxiliary head. They are computed only for the loss, so inference never pays for them.
+    """
+
+    auxiliary_logits: tuple[torch.FloatTensor, ...] | None = None
+
+
+def patch_grid_size(height: int, width: int, patch_size: int) -> tuple[int, int]:
+    """Patch grid of an input after bottom/right padding to a multiple of the patch size."""
+    return math.ceil(height / patch_size), math.ceil(width / patch_size)
+
+
+def resize_position_embeddings(
+    position_embeddings: torch.Tensor, source_grid: tuple[int, int], target_grid: tuple[int, int], num_prefix: int = 1
+) -> torch.Tensor:
+    """mmsegmentation's `resize_pos_embed`: keep the cls slot, resize the grid bilinearly (align_corners=False)."""
+    prefix, grid = position_embeddings[:, :num_prefix], position_embeddings[:, num_prefix:]
+    dim = grid.shape[-1]
+    grid = grid.reshape(1, source_grid[0], source_grid[1], dim).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=target_grid, mode="bilinear", align_corners=False)
+    return torch.cat((prefix, grid.flatten(2).transpose(1, 2)), dim=1)
+
+
+def upsample_bilinear(features: torch.Tensor, scale: int) -> torch.Tensor:
+    """mmsegmentation's `Upsample`: an explicit `int(size * scale)` target, bilinear, align_corners=False."""
+    height, width = features.shape[-2:]
+    return F.interpolate(
+        features, size=(int(height * scale), int(width * scale)), mode="bilinear", align_corners=False
+    )
+
+
+class SetrPatchEmbeddings(nn.Module):
+    """Zero-pads the bottom/right to a multiple of the patch size, then embeds patches with a strided conv."""
+
+    def __init__(self, config: SetrConfig):
+        super().__init__()
+        self.patch_size = config.patch_size
+        self.num_channels = config.num_channels
+        self.projection = nn.Conv2d(
+            config.num_channels,
+            config.hidden_size,
+            kernel_size=config.patch_size,
+            stride=config.patch_size,
+            bias=config.patch_embeddings_bias,
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        height, width = pixel_values.shape[-2:]
+        grid = patch_grid_size(height, width, self.patch_size)
+        pad_bottom, pad_right = grid[0] * self.patch_size - height, grid[1] * self.patch_size - width
+        if pad_bottom or pad_right:
+            pixel_values = F.pad(pixel_values, (0, pad_right, 0, pad_bottom))
+        embeddings = self.projection(pixel_values).flatten(2).transpose(1, 2)
+        return embeddings, grid
+
+
+class SetrEmbeddings(nn.Module):
+    """Patch embeddings, cls token and position embeddings, with mmsegmentation's resize rule."""
+
+    def __init__(self, config: SetrConfig):
+        super().__init__()
+        self.grid = config.image_grid
+        self.use_cls_token = config.use_cls_token
+        self.patch_embeddings = SetrPatchEmbeddings(config)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.position_embeddings = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1] + 1, config.hidden_size))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def position_embeddings_for(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The table for a patch grid. Resized only when the token count differs, exactly as mmsegmentation (a
+        16x64 grid under a 32x32 table is added as is, in row-major order)."""
+        if grid[0] * grid[1] == self.grid[0] * self.grid[1]:
+            return self.position_embeddings
+        return resize_position_embeddings(self.position_embeddings, self.grid, grid)
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        embeddings, grid = self.patch_embeddings(pixel_values)
+        cls_tokens = self.cls_token.expand(embeddings.shape[0], -1, -1)
+        embeddings = torch.cat((cls_tokens, embeddings), dim=1) + self.position_embeddings_for(grid)
+        embeddings = self.dropout(embeddings)
+        if not self.use_cls_token:
+            # MLA: the cls token only carries its position slot away; patch tokens keep `pos_embed[:, 1:]`.
+            embeddings = embeddings[:, 1:]
+        return embeddings, grid
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: Unpack[TransformersKwargs],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class SetrAttention(nn.Module):
+    def __init__(self, config: SetrConfig):
+        super().__init__()
+        self.config = config
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_probs_dropout_prob
+        # Without this, transformers' SDPA path defaults to causal attention.
+        self.is_causal = False
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = self.o_proj(attn_output.reshape(*input_shape, -1).contiguous())
+        return attn_output, attn_weights
+
+
+class SetrMLP(nn.Module):
+    def __init__(self, config: SetrConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation_fn = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.dropout(self.activation_fn(self.fc1(hidden_states)))
+        return self.fc2(hidden_states)
+
+
+class SetrLayer(GradientCheckpointingLayer):
+    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, config: SetrConfig):
+        super().__init__()
+        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = SetrAttention(config)
+        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = SetrMLP(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        attention_output, _ = self.attention(self.layernorm_before(hidden_states), attention_mask, **kwargs)
+        hidden_states = hidden_states + self.dropout(attention_output)
+        return hidden_states + self.dropout(self.mlp(self.layernorm_after(hidden_states)))
+
+
+class SetrConvBatchNormReLU(nn.Module):
+    """mmcv `ConvModule` with a norm: conv without bias, BatchNorm, ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, batch_norm_eps: float):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=(kernel_size - 1) // 2, bias=False)
+        self.batch_norm = nn.BatchNorm2d(out_channels, eps=batch_norm_eps)
+        self.activation = nn.ReLU()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.batch_norm(self.conv(features)))
+
+
+def channel_layernorm(layernorm: nn.LayerNorm, features: torch.Tensor) -> torch.Tensor:
+    """LayerNorm over the channels of an NCHW map (mmsegmentation flattens to NLC and back)."""
+    return layernorm(features.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
+
+
+class SetrUpHead(nn.Module):
+    """mmsegmentation `SETRUPHead` (Naive and PUP): LN, then per stage conv-BN-ReLU and bilinear up-sampling, then
+    the 1x1 classifier last."""
+
+    def __init__(
+        self, config: SetrConfig, in_channels: int, channels: int, num_convs: int, kernel_size: int, up_scale: int
+    ):
+        super().__init__()
+        self.up_scale = up_scale
+        self.layernorm = nn.LayerNorm(in_channels, eps=config.layer_norm_eps)
+        self.stages = nn.ModuleList(
+            SetrConvBatchNormReLU(in_channels if i == 0 else channels, channels, kernel_size, config.batch_norm_eps)
+            for i in range(num_convs)
+        )
+        self.classifier = nn.Conv2d(channels, config.num_labels, kernel_size=1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        features = channel_layernorm(self.layernorm, features)
+        for stage in self.stages:
+            features = upsample_bilinear(stage(features), self.up_scale)
+        return self.classifier(features)
+
+
+class SetrMLANeck(nn.Module):
+    """mmsegmentation `MLANeck`: per-level LN and 1x1 projection, top-down cumulative sums from the deepest level,
+    then a 3x3 conv per level. Output 0 is built from the deepest level alone."""
+
+    def __init__(self, config: SetrConfig):
+        super().__init__()
+        levels, channels, eps = config.num_feature_levels, config.mla_neck_channels, config.batch_norm_eps
+        self.layernorms = nn.ModuleList(
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) for _ in range(levels)
+        )
+        self.channel_projections = nn.ModuleList(
+            SetrConvBatchNormReLU(config.hidden_size, channels, 1, eps) for _ in range(levels)
+        )
+        self.feature_extractors = nn.ModuleList(
+            SetrConvBatchNormReLU(channels, channels, 3, eps) for _ in range(levels)
+        )
+
+    def forward(self, feature_maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        projected = [
+            projection(channel_layernorm(layernorm, features))
+            for layernorm, projection, features in zip(self.layernorms, self.channel_projections, feature_maps)
+        ]
+        outputs, running_sum = [], None
+        for extractor, features in zip(self.feature_extractors, reversed(projected)):
+            running_sum = features if running_sum is None else running_sum + features
+            outputs.append(extractor(running_sum))
+        return outputs
+
+
+class SetrMLAHead(nn.Module):
+    """mmsegmentation `SETRMLAHead`: per neck output, convs then x`up_scale`; concatenate; 1x1 classifier."""
+
+    def __init__(self, config: SetrConfig):
+        super().__init__()
+        self.up_scale = config.decoder_up_scale
+        eps, mla = config.batch_norm_eps, config.mla_channels
+        self.branches = nn.ModuleList(
+            nn.Sequential(
+                *(
+                    SetrConvBatchNormReLU(
+                        config.mla_neck_channels if i == 0 else mla, mla, config.decoder_kernel_size, eps
+                    )
+                    for i in range(config.decoder_num_convs)
+                )
+            )
+            for _ in range(config.num_feature_levels)
+        )
+        self.classifier = nn.Conv2d(config.decoder_channels, config.num_labels, kernel_size=1)
+
+    def forward(self, neck_outputs: list[torch.Tensor]) -> torch.Tensor:
+        features = [upsample_bilinear(branch(x), self.up_scale) for branch, x in zip(self.branches, neck_outputs)]
+        return self.classifier(torch.cat(features, dim=1))
+
+
+class SetrFCNHead(nn.Module):
+    """mmsegmentation `FCNHead` (concat_input=False), the MLA auxiliary head: optional convs, 1x1 classifier."""
+
+    def __init__(self, config: SetrConfig, in_channels: int):
+        super().__init__()
+        channels = config.auxiliary_channels if config.auxiliary_num_convs else in_channels
+        self.convs = nn.Sequential(
+            *(
+                SetrConvBatchNormReLU(
+                    in_channels if i == 0 else channels, channels, config.auxiliary_kernel_size, config.batch_norm_eps
+                )
+                for i in range(config.auxiliary_num_convs)
+            )
+        )
+        self.classifier = nn.Conv2d(channels, config.num_labels, kernel_size=1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.convs(features))
+
+
+class SetrPreTrainedModel(PreTrainedModel):
+    config: SetrConfig
+    base_model_prefix = "setr"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["SetrEmbeddings", "SetrLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+    _can_record_outputs = {"hidden_states": SetrLayer, "attentions": SetrAttention}
+    _input_embed_layer = "patch_embeddings"
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, SetrEmbeddings):
+            init.trunc_normal_(module.position_embeddings, std=self.config.initializer_range)
+            init.trunc_normal_(module.cls_token, std=self.config.initializer_range)
+        elif isinstance(module, (SetrUpHead, SetrMLAHead, SetrFCNHead)):
+            # mmsegmentation initialises the classifier with std 0.01.
+            init.normal_(module.classifier.weight, std=0.01)
+            init.zeros_(module.classifier.bias)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # Complete the auto_map: transformers writes only the saved class's entry, so AutoModel would not resolve
+        # from a folder saved by the head model.
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **SETR_AUTO_MAP}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+class SetrModel(SetrPreTrainedModel):
+    """The SETR encoder: a plain ViT without final LayerNorm. `last_hidden_state` holds the tokens of the last layer
+    (the cls token first when `config.use_cls_token`), for the padded patch grid in row-major order."""
+
+    def __init__(self, config: SetrConfig):
+        super().__init__(config)
+        self.embeddings = SetrEmbeddings(config)
+        self.layers = nn.ModuleList(SetrLayer(config) for _ in range(config.num_hidden_layers))
+        self.post_init()
+
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BaseModelOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Normalised images of any size; sides that are not multiples of `patch_size` are zero-padded at the
+            bottom/right.
+        """
+        check_pixel_values(pixel_values, self.config)
+        expected_dtype = self.embeddings.patch_embeddings.projection.weight.dtype
+        hidden_states, _ = self.embeddings(pixel_values.to(expected_dtype))
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, None, **kwargs)
+        return BaseModelOutput(last_hidden_state=hidden_states)
+
+
+def check_pixel_values(pixel_values: torch.Tensor, config: SetrConfig) -> None:
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
+    if pixel_values.ndim != 4:
+        raise ValueError(
+            f"pixel_values must have shape (batch_size, num_channels, height, width), got {tuple(pixel_values.shape)}"
+        )
+    if pixel_values.shape[1] != config.num_channels:
+        raise ValueError(
+            f"pixel_values has {pixel_values.shape[1]} channels but the model expects {config.num_channels} "
+            f"(shape {tuple(pixel_values.shape)}; images are channels-first)"
+        )
+    if pixel_values.shape[0] == 0 or pixel_values.shape[2] == 0 or pixel_values.shape[3] == 0:
+        raise ValueError(f"pixel_values is empty: shape {tuple(pixel_values.shape)}")
+
+
+class SetrForSemanticSegmentation(SetrPreTrainedModel):
+    # The loss is normalised here; the Trainer must not pass `num_items_in_batch` (it would skip dividing by the
+    # gradient-accumulation steps and count ignored pixels).
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: SetrConfig):
+        super().__init__(config)
+        self.setr = SetrModel(config)
+        if config.decoder_type == "mla":
+            self.neck = SetrMLANeck(config)
+            self.decode_head = SetrMLAHead(config)
+        else:
+            self.neck = None
+            self.decode_head = SetrUpHead(
+                config,
+                config.hidden_size,
+                config.decoder_channels,
+                config.decoder_num_convs,
+                config.decoder_kernel_size,
+                config.decoder_up_scale,
+            )
+        self.auxiliary_heads = None
+        if config.use_auxiliary_head:
+            self.auxiliary_heads = nn.ModuleList(self._build_auxiliary_head() for _ in config.auxiliary_in_indices)
+        self.post_init()
+
+    def _build_auxiliary_head(self) -> nn.Module:
+        config = self.config
+        if config.decoder_type == "mla":
+            return SetrFCNHead(config, config.mla_neck_channels)
+        return SetrUpHead(
+            config,
+            config.hidden_size,
+            config.auxiliary_channels,
+            config.auxiliary_num_convs,
+            config.auxiliary_kernel_size,
+            config.auxiliary_up_scale,
+        )
+
+    def feature_maps(self, hidden_states: tuple[torch.Tensor, ...], grid: tuple[int, int]) -> list[torch.Tensor]:
+        """The NCHW maps of the `out_indices` layers (the MLA neck applied when present)."""
+        maps = []
+        for index in self.config.out_indices:
+            tokens = hidden_states[index + 1]
+            if self.config.use_cls_token:
+                tokens = tokens[:, 1:]
+            maps.append(tokens.unflatten(1, grid).permute(0, 3, 1, 2).contiguous())
+        return self.neck(maps) if self.neck is not None else maps
+
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        if self.neck is not None:
+            return self.decode_head(features)
+        return self.decode_head(features[self.config.decoder_in_index])
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> SetrSemanticSegmenterOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Normalised images (see [`SetrImageProcessor`]); any size.
+        labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
+            Ground-truth class ids for the loss, the same size as `pixel_values`; `config.semantic_loss_ignore_index`
+            (255) marks pixels to ignore.
+        """
+        check_pixel_values(pixel_values, self.config)
+        if labels is not None:
+            check_labels(labels, pixel_values, self.config)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        # Capture only the layers the decoder reads unless the caller asked for all hidden states.
+        wanted = output_hidden_states if output_hidden_states else [i + 1 for i in self.config.out_indices]
+        outputs = self.setr(pixel_values, output_hidden_states=wanted, return_dict=True, **kwargs)
+        grid = patch_grid_size(*pixel_values.shape[-2:], self.config.patch_size)
+        features = self.feature_maps(outputs.hidden_states, grid)
+        logits = self.decode(features)
+
+        loss, auxiliary_logits = None, None
+        if labels is not None:
+            loss = segmentation_loss(logits, labels, self.config.semantic_loss_ignore_index)
+            if self.auxiliary_heads is not None:
+                auxiliary_logits = tuple(
+                    head(features[index])
+                    for head, index in zip(self.auxiliary_heads, self.config.auxiliary_in_indices)
+                )
+                for aux in auxiliary_logits:
+                    loss = loss + self.config.auxiliary_loss_weight * segmentation_loss(
+                        aux, labels, self.config.semantic_loss_ignore_index
+                    )
+
+        return SetrSemanticSegmenterOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            attentions=outputs.attentions,
+            auxiliary_logits=auxiliary_logits,
+        )
+
+
+def check_labels(labels: torch.Tensor, pixel_values: torch.Tensor, config: SetrConfig) -> None:
+    expected = (pixel_values.shape[0], *pixel_values.shape[-2:])
+    if labels.ndim != 3 or tuple(labels.shape) != expected:
+        raise ValueError(
+            f"labels must have shape (batch_size, height, width) = {expected} to match pixel_values "
+            f"{tuple(pixel_values.shape)}, got {tuple(labels.shape)}"
+        )
+    if labels.is_floating_point():
+        raise ValueError(f"labels must hold integer class ids, got dtype {labels.dtype}")
+    ignore = config.semantic_loss_ignore_index
+    invalid = (labels != ignore) & ((labels < 0) | (labels >= config.num_labels))
+    if invalid.any():
+        bad = torch.unique(labels[invalid])[:10].tolist()
+        raise ValueError(
+            f"labels contain values {bad} outside [0, {config.num_labels}) that are not the ignore index {ignore}"
+        )
+
+
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """mmsegmentation's decode-head loss: logits resized bilinearly to the labels, cross-entropy ignoring
+    `ignore_index`, mean over all pixels (ignored pixels count in the denominator with a zero loss)."""
+    logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    return F.cross_entropy(logits.float(), labels.long(), ignore_index=ignore_index, reduction="none").mean()
+
+
+SetrConfig.register_for_auto_class()
+SetrModel.register_for_auto_class("AutoModel")
+SetrForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
+
+__all__ = ["SetrForSemanticSegmentation", "SetrModel", "SetrPreTrainedModel", "SetrSemanticSegmenterOutput"]

@@ -1,0 +1,200 @@
+"""The seven released mmsegmentation SETR checkpoints and their recipes: the one table the converter, the model
+cards and the training presets read.
+
+Numbers are mmsegmentation's, as reported in its SETR model zoo (V100; `miou_reported` single-scale slide,
+`miou_ms_flip_reported` multi-scale + flip), not re-measured here.
+"""
+
+from dataclasses import dataclass
+
+MMSEG_DOWNLOAD_ROOT = "https://download.openmmlab.com/mmsegmentation/v0.5/setr"
+HUB_ORGANISATION = "transformers-setr"
+TIMM_VIT_LARGE_URL = (
+    "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-vitjx/jx_vit_large_p16_384-b3be5167.pth"
+)
+MMSEG_CODE_LICENSE = "apache-2.0"
+
+
+@dataclass(frozen=True)
+class CheckpointPreset:
+    name: str  # our preset name and the Hub repo name
+    file_name: str  # the released .pth
+    mmseg_config: str  # the mmsegmentation 1.x config that describes it
+    dataset: str  # "ade20k" or "cityscapes"
+    decoder_type: str
+    crop_size: int  # training crop = slide window = position grid * 16
+    slide_stride: int
+    test_scale: tuple[int, int]  # mmseg Resize(scale=(long, short), keep_ratio=True)
+    batch_size: int  # total over GPUs
+    gpus: int
+    iterations: int
+    learning_rate: float
+    miou_reported: float
+    miou_ms_flip_reported: float
+    memory_gb: float
+    fps: float | None
+    auxiliary_num_convs: int
+
+    @property
+    def url(self) -> str:
+        directory = self.file_name.rsplit("_", 2)[0]  # the file name without the date and hash
+        return f"{MMSEG_DOWNLOAD_ROOT}/{directory}/{self.file_name}"
+
+    @property
+    def sha256_prefix(self) -> str:
+        """mmsegmentation's `publish_model.py` appends the first 8 hex digits of the file's sha256."""
+        return self.file_name.rsplit("-", 1)[1].removesuffix(".pth")
+
+    @property
+    def hub_repo_id(self) -> str:
+        return f"{HUB_ORGANISATION}/{self.name}"
+
+    @property
+    def num_labels(self) -> int:
+        return 150 if self.dataset == "ade20k" else 19
+
+
+PRESETS: dict[str, CheckpointPreset] = {
+    preset.name: preset
+    for preset in (
+        CheckpointPreset(
+            name="setr-naive-vit-large-ade20k-512",
+            file_name="setr_naive_512x512_160k_b16_ade20k_20210619_191258-061f24f5.pth",
+            mmseg_config="setr_vit-l_naive_8xb2-160k_ade20k-512x512",
+            dataset="ade20k",
+            decoder_type="naive",
+            crop_size=512,
+            slide_stride=341,
+            test_scale=(2048, 512),
+            batch_size=16,
+            gpus=8,
+            iterations=160_000,
+            learning_rate=0.01,
+            miou_reported=48.28,
+            miou_ms_flip_reported=49.56,
+            memory_gb=18.40,
+            fps=4.72,
+            auxiliary_num_convs=2,
+        ),
+        CheckpointPreset(
+            name="setr-pup-vit-large-ade20k-512",
+            file_name="setr_pup_512x512_160k_b16_ade20k_20210619_191343-7e0ce826.pth",
+            mmseg_config="setr_vit-l_pup_8xb2-160k_ade20k-512x512",
+            dataset="ade20k",
+            decoder_type="pup",
+            crop_size=512,
+            slide_stride=341,
+            test_scale=(2048, 512),
+            batch_size=16,
+            gpus=8,
+            iterations=160_000,
+            learning_rate=0.001,
+            miou_reported=48.24,
+            miou_ms_flip_reported=49.99,
+            memory_gb=19.54,
+            fps=4.50,
+            auxiliary_num_convs=2,
+        ),
+        CheckpointPreset(
+            name="setr-mla-vit-large-ade20k-512-b8",
+            file_name="setr_mla_512x512_160k_b8_ade20k_20210619_191118-c6d21df0.pth",
+            mmseg_config="setr_vit-l-mla_8xb1-160k_ade20k-512x512",
+            dataset="ade20k",
+            decoder_type="mla",
+            crop_size=512,
+            slide_stride=341,
+            test_scale=(2048, 512),
+            batch_size=8,
+            gpus=8,
+            iterations=160_000,
+            learning_rate=0.001,
+            miou_reported=47.34,
+            miou_ms_flip_reported=49.05,
+            memory_gb=10.96,
+            fps=None,
+            auxiliary_num_convs=0,
+        ),
+        CheckpointPreset(
+            name="setr-mla-vit-large-ade20k-512-b16",
+            file_name="setr_mla_512x512_160k_b16_ade20k_20210619_191057-f9741de7.pth",
+            mmseg_config="setr_vit-l_mla_8xb2-160k_ade20k-512x512",
+            dataset="ade20k",
+            decoder_type="mla",
+            crop_size=512,
+            slide_stride=341,
+            test_scale=(2048, 512),
+            batch_size=16,
+            gpus=8,
+            iterations=160_000,
+            learning_rate=0.001,
+            miou_reported=47.39,
+            miou_ms_flip_reported=49.37,
+            memory_gb=17.30,
+            fps=5.25,
+            auxiliary_num_convs=0,
+        ),
+        CheckpointPreset(
+            name="setr-naive-vit-large-cityscapes-768",
+            file_name="setr_naive_vit-large_8x1_768x768_80k_cityscapes_20211123_000505-20728e80.pth",
+            mmseg_config="setr_vit-l_naive_8xb1-80k_cityscapes-768x768",
+            dataset="cityscapes",
+            decoder_type="naive",
+            crop_size=768,
+            slide_stride=512,
+            test_scale=(2049, 1025),
+            batch_size=8,
+            gpus=8,
+            iterations=80_000,
+            learning_rate=0.01,
+            miou_reported=78.10,
+            miou_ms_flip_reported=80.22,
+            memory_gb=24.06,
+            fps=0.39,
+            auxiliary_num_convs=1,
+        ),
+        CheckpointPreset(
+            name="setr-pup-vit-large-cityscapes-768",
+            file_name="setr_pup_vit-large_8x1_768x768_80k_cityscapes_20211122_155115-f6f37b8f.pth",
+            mmseg_config="setr_vit-l_pup_8xb1-80k_cityscapes-768x768",
+            dataset="cityscapes",
+            decoder_type="pup",
+            crop_size=768,
+            slide_stride=512,
+            test_scale=(2049, 1025),
+            batch_size=8,
+            gpus=8,
+            iterations=80_000,
+            learning_rate=0.01,
+            miou_reported=79.21,
+            miou_ms_flip_reported=81.02,
+            memory_gb=27.96,
+            fps=0.37,
+            auxiliary_num_convs=2,
+        ),
+        CheckpointPreset(
+            name="setr-mla-vit-large-cityscapes-768",
+            file_name="setr_mla_vit-large_8x1_768x768_80k_cityscapes_20211119_101003-7f8dccbe.pth",
+            mmseg_config="setr_vit-l_mla_8xb1-80k_cityscapes-768x768",
+            dataset="cityscapes",
+            decoder_type="mla",
+            crop_size=768,
+            slide_stride=512,
+            test_scale=(2049, 1025),
+            batch_size=8,
+            gpus=8,
+            iterations=80_000,
+            learning_rate=0.002,
+            miou_reported=77.00,
+            miou_ms_flip_reported=79.59,
+            memory_gb=24.10,
+            fps=0.41,
+            auxiliary_num_convs=0,
+        ),
+    )
+}
+
+
+def get_preset(name: str) -> CheckpointPreset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown SETR preset {name!r}; known presets: {', '.join(PRESETS)}")
+    return PRESETS[name]
