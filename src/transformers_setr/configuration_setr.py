@@ -83,6 +83,15 @@ class SetrConfig(PreTrainedConfig):
         auxiliary_loss_weight (0.4 each, as mmsegmentation).
 
     Loss: `semantic_loss_ignore_index` (255).
+
+    Inference protocol (what `forward` does without `labels` in eval mode):
+        inference_mode (`"whole"` or `"slide"`): `"whole"` returns logits at the decoder's resolution (transformers'
+            convention). `"slide"` runs mmsegmentation's sliding-window inference and returns logits at the input
+            resolution; the converted checkpoints use it, as they were evaluated that way.
+        slide_crop_size (`int` or `[h, w]`, *optional*): window size; defaults to `image_size`.
+        slide_stride (`int` or `[h, w]`, *optional*): window stride; defaults to two thirds of the window (341 for 512,
+            512 for 768, as the released configs).
+        slide_batch_size: windows run through the model at once (bounds memory on large images).
     """
 
     model_type = "setr"
@@ -124,6 +133,11 @@ class SetrConfig(PreTrainedConfig):
 
     semantic_loss_ignore_index: int = 255
 
+    inference_mode: Literal["whole", "slide"] = "whole"
+    slide_crop_size: int | list[int] | tuple[int, int] | None = None
+    slide_stride: int | list[int] | tuple[int, int] | None = None
+    slide_batch_size: int = 4
+
     def __post_init__(self, **kwargs):
         defaults = _DECODER_DEFAULTS.get(self.decoder_type, {})
         for name, value in defaults.items():
@@ -135,6 +149,9 @@ class SetrConfig(PreTrainedConfig):
             self.auxiliary_in_indices = list(self.auxiliary_in_indices)
         if isinstance(self.image_size, tuple):
             self.image_size = list(self.image_size)
+        for name in ("slide_crop_size", "slide_stride"):
+            if isinstance(getattr(self, name), tuple):
+                setattr(self, name, list(getattr(self, name)))
         self._complete_label_maps(kwargs)
         super().__post_init__(**kwargs)
 
@@ -163,6 +180,17 @@ class SetrConfig(PreTrainedConfig):
             (self.image_size, self.image_size) if isinstance(self.image_size, int) else tuple(self.image_size)
         )
         return height // self.patch_size, width // self.patch_size
+
+    @property
+    def slide_window(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(crop, stride) of sliding-window inference, each as (height, width)."""
+
+        def pair(value: int | list[int]) -> tuple[int, int]:
+            return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+        crop = pair(self.slide_crop_size if self.slide_crop_size is not None else self.image_size)
+        stride = pair(self.slide_stride) if self.slide_stride is not None else (crop[0] * 2 // 3, crop[1] * 2 // 3)
+        return crop, stride
 
     @property
     def num_feature_levels(self) -> int:
@@ -230,6 +258,11 @@ class SetrConfig(PreTrainedConfig):
             errors.append("use_auxiliary_head=True needs auxiliary_in_indices")
         if self.auxiliary_loss_weight < 0:
             errors.append(f"auxiliary_loss_weight must be >= 0, got {self.auxiliary_loss_weight}")
+        crop, stride = self.slide_window
+        if min(*crop, *stride) < 1:
+            errors.append(f"slide window crop {crop} and stride {stride} must be positive")
+        if self.slide_batch_size < 1:
+            errors.append(f"slide_batch_size must be >= 1, got {self.slide_batch_size}")
         if self.num_labels is None or self.num_labels < 1:
             errors.append("a SETR model needs at least one label")
         if errors:

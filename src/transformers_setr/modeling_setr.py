@@ -479,12 +479,66 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
             return self.decode_head(features)
         return self.decode_head(features[self.config.decoder_in_index])
 
+    def _encode_decode(
+        self, pixel_values: torch.Tensor, output_hidden_states: bool | list[int] | None, **kwargs
+    ) -> tuple[torch.Tensor, list[torch.Tensor], BaseModelOutput]:
+        # Capture only the layers the decoder reads unless the caller asked for all hidden states.
+        wanted = output_hidden_states if output_hidden_states else [i + 1 for i in self.config.out_indices]
+        outputs = self.setr(pixel_values, output_hidden_states=wanted, return_dict=True, **kwargs)
+        grid = patch_grid_size(*pixel_values.shape[-2:], self.config.patch_size)
+        features = self.feature_maps(outputs.hidden_states, grid)
+        return self.decode(features), features, outputs
+
+    def slide_inference(
+        self,
+        pixel_values: torch.Tensor,
+        crop_size: int | tuple[int, int] | None = None,
+        stride: int | tuple[int, int] | None = None,
+        batch_size: int | None = None,
+    ) -> torch.Tensor:
+        """mmsegmentation's sliding-window inference (`slide_inference`); logits at the input resolution.
+
+        Windows of `crop_size` every `stride` (the last one clamped to the border; an image smaller than the window is
+        one window of its own size), each window's logits resized bilinearly to the window, summed into place and
+        divided by the number of windows covering each pixel: an average of logits, not probabilities. Windows run
+        `batch_size` at a time (all windows have the same size), which bounds memory on large images. Defaults come
+        from the config (`slide_crop_size`, `slide_stride`, `slide_batch_size`).
+        """
+        check_pixel_values(pixel_values, self.config)
+        default_crop, default_stride = self.config.slide_window
+        crop = _pair(crop_size) if crop_size is not None else default_crop
+        stride = _pair(stride) if stride is not None else default_stride
+        batch_size = batch_size or self.config.slide_batch_size
+        images, _, height, width = pixel_values.shape
+        windows = slide_windows(height, width, crop, stride)
+        window_height, window_width = min(crop[0], height), min(crop[1], width)
+        logits_sum = count = None
+        # Window-major order: the windows of one image stay together for the accumulation below.
+        crops = [(w, i) for w in range(len(windows)) for i in range(images)]
+        for start in range(0, len(crops), batch_size):
+            chunk = crops[start : start + batch_size]
+            batch = torch.stack(
+                [pixel_values[i, :, windows[w][0] : windows[w][1], windows[w][2] : windows[w][3]] for w, i in chunk]
+            )
+            logits, _, _ = self._encode_decode(batch, None)
+            logits = F.interpolate(logits, size=(window_height, window_width), mode="bilinear", align_corners=False)
+            if logits_sum is None:
+                logits_sum = logits.new_zeros((images, logits.shape[1], height, width))
+                count = logits.new_zeros((1, 1, height, width))
+            for (w, i), window_logits in zip(chunk, logits):
+                y1, y2, x1, x2 = windows[w]
+                logits_sum[i, :, y1:y2, x1:x2] += window_logits
+        for y1, y2, x1, x2 in windows:
+            count[..., y1:y2, x1:x2] += 1
+        return logits_sum / count
+
     @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
+        inference_mode: str | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> SetrSemanticSegmenterOutput:
         r"""
@@ -493,31 +547,38 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
         labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
             Ground-truth class ids for the loss, the same size as `pixel_values`; `config.semantic_loss_ignore_index`
             (255) marks pixels to ignore.
+        inference_mode (`str`, *optional*):
+            `"whole"` or `"slide"`, overriding `config.inference_mode` for this call. Sliding windows apply only in
+            eval mode without `labels`, and return logits at the input resolution.
         """
         check_pixel_values(pixel_values, self.config)
         if labels is not None:
             check_labels(labels, pixel_values, self.config)
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
-        # Capture only the layers the decoder reads unless the caller asked for all hidden states.
-        wanted = output_hidden_states if output_hidden_states else [i + 1 for i in self.config.out_indices]
-        outputs = self.setr(pixel_values, output_hidden_states=wanted, return_dict=True, **kwargs)
-        grid = patch_grid_size(*pixel_values.shape[-2:], self.config.patch_size)
-        features = self.feature_maps(outputs.hidden_states, grid)
-        logits = self.decode(features)
+        inference_mode = inference_mode or self.config.inference_mode
+        if inference_mode not in ("whole", "slide"):
+            raise ValueError(f"inference_mode must be 'whole' or 'slide', got {inference_mode!r}")
+        if inference_mode == "slide" and labels is None and not self.training:
+            if output_hidden_states or kwargs.get("output_attentions", self.config.output_attentions):
+                raise ValueError(
+                    "Hidden states and attentions are per window in sliding-window inference; "
+                    "call the model with inference_mode='whole' to get them."
+                )
+            return SetrSemanticSegmenterOutput(logits=self.slide_inference(pixel_values))
 
+        logits, features, outputs = self._encode_decode(pixel_values, output_hidden_states, **kwargs)
         loss, auxiliary_logits = None, None
         if labels is not None:
-            loss = segmentation_loss(logits, labels, self.config.semantic_loss_ignore_index)
+            ignore_index = self.config.semantic_loss_ignore_index
+            loss = segmentation_loss(logits, labels, ignore_index)
             if self.auxiliary_heads is not None:
                 auxiliary_logits = tuple(
                     head(features[index])
                     for head, index in zip(self.auxiliary_heads, self.config.auxiliary_in_indices)
                 )
                 for aux in auxiliary_logits:
-                    loss = loss + self.config.auxiliary_loss_weight * segmentation_loss(
-                        aux, labels, self.config.semantic_loss_ignore_index
-                    )
+                    loss = loss + self.config.auxiliary_loss_weight * segmentation_loss(aux, labels, ignore_index)
 
         return SetrSemanticSegmenterOutput(
             loss=loss,
@@ -526,6 +587,24 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
             attentions=outputs.attentions,
             auxiliary_logits=auxiliary_logits,
         )
+
+
+def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def slide_windows(
+    height: int, width: int, crop: tuple[int, int], stride: tuple[int, int]
+) -> list[tuple[int, int, int, int]]:
+    """(y1, y2, x1, x2) of mmsegmentation's sliding windows, row by row; the last window is clamped to the border."""
+    rows = max(height - crop[0] + stride[0] - 1, 0) // stride[0] + 1
+    columns = max(width - crop[1] + stride[1] - 1, 0) // stride[1] + 1
+    windows = []
+    for row in range(rows):
+        for column in range(columns):
+            y2, x2 = min(row * stride[0] + crop[0], height), min(column * stride[1] + crop[1], width)
+            windows.append((max(y2 - crop[0], 0), y2, max(x2 - crop[1], 0), x2))
+    return windows
 
 
 def check_labels(labels: torch.Tensor, pixel_values: torch.Tensor, config: SetrConfig) -> None:

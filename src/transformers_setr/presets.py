@@ -13,6 +13,30 @@ TIMM_VIT_LARGE_URL = (
     "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-vitjx/jx_vit_large_p16_384-b3be5167.pth"
 )
 MMSEG_CODE_LICENSE = "apache-2.0"
+# The SETR page of the mmsegmentation model zoo (source of every reported number below) and its config folder.
+MMSEG_MODEL_ZOO_URL = "https://github.com/open-mmlab/mmsegmentation/tree/main/configs/setr"
+MMSEG_CONFIG_URL_ROOT = "https://github.com/open-mmlab/mmsegmentation/blob/main/configs/setr"
+MMSEG_BENCHMARK_DEVICE = "V100"  # where mmsegmentation measured `memory_gb` (training, per GPU) and `fps`
+# The encoder's initialisation on the Hub: the original ViT-L/16 of Dosovitskiy et al. (ImageNet-21k pre-training,
+# ImageNet-1k fine-tuning at 384), i.e. the JAX release that timm's `jx_vit_large_p16_384` (TIMM_VIT_LARGE_URL) was
+# converted from. timm's Hub weights for `vit_large_patch16_384` are the later AugReg ones, a different training run.
+PRETRAINED_ENCODER_HUB_ID = "google/vit-large-patch16-384"
+
+
+@dataclass(frozen=True)
+class DatasetHubInfo:
+    pretty_name: str
+    hub_id: str  # the Hub dataset id for `datasets:` metadata and model-index `dataset.type`
+    hub_config: str  # the configuration / annotation set (model-index `dataset.config` of measured results)
+    train_images: int
+    val_images: int
+    eval_split: str = "validation"
+
+
+HUB_DATASETS: dict[str, DatasetHubInfo] = {
+    "ade20k": DatasetHubInfo("ADE20K", "zhoubolei/scene_parse_150", "scene_parsing", 20_210, 2_000),
+    "cityscapes": DatasetHubInfo("Cityscapes", "cityscapes", "gtFine", 2_975, 500),
+}
 
 
 @dataclass(frozen=True)
@@ -44,6 +68,20 @@ class CheckpointPreset:
     def sha256_prefix(self) -> str:
         """mmsegmentation's `publish_model.py` appends the first 8 hex digits of the file's sha256."""
         return self.file_name.rsplit("-", 1)[1].removesuffix(".pth")
+
+    @property
+    def mmseg_v0_config(self) -> str:
+        """The mmsegmentation 0.x config that trained the checkpoint: the file name without date and hash."""
+        return self.file_name.rsplit("_", 2)[0]
+
+    @property
+    def config_url(self) -> str:
+        return f"{MMSEG_CONFIG_URL_ROOT}/{self.mmseg_config}.py"
+
+    @property
+    def log_url(self) -> str:
+        """mmsegmentation's training log (`.log.json`) published next to the checkpoint."""
+        return self.url.rsplit("-", 1)[0] + ".log.json"
 
     @property
     def hub_repo_id(self) -> str:
