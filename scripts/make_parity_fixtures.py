@@ -813,9 +813,16 @@ def _summarise_logits(logits: torch.Tensor, channels: list[int]) -> dict:
     lg = logits[0]
     num_classes = lg.shape[0]
     pred = lg.argmax(dim=0)
-    top2 = lg.topk(2, dim=0)
-    margin = top2.values[0] - top2.values[1]
+    top2 = lg.topk(2, dim=0).values
+    margin = top2[0] - top2[1]
     near = (margin < NEAR_TIE).flatten().nonzero().flatten()
+    # at the near-tie pixels: the argmax (first index on exact ties, unlike topk's indices)
+    # and the best of the other classes
+    near_logits = lg.flatten(1)[:, near]
+    first = pred.flatten()[near]
+    others = near_logits.clone()
+    others[first, torch.arange(near.numel())] = -math.inf
+    near_classes = torch.stack([first, others.argmax(dim=0)], dim=1)
     return {
         "logits_shape": [int(s) for s in logits.shape],
         "logits_sampled": lg[channels, SAMPLE_ROWS[0] :: SAMPLE_ROWS[1], SAMPLE_COLS[0] :: SAMPLE_COLS[1]]
@@ -829,7 +836,7 @@ def _summarise_logits(logits: torch.Tensor, channels: list[int]) -> dict:
         # the near-tie pixels (flat row-major indices into H*W) and their top-1, top-2 classes:
         # a re-implementation may legitimately pick the top-2 class there
         "argmax_near_tie_index": near.clone(),
-        "argmax_near_tie_classes": top2.indices.flatten(1)[:, near].t().contiguous(),
+        "argmax_near_tie_classes": near_classes,
         "logits_std": float(lg.std()),
         "logits_abs_max": float(lg.abs().max()),
     }
@@ -940,7 +947,7 @@ def _released_record(model, name: str, suite: str, sizes, overrides: dict, mmseg
             "argmax_near_ties": f"pixels whose top-1 minus top-2 logit is below {NEAR_TIE}",
             "argmax_near_tie_threshold": NEAR_TIE,
             "argmax_near_tie_index": "flat (row-major, H*W) indices of those pixels, int64",
-            "argmax_near_tie_classes": "(n, 2) int64: top-1 and top-2 class at each of them",
+            "argmax_near_tie_classes": "(n, 2) int64: the argmax class and the runner-up class at each of them",
         },
         "cases": cases,
     }

@@ -7,7 +7,7 @@ matches, any parameter the model lacks or does not receive, and any shape mismat
 """
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -128,22 +128,35 @@ def convert_mmseg_state_dict(
     if unmapped:
         problems.append("keys no rule maps (unexpected in a SETR checkpoint): " + ", ".join(unmapped))
     if expected_shapes is not None:
-        missing = sorted(set(expected_shapes) - set(converted))
-        extra = sorted(set(converted) - set(expected_shapes))
-        mismatched = [
-            f"{key}: checkpoint {tuple(converted[key].shape)} vs model {tuple(expected_shapes[key])}"
-            for key in sorted(set(converted) & set(expected_shapes))
-            if tuple(converted[key].shape) != tuple(expected_shapes[key])
-        ]
-        if missing:
-            problems.append("model parameters the checkpoint does not provide: " + ", ".join(missing))
-        if extra:
-            problems.append("checkpoint tensors the model has no place for: " + ", ".join(extra))
-        if mismatched:
-            problems.append("shape mismatches: " + "; ".join(mismatched))
+        problems += fit_problems(converted, expected_shapes, "model")
     if problems:
         raise CheckpointMismatchError("The checkpoint does not fit the SETR model. " + " | ".join(problems))
     return converted
+
+
+def fit_problems(
+    converted: Mapping[str, torch.Tensor],
+    expected_shapes: Mapping[str, tuple[int, ...]],
+    target: str,
+    describe: Callable[[str], str] = str,
+) -> list[str]:
+    """Missing, extra and mis-shaped keys of a converted state dict against a model's `{key: shape}`, as messages.
+    `describe` names a converted key for the user (e.g. with the checkpoint key it came from)."""
+    missing = sorted(set(expected_shapes) - set(converted))
+    extra = sorted(set(converted) - set(expected_shapes))
+    mismatched = [
+        f"{describe(key)}: checkpoint {tuple(converted[key].shape)} vs {target} {tuple(expected_shapes[key])}"
+        for key in sorted(set(converted) & set(expected_shapes))
+        if tuple(converted[key].shape) != tuple(expected_shapes[key])
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{target} parameters the checkpoint does not provide: " + ", ".join(missing))
+    if extra:
+        problems.append(f"checkpoint tensors the {target} has no place for: " + ", ".join(map(describe, extra)))
+    if mismatched:
+        problems.append("shape mismatches: " + "; ".join(mismatched))
+    return problems
 
 
 def load_mmseg_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:

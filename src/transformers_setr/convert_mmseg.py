@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 import torch
 
 from .configuration_setr import SetrConfig
-from .conversion import convert_mmseg_state_dict, load_checkpoint_file
+from .conversion import load_checkpoint_file, load_mmseg_state_dict
 from .image_processing_pil_setr import SetrImageProcessorPil
 from .label_tables import DATASETS
 from .modeling_setr import SetrForSemanticSegmentation
@@ -182,8 +182,7 @@ def build_converted_model(
         raise ValueError(f"the checkpoint has no 'state_dict' (top-level keys: {sorted(checkpoint)})")
     config = config_from_mmseg_checkpoint(checkpoint, preset, overrides)
     model = SetrForSemanticSegmentation(config).eval()
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith(".num_batches_tracked")}
-    model.load_state_dict(convert_mmseg_state_dict(checkpoint["state_dict"], config, expected), strict=False)
+    load_mmseg_state_dict(model, checkpoint["state_dict"])
     return model
 
 

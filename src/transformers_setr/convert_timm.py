@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 import torch
 
 from .configuration_setr import SetrConfig
-from .conversion import CheckpointMismatchError, load_checkpoint_file
+from .conversion import CheckpointMismatchError, fit_problems, load_checkpoint_file
 from .modeling_setr import SetrModel, resize_position_embeddings
 from .presets import TIMM_VIT_LARGE_URL
 
@@ -152,22 +152,7 @@ def convert_timm_vit_state_dict(
 
     if unmapped:
         problems.insert(0, "keys no rule maps (not part of a plain timm ViT): " + ", ".join(unmapped))
-    missing = sorted(set(expected_shapes) - set(converted))
-    extra = sorted(set(converted) - set(expected_shapes))
-    mismatched = [
-        f"{source_of[key]} (as {key}): checkpoint {tuple(converted[key].shape)} vs model {tuple(expected_shapes[key])}"
-        for key in sorted(set(converted) & set(expected_shapes))
-        if tuple(converted[key].shape) != tuple(expected_shapes[key])
-    ]
-    if missing:
-        problems.append("encoder parameters the checkpoint does not provide: " + ", ".join(missing))
-    if extra:
-        problems.append(
-            "checkpoint tensors the encoder has no place for: "
-            + ", ".join(f"{source_of[key]} (as {key})" for key in extra)
-        )
-    if mismatched:
-        problems.append("shape mismatches: " + "; ".join(mismatched))
+    problems += fit_problems(converted, expected_shapes, "encoder", lambda key: f"{source_of[key]} (as {key})")
     if problems:
         raise CheckpointMismatchError("The timm ViT checkpoint does not fit the SETR encoder. " + " | ".join(problems))
     return converted
