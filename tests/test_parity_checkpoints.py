@@ -112,12 +112,17 @@ MMSEG_PYTHON = Path(os.environ.get("SETR_MMSEG_PYTHON", ROOT / ".venv-mmseg" / "
 @pytest.mark.heavy
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_full_size_checkpoint_matches_mmseg(variant, tmp_path):
-    """Full ViT-L (random weights): several minutes per variant on a CPU."""
-    if not MMSEG_PYTHON.exists():
-        pytest.skip(f"no mmsegmentation interpreter at {MMSEG_PYTHON} (see DEVELOPERS.md)")
-    fixtures = tmp_path / "fixtures"
-    command = [str(MMSEG_PYTHON), str(ROOT / "scripts" / "make_parity_fixtures.py"), "--suite", "full"]
-    subprocess.run([*command, "--variants", variant, "--out", str(fixtures)], check=True, stdout=sys.stderr)
+    """Full ViT-L (random weights): several minutes per variant on a CPU. Set SETR_FULL_FIXTURES to reuse fixtures
+    made earlier with `make_parity_fixtures.py --suite full --out DIR`."""
+    prebuilt = os.environ.get("SETR_FULL_FIXTURES")  # a folder from `make_parity_fixtures.py --suite full --out`
+    if prebuilt:
+        fixtures = Path(prebuilt)
+    else:
+        if not MMSEG_PYTHON.exists():
+            pytest.skip(f"no mmsegmentation interpreter at {MMSEG_PYTHON} (see DEVELOPERS.md)")
+        fixtures = tmp_path / "fixtures"
+        command = [str(MMSEG_PYTHON), str(ROOT / "scripts" / "make_parity_fixtures.py"), "--suite", "full"]
+        subprocess.run([*command, "--variants", variant, "--out", str(fixtures)], check=True, stdout=sys.stderr)
     (tmp_path / "work").mkdir()
     errors = check_variant(variant, fixtures, tmp_path / "work")
     print(f"{variant} (ViT-L): " + ", ".join(f"{name} {e['sampled']:.1e}" for name, e in errors.items()))
