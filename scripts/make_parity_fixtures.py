@@ -1,9 +1,27 @@
 """Generate the mmsegmentation parity fixtures for ``transformers_setr``.
 
 This script runs against the *reference* implementation (mmsegmentation 1.2.2)
-and never imports ``transformers`` or ``transformers_setr``. It builds reduced,
-randomly initialised SETR models (Naive, PUP, MLA) from the real mmseg 1.2.2
-ADE20K configs, and writes, for each variant:
+and never imports ``transformers`` or ``transformers_setr``. It has three suites
+(``--suite``, default ``core``; ``all`` = core + checkpoints):
+
+* ``core``: reduced, randomly initialised SETR models (Naive, PUP, MLA) built
+  from the real mmseg 1.2.2 ADE20K configs (details below).
+* ``checkpoints``: the seven released SETR models (``RELEASED``), each from its
+  own config with ``patch_bias=True``, its real classes (150 / 19), ``img_size``
+  (512 / 768), head structure and ``test_cfg`` (slide), but a reduced encoder
+  (``CKPT_ENCODER``: 32 wide, 4 layers, 2 heads) and head widths / 16. Writes
+  ``{variant}.pth`` and ``{variant}_io.pt`` next to the core files (CI).
+* ``full``: the same seven at full ViT-L size (random weights, ~1.2 GB per
+  checkpoint), written to ``--out`` (default under the system temp directory,
+  never into the repository): for a developer-run heavy test.
+
+For the checkpoints and full suites the io file records, per input size and
+mode (``whole``: ``encode_decode``; ``slide``: ``inference`` with the config's
+slide ``test_cfg``), a fixed sample of the logits, per-channel sums and a CRC of
+the argmax map; the inputs are regenerated from their seeds, not stored (see
+``_released_record``; the schema is in DEVELOPERS.md).
+
+Core suite, for each variant:
 
 * ``core_{variant}.pth``: a checkpoint in the mmseg 0.x release style,
   ``{"meta": {...}, "state_dict": OrderedDict}``.  ``meta`` mimics the released
@@ -21,9 +39,15 @@ Create the reference environment once, from the repository root::
 Regenerate the fixtures (they are written to ``tests/fixtures/parity/``)::
 
     .venv-mmseg/bin/python scripts/make_parity_fixtures.py [--out DIR]
+    .venv-mmseg/bin/python scripts/make_parity_fixtures.py --suite checkpoints
 
-The output is deterministic: all seeds are fixed and the checkpoint ``time``
-field is a constant string.
+The full-size suite (slow; select with ``--variants`` and ``--sizes``)::
+
+    .venv-mmseg/bin/python scripts/make_parity_fixtures.py --suite full [--out DIR]
+
+The output is deterministic: all seeds are fixed, the checkpoint ``time``
+field is a constant string, and everything runs on one CPU thread. Files are
+written under a temporary name and moved into place once complete and verified.
 """
 
 from __future__ import annotations
