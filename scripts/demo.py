@@ -46,6 +46,7 @@ def main() -> None:
         intermediate_size=768,
         out_indices=[0, 1, 2, 3],
         id2label=id2label_for("ade20k"),
+        palette=[list(colour) for colour in ADE20K_PALETTE],
     )
     model = SetrForSemanticSegmentation(config).eval()
     processor = (
@@ -79,7 +80,7 @@ def main() -> None:
     for index, result in enumerate(results[:5]):
         result["mask"].save(args.output / f"mask_{index:02d}.png")
 
-    overlay = overlay_with_legend(image, segmentation.numpy(), config.id2label, ADE20K_PALETTE)
+    overlay = overlay_with_legend(image, segmentation.numpy(), model.config.id2label, model.config.palette)
     overlay.save(args.output / "overlay.png")
     np.save(args.output / "segmentation.npy", segmentation.numpy())
     print(f"wrote {args.output / 'overlay.png'} and the first masks; the model is untrained, so they are noise.")

@@ -43,9 +43,13 @@ def test_config_is_read_from_the_weights(variant):
     assert config.use_cls_token == reference["with_cls_token"]
     assert config.num_labels == decode["num_classes"]
     assert config.id2label == dict(enumerate(checkpoint["meta"]["CLASSES"]))  # names from meta
+    assert config.palette == [list(colour) for colour in checkpoint["meta"]["PALETTE"]]
     assert len(config.auxiliary_in_indices) == len(reference["auxiliary_heads"])
     if variant == "mla":
-        assert (config.mla_channels, config.mla_neck_channels) == (decode["mla_channels"], reference["neck"]["out_channels"])
+        assert (config.mla_channels, config.mla_neck_channels) == (
+            decode["mla_channels"],
+            reference["neck"]["out_channels"],
+        )
     else:
         assert (config.decoder_num_convs, config.decoder_kernel_size) == (decode["num_convs"], decode["kernel_size"])
         assert config.auxiliary_num_convs == reference["auxiliary_heads"][0]["num_convs"]
@@ -178,7 +182,9 @@ def test_push_to_hub_uploads_the_folder(tmp_path, monkeypatch):
     import huggingface_hub
 
     calls = []
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)))
+    monkeypatch.setattr(
+        huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw))
+    )
     monkeypatch.setattr(
         huggingface_hub.HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw["repo_id"], kw)) or "url"
     )

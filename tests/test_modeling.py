@@ -60,6 +60,7 @@ def test_label_maps_are_always_both_set():
         (dict(decoder_type="pup", auxiliary_num_convs=0), "auxiliary_num_convs must be >= 1"),
         (dict(id2label={0: "a", 1: "b"}, num_labels=3), "contradicts id2label"),
         (dict(id2label={0: "a", 2: "b"}), "keys must be 0..1"),
+        (dict(num_labels=2, palette=[[0, 0, 0]]), "palette must hold one"),
     ],
 )
 def test_invalid_configs_raise_a_clear_error(kwargs, message):

@@ -93,8 +93,9 @@ def check_variant(variant: str, fixtures: Path, output: Path) -> dict[str, dict[
     assert model.config.inference_mode == test_cfg["mode"] == "slide"
     crop, stride = model.config.slide_window
     assert (list(crop), list(stride)) == (test_cfg["crop_size"], test_cfg["stride"])
-    classes = load_checkpoint_file(str(released))["meta"]["CLASSES"]
-    assert list(model.config.id2label.values()) == list(classes)
+    meta = load_checkpoint_file(str(released))["meta"]
+    assert list(model.config.id2label.values()) == list(meta["CLASSES"])
+    assert model.config.palette == [list(colour) for colour in meta["PALETTE"]]
     return {case["name"]: compare_case(model, case) for case in io["cases"]}
 
 

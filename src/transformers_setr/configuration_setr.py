@@ -84,6 +84,9 @@ class SetrConfig(PreTrainedConfig):
 
     Loss: `semantic_loss_ignore_index` (255).
 
+    palette (`list[[r, g, b]]`, *optional*): a colour per label for visualisations (the dataset's, for converted
+        checkpoints).
+
     Inference protocol (what `forward` does without `labels` in eval mode):
         inference_mode (`"whole"` or `"slide"`): `"whole"` returns logits at the decoder's resolution (transformers'
             convention). `"slide"` runs mmsegmentation's sliding-window inference and returns logits at the input
@@ -137,6 +140,8 @@ class SetrConfig(PreTrainedConfig):
     slide_crop_size: int | list[int] | tuple[int, int] | None = None
     slide_stride: int | list[int] | tuple[int, int] | None = None
     slide_batch_size: int = 4
+
+    palette: list[list[int]] | None = None
 
     def __post_init__(self, **kwargs):
         defaults = _DECODER_DEFAULTS.get(self.decoder_type, {})
@@ -263,6 +268,10 @@ class SetrConfig(PreTrainedConfig):
             errors.append(f"slide window crop {crop} and stride {stride} must be positive")
         if self.slide_batch_size < 1:
             errors.append(f"slide_batch_size must be >= 1, got {self.slide_batch_size}")
+        if self.palette is not None and (
+            len(self.palette) != self.num_labels or any(len(colour) != 3 for colour in self.palette)
+        ):
+            errors.append(f"palette must hold one [r, g, b] per label ({self.num_labels}), got {len(self.palette)}")
         if self.num_labels is None or self.num_labels < 1:
             errors.append("a SETR model needs at least one label")
         if errors:

@@ -148,6 +148,11 @@ def config_from_mmseg_checkpoint(
         kwargs["id2label"] = dict(enumerate(DATASETS[dataset]["classes"]))
     else:
         kwargs["num_labels"] = num_labels
+    palette = (checkpoint.get("meta") or {}).get("PALETTE")
+    if palette is not None and len(palette) == num_labels:
+        kwargs["palette"] = [[int(c) for c in colour] for colour in palette]
+    elif dataset is not None and len(DATASETS[dataset]["palette"]) == num_labels:
+        kwargs["palette"] = [list(colour) for colour in DATASETS[dataset]["palette"]]
     kwargs.update(inference_mode="slide", slide_crop_size=kwargs["image_size"])
     if preset is not None:
         kwargs.update(slide_crop_size=preset.crop_size, slide_stride=preset.slide_stride)
