@@ -198,6 +198,9 @@ def write_folder_atomically(output_dir: Path, write, overwrite: bool = False) ->
         raise FileExistsError(f"{output_dir} exists; pass overwrite=True (--overwrite) to replace it")
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp_dir.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should look like a plain mkdir
     try:
         write(tmp_dir)
         if output_dir.exists():

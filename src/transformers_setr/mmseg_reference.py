@@ -28,8 +28,13 @@ def _stub_mmcv_ops() -> None:
         def __init__(self, *args, **kwargs):
             raise RuntimeError("mmcv.ops is a stub: compiled ops are unavailable")
 
+    def placeholder(name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Placeholder
+
     module = types.ModuleType("mmcv.ops")
-    module.__getattr__ = lambda name: _Placeholder
+    module.__getattr__ = placeholder
     sys.modules["mmcv.ops"] = module
 
 
@@ -52,8 +57,18 @@ def main() -> None:
     config = Path(args.config)
     if not config.exists():
         config = Path(mmseg.__file__).parent / ".mim" / "configs" / "setr" / f"{args.config}.py"
-    model = init_model(str(config), args.checkpoint, device="cpu", cfg_options={"model.backbone.patch_bias": True})
+    model = init_model(str(config), None, device="cpu", cfg_options={"model.backbone.patch_bias": True})
     model = revert_sync_batchnorm(model).eval()
+    # mmengine's loader uses torch.load(weights_only=True), which rejects the numpy scalars of the released `meta`;
+    # allow exactly those (never weights_only=False: the file may come from anywhere).
+    import numpy as np
+    from numpy._core.multiarray import scalar
+
+    dtypes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
+    allowed = [(scalar, "numpy.core.multiarray.scalar"), scalar, np.dtype, *dtypes]
+    with torch.serialization.safe_globals(allowed):
+        checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    model.load_state_dict(checkpoint.get("state_dict", checkpoint), strict=True)
     torch.set_num_threads(1)
     results = {"mmseg_version": mmseg.__version__, "mode": args.mode, "cases": []}
     for index, size in enumerate(args.sizes):
