@@ -55,6 +55,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import importlib.util
 import io
 import math
 import os
@@ -553,67 +554,45 @@ def _io_record(model, variant: str, overrides: dict, mmseg_version: str):
 # ---------------------------------------------------------------------------
 # "checkpoints" and "full" suites: the seven released SETR models
 # ---------------------------------------------------------------------------
-# name -> mmseg 1.x config, dataset, and what the released file looked like
-# (file name, v0.x config name, iterations, single-scale mIoU, mmseg era).
-RELEASED = {
-    "ade20k-naive": dict(
-        config="setr_vit-l_naive_8xb2-160k_ade20k-512x512.py",
-        dataset="ade20k",
-        file="setr_naive_512x512_160k_b16_ade20k_20210619_191258-061f24f5.pth",
-        v0_config="setr_naive_512x512_160k_b16_ade20k.py",
-        iters=160000,
-        miou=0.4828,
-    ),
-    "ade20k-pup": dict(
-        config="setr_vit-l_pup_8xb2-160k_ade20k-512x512.py",
-        dataset="ade20k",
-        file="setr_pup_512x512_160k_b16_ade20k_20210619_191343-7e0ce826.pth",
-        v0_config="setr_pup_512x512_160k_b16_ade20k.py",
-        iters=160000,
-        miou=0.4824,
-    ),
-    "ade20k-mla-b8": dict(
-        config="setr_vit-l-mla_8xb1-160k_ade20k-512x512.py",
-        dataset="ade20k",
-        file="setr_mla_512x512_160k_b8_ade20k_20210619_191118-c6d21df0.pth",
-        v0_config="setr_mla_512x512_160k_b8_ade20k.py",
-        iters=160000,
-        miou=0.4734,
-    ),
-    "ade20k-mla-b16": dict(
-        config="setr_vit-l_mla_8xb2-160k_ade20k-512x512.py",
-        dataset="ade20k",
-        file="setr_mla_512x512_160k_b16_ade20k_20210619_191057-f9741de7.pth",
-        v0_config="setr_mla_512x512_160k_b16_ade20k.py",
-        iters=160000,
-        miou=0.4739,
-    ),
-    "cityscapes-naive": dict(
-        config="setr_vit-l_naive_8xb1-80k_cityscapes-768x768.py",
-        dataset="cityscapes",
-        file="setr_naive_vit-large_8x1_768x768_80k_cityscapes_20211123_000505-20728e80.pth",
-        v0_config="setr_vit-large_naive_8x1_768x768_80k_cityscapes.py",
-        iters=80000,
-        miou=0.7810,
-    ),
-    "cityscapes-pup": dict(
-        config="setr_vit-l_pup_8xb1-80k_cityscapes-768x768.py",
-        dataset="cityscapes",
-        file="setr_pup_vit-large_8x1_768x768_80k_cityscapes_20211122_155115-f6f37b8f.pth",
-        v0_config="setr_vit-large_pup_8x1_768x768_80k_cityscapes.py",
-        iters=80000,
-        miou=0.7921,
-    ),
-    "cityscapes-mla": dict(
-        config="setr_vit-l_mla_8xb1-80k_cityscapes-768x768.py",
-        dataset="cityscapes",
-        file="setr_mla_vit-large_8x1_768x768_80k_cityscapes_20211119_101003-7f8dccbe.pth",
-        v0_config="setr_vit-large_mla_8x1_768x768_80k_cityscapes.py",
-        iters=80000,
-        miou=0.7700,
-    ),
+# name -> mmseg 1.x config, dataset, and what the released file looked like (file name, v0.x config name,
+# iterations, single-scale mIoU), read from the package's presets table (a plain module: no transformers needed).
+PRESET_OF_VARIANT = {
+    "ade20k-naive": "setr-naive-vit-large-ade20k-512",
+    "ade20k-pup": "setr-pup-vit-large-ade20k-512",
+    "ade20k-mla-b8": "setr-mla-vit-large-ade20k-512-b8",
+    "ade20k-mla-b16": "setr-mla-vit-large-ade20k-512-b16",
+    "cityscapes-naive": "setr-naive-vit-large-cityscapes-768",
+    "cityscapes-pup": "setr-pup-vit-large-cityscapes-768",
+    "cityscapes-mla": "setr-mla-vit-large-cityscapes-768",
 }
-# Weight seeds (same in the checkpoints and full suites; the architectures differ anyway).
+
+
+def _load_presets() -> dict:
+    path = REPO_ROOT / "src" / "transformers_setr" / "presets.py"
+    spec = importlib.util.spec_from_file_location("setr_presets", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module.PRESETS
+
+
+def _released_table() -> dict:
+    presets = _load_presets()
+    table = {}
+    for variant, preset_name in PRESET_OF_VARIANT.items():
+        preset = presets[preset_name]
+        table[variant] = dict(
+            config=f"{preset.mmseg_config}.py",
+            dataset=preset.dataset,
+            file=preset.file_name,
+            v0_config=f"{preset.mmseg_v0_config}.py",
+            iters=preset.iterations,
+            miou=round(preset.miou_reported / 100, 4),
+        )
+    return table
+
+
+RELEASED = _released_table()
 RELEASED_WEIGHT_SEEDS = {name: 3001 + i for i, name in enumerate(RELEASED)}
 DATASET_CLASS = {"ade20k": "ADE20KDataset", "cityscapes": "CityscapesDataset"}
 # mmseg era that trained each dataset's checkpoints (only used in the fake ``meta``).

@@ -44,6 +44,7 @@ class CheckpointPreset:
     name: str  # our preset name and the Hub repo name
     file_name: str  # the released .pth
     mmseg_config: str  # the mmsegmentation 1.x config that describes it
+    mmseg_v0_config: str  # the mmsegmentation 0.x config that trained it (without `.py`)
     dataset: str  # "ade20k" or "cityscapes"
     decoder_type: str
     crop_size: int  # training crop = slide window = position grid * 16
@@ -70,11 +71,6 @@ class CheckpointPreset:
         return self.file_name.rsplit("-", 1)[1].removesuffix(".pth")
 
     @property
-    def mmseg_v0_config(self) -> str:
-        """The mmsegmentation 0.x config that trained the checkpoint: the file name without date and hash."""
-        return self.file_name.rsplit("_", 2)[0]
-
-    @property
     def config_url(self) -> str:
         return f"{MMSEG_CONFIG_URL_ROOT}/{self.mmseg_config}.py"
 
@@ -99,6 +95,7 @@ PRESETS: dict[str, CheckpointPreset] = {
             name="setr-naive-vit-large-ade20k-512",
             file_name="setr_naive_512x512_160k_b16_ade20k_20210619_191258-061f24f5.pth",
             mmseg_config="setr_vit-l_naive_8xb2-160k_ade20k-512x512",
+            mmseg_v0_config="setr_naive_512x512_160k_b16_ade20k",
             dataset="ade20k",
             decoder_type="naive",
             crop_size=512,
@@ -118,6 +115,7 @@ PRESETS: dict[str, CheckpointPreset] = {
             name="setr-pup-vit-large-ade20k-512",
             file_name="setr_pup_512x512_160k_b16_ade20k_20210619_191343-7e0ce826.pth",
             mmseg_config="setr_vit-l_pup_8xb2-160k_ade20k-512x512",
+            mmseg_v0_config="setr_pup_512x512_160k_b16_ade20k",
             dataset="ade20k",
             decoder_type="pup",
             crop_size=512,
@@ -137,6 +135,7 @@ PRESETS: dict[str, CheckpointPreset] = {
             name="setr-mla-vit-large-ade20k-512-b8",
             file_name="setr_mla_512x512_160k_b8_ade20k_20210619_191118-c6d21df0.pth",
             mmseg_config="setr_vit-l-mla_8xb1-160k_ade20k-512x512",
+            mmseg_v0_config="setr_mla_512x512_160k_b8_ade20k",
             dataset="ade20k",
             decoder_type="mla",
             crop_size=512,
@@ -156,6 +155,7 @@ PRESETS: dict[str, CheckpointPreset] = {
             name="setr-mla-vit-large-ade20k-512-b16",
             file_name="setr_mla_512x512_160k_b16_ade20k_20210619_191057-f9741de7.pth",
             mmseg_config="setr_vit-l_mla_8xb2-160k_ade20k-512x512",
+            mmseg_v0_config="setr_mla_512x512_160k_b16_ade20k",
             dataset="ade20k",
             decoder_type="mla",
             crop_size=512,
@@ -175,6 +175,7 @@ PRESETS: dict[str, CheckpointPreset] = {
             name="setr-naive-vit-large-cityscapes-768",
             file_name="setr_naive_vit-large_8x1_768x768_80k_cityscapes_20211123_000505-20728e80.pth",
             mmseg_config="setr_vit-l_naive_8xb1-80k_cityscapes-768x768",
+            mmseg_v0_config="setr_vit-large_naive_8x1_768x768_80k_cityscapes",
             dataset="cityscapes",
             decoder_type="naive",
             crop_size=768,
@@ -194,6 +195,7 @@ PRESETS: dict[str, CheckpointPreset] = {
             name="setr-pup-vit-large-cityscapes-768",
             file_name="setr_pup_vit-large_8x1_768x768_80k_cityscapes_20211122_155115-f6f37b8f.pth",
             mmseg_config="setr_vit-l_pup_8xb1-80k_cityscapes-768x768",
+            mmseg_v0_config="setr_vit-large_pup_8x1_768x768_80k_cityscapes",
             dataset="cityscapes",
             decoder_type="pup",
             crop_size=768,
@@ -213,6 +215,7 @@ PRESETS: dict[str, CheckpointPreset] = {
             name="setr-mla-vit-large-cityscapes-768",
             file_name="setr_mla_vit-large_8x1_768x768_80k_cityscapes_20211119_101003-7f8dccbe.pth",
             mmseg_config="setr_vit-l_mla_8xb1-80k_cityscapes-768x768",
+            mmseg_v0_config="setr_vit-large_mla_8x1_768x768_80k_cityscapes",
             dataset="cityscapes",
             decoder_type="mla",
             crop_size=768,
