@@ -209,8 +209,15 @@ def _reduce_config(cfg, variant: str) -> None:
 
 
 @torch.no_grad()
-def _randomise_(model: nn.Module, gen: torch.Generator) -> None:
-    """Overwrite every parameter and buffer with seeded random values."""
+def _randomise_(model: nn.Module, gen: torch.Generator, iters: int = 160000, fan_in_scaled: bool = False) -> None:
+    """Overwrite every parameter and buffer with seeded random values.
+
+    Core suite: matrix/conv weights (and cls_token, pos_embed) ~ N(0, 0.2), fine at width 32. The released-model
+    suites use `fan_in_scaled=True`: a flat N(0, 0.2) would make ViT-L (fan-in 1024 / 4096) and 3x3x256
+    convolutions blow up (logits ~1e4+), so matrix/conv weights are He-style N(0, 2/fan_in) and cls_token/pos_embed
+    N(0, 0.5): activations and logits stay O(1) (large enough that argmax near-ties stay rare). LayerNorm /
+    BatchNorm affine parameters and BN running statistics are non-trivial in both.
+    """
 
     def normal(t, mean, std):
         return torch.empty(t.shape, dtype=t.dtype).normal_(mean, std, generator=gen)
@@ -232,8 +239,14 @@ def _randomise_(model: nn.Module, gen: torch.Generator) -> None:
                 new = uniform(p, 0.5, 1.5)
             elif name.endswith("bias"):
                 new = normal(p, 0.0, 0.1)
-            else:  # conv/linear weights, in_proj_weight, cls_token, pos_embed, ...
+            elif not fan_in_scaled:  # conv/linear weights, in_proj_weight, cls_token, pos_embed, ...
                 new = normal(p, 0.0, 0.2)
+            elif name in ("pos_embed", "cls_token"):
+                new = normal(p, 0.0, 0.5)
+            elif p.dim() >= 2:  # conv / linear / in_proj weights: fan-in = all but dim 0
+                new = normal(p, 0.0, math.sqrt(2.0 / p[0].numel()))
+            else:
+                raise RuntimeError(f"unexpected parameter {prefix}{name} {tuple(p.shape)}")
             p.copy_(new)
             touched.add(prefix + name)
         for name, b in mod.named_buffers(recurse=False):
@@ -244,7 +257,7 @@ def _randomise_(model: nn.Module, gen: torch.Generator) -> None:
             elif is_bn and name == "running_var":
                 b.copy_(uniform(b, 0.5, 2.0))
             elif is_bn and name == "num_batches_tracked":
-                b.fill_(160000)  # like a 160k-iteration training run; unused in eval
+                b.fill_(iters)  # like a training run of that length; unused in eval
             else:
                 raise RuntimeError(f"unexpected buffer {prefix}{name}")
             touched.add(prefix + name)
@@ -663,63 +676,6 @@ def _released_cfg(name: str, suite: str, mmseg_mods):
     return cfg
 
 
-@torch.no_grad()
-def _randomise_fan_in_(model: nn.Module, gen: torch.Generator, iters: int) -> None:
-    """Seeded random values for every parameter and BN buffer, scaled by fan-in.
-
-    The core suite's flat N(0, 0.2) is fine at width 32 but would make ViT-L (fan-in 1024 /
-    4096) and 3x3x256 convolutions blow up (logits ~1e4+), so here matrix/conv weights are
-    He-style N(0, 2/fan_in): activations stay O(1) through the conv-BN-ReLU stacks, and
-    the logits are O(1) too (large enough that argmax near-ties stay rare). LayerNorm /
-    BatchNorm affine parameters and BN running statistics are non-trivial as in the core
-    suite.
-    """
-
-    def normal(t, mean, std):
-        return torch.empty(t.shape, dtype=t.dtype).normal_(mean, std, generator=gen)
-
-    def uniform(t, lo, hi):
-        return torch.empty(t.shape, dtype=t.dtype).uniform_(lo, hi, generator=gen)
-
-    touched = set()
-    for mod_name, mod in model.named_modules():
-        if mod_name == "data_preprocessor" or mod_name.startswith("data_preprocessor."):
-            continue
-        prefix = f"{mod_name}." if mod_name else ""
-        is_ln = isinstance(mod, nn.LayerNorm)
-        is_bn = isinstance(mod, nn.modules.batchnorm._BatchNorm)
-        for name, p in mod.named_parameters(recurse=False):
-            if is_ln and name == "weight":
-                new = normal(p, 1.0, 0.1)
-            elif is_bn and name == "weight":
-                new = uniform(p, 0.5, 1.5)
-            elif name.endswith("bias"):
-                new = normal(p, 0.0, 0.1)
-            elif name in ("pos_embed", "cls_token"):
-                new = normal(p, 0.0, 0.5)
-            elif p.dim() >= 2:  # conv / linear / in_proj weights: fan-in = all but dim 0
-                new = normal(p, 0.0, math.sqrt(2.0 / p[0].numel()))
-            else:
-                raise RuntimeError(f"unexpected parameter {prefix}{name} {tuple(p.shape)}")
-            p.copy_(new)
-            touched.add(prefix + name)
-        for name, b in mod.named_buffers(recurse=False):
-            if b is None:
-                continue
-            if is_bn and name == "running_mean":
-                b.copy_(normal(b, 0.0, 0.2))
-            elif is_bn and name == "running_var":
-                b.copy_(uniform(b, 0.5, 2.0))
-            elif is_bn and name == "num_batches_tracked":
-                b.fill_(iters)
-            else:
-                raise RuntimeError(f"unexpected buffer {prefix}{name}")
-            touched.add(prefix + name)
-    missing = set(model.state_dict()) - touched
-    if missing:
-        raise RuntimeError(f"not randomised: {sorted(missing)}")
-
-
 def _dataset_meta(dataset: str) -> tuple[tuple, list]:
     import mmseg.datasets
 
@@ -769,7 +725,7 @@ def _build_released(name: str, suite: str, mmseg_mods):
     model = revert_sync_batchnorm(model)
     model.eval()
     gen = torch.Generator().manual_seed(RELEASED_WEIGHT_SEEDS[name])
-    _randomise_fan_in_(model, gen, RELEASED[name]["iters"])
+    _randomise_(model, gen, RELEASED[name]["iters"], fan_in_scaled=True)
     return cfg, model
 
 

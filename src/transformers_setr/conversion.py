@@ -6,9 +6,13 @@ and v (rows in that order). BatchNorm's `num_batches_tracked` is the only thing 
 matches, any parameter the model lacks or does not receive, and any shape mismatch is an error naming the key.
 """
 
+import os
 import re
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -211,3 +215,31 @@ def load_checkpoint_file(path: str) -> dict:
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path} does not hold a dict but a {type(checkpoint).__name__}")
     return checkpoint
+
+
+def download_cached(
+    url: str, cache_dir: str | os.PathLike, hash_prefix: str | None = None, progress: bool = True
+) -> Path:
+    """The cached copy of `url` (`<cache_dir>/<file name>`), downloaded first when absent, with a progress bar.
+
+    The download goes to a temporary file in the cache directory that is renamed into place once complete (and,
+    with `hash_prefix`, once its sha256 starts with it), so an interrupted download never leaves a truncated file
+    under the final name.
+    """
+    directory = Path(cache_dir).expanduser()
+    name = os.path.basename(urlparse(url).path)
+    if not name:
+        raise ValueError(f"{url} does not end in a file name")
+    destination = directory / name
+    if destination.is_file():
+        return destination
+    directory.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=directory)
+    os.close(handle)
+    try:
+        torch.hub.download_url_to_file(url, partial, hash_prefix=hash_prefix, progress=progress)
+        os.replace(partial, destination)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return destination

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 import torch
 
 from .configuration_setr import SetrConfig
-from .conversion import load_checkpoint_file, load_mmseg_state_dict
+from .conversion import download_cached, load_checkpoint_file, load_mmseg_state_dict
 from .image_processing_pil_setr import SetrImageProcessorPil
 from .label_tables import DATASETS
 from .modeling_setr import SetrForSemanticSegmentation
@@ -32,28 +32,16 @@ from .presets import PRESETS, CheckpointPreset
 CACHE_DIR = Path(os.environ.get("TRANSFORMERS_SETR_CACHE", Path.home() / ".cache" / "transformers_setr"))
 
 
-def download_cached(url: str, hash_prefix: str | None = None, cache_dir: Path | None = None) -> Path:
-    """Download `url` once into the cache (with a progress bar); the file appears only when complete and, when
-    `hash_prefix` is given, only if its sha256 starts with it."""
-    cache_dir = Path(cache_dir or CACHE_DIR)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    target = cache_dir / Path(urlparse(url).path).name
-    if not target.exists():
-        # torch.hub downloads to a temporary file, checks the hash prefix, then moves it into place.
-        torch.hub.download_url_to_file(url, str(target), hash_prefix=hash_prefix, progress=True)
-    return target
-
-
 def resolve_checkpoint(source: str, cache_dir: Path | None = None) -> tuple[Path, CheckpointPreset | None]:
     """A preset name, a URL or a local path -> (local path, the matching preset if any)."""
     if source in PRESETS:
         preset = PRESETS[source]
-        return download_cached(preset.url, preset.sha256_prefix, cache_dir), preset
+        return download_cached(preset.url, cache_dir or CACHE_DIR, preset.sha256_prefix), preset
     by_file_name = {preset.file_name: preset for preset in PRESETS.values()}
     if re.match(r"^https?://", source):
         file_name = Path(urlparse(source).path).name
         preset = by_file_name.get(file_name)
-        return download_cached(source, preset.sha256_prefix if preset else None, cache_dir), preset
+        return download_cached(source, cache_dir or CACHE_DIR, preset.sha256_prefix if preset else None), preset
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"{source!r} is neither a preset ({', '.join(PRESETS)}), a URL, nor an existing file")

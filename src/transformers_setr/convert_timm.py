@@ -17,7 +17,6 @@ auxiliary heads keep their initialisation.
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from urllib.parse import urlparse
 import torch
 
 from .configuration_setr import SetrConfig
-from .conversion import CheckpointMismatchError, fit_problems, load_checkpoint_file
+from .conversion import CheckpointMismatchError, download_cached, fit_problems, load_checkpoint_file
 from .modeling_setr import SetrModel, resize_position_embeddings
 from .presets import TIMM_VIT_LARGE_URL
 
@@ -186,31 +185,6 @@ def _is_url(source: str) -> bool:
     return urlparse(source).scheme in ("http", "https")
 
 
-def download_to_cache(url: str, cache_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
-    """The cached copy of `url` (`<cache_dir>/<file name>`), downloaded first when absent.
-
-    The download goes to a temporary file in the cache directory that is renamed into place once complete, so an
-    interrupted download never leaves a truncated file under the final name.
-    """
-    directory = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser()
-    name = os.path.basename(urlparse(url).path)
-    if not name:
-        raise ValueError(f"{url} does not end in a file name")
-    destination = directory / name
-    if destination.is_file():
-        return destination
-    directory.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=directory)
-    os.close(handle)
-    try:
-        torch.hub.download_url_to_file(url, partial, progress=progress)
-        os.replace(partial, destination)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
-    return destination
-
-
 def resolve_timm_source(
     source: str | os.PathLike, cache_dir: str | os.PathLike | None = None, progress: bool = True
 ) -> Path:
@@ -218,7 +192,7 @@ def resolve_timm_source(
     source = os.fspath(source)
     url = TIMM_VIT_PRESETS.get(source, source)
     if _is_url(url):
-        return download_to_cache(url, cache_dir, progress)
+        return download_cached(url, cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR, progress=progress)
     path = Path(source).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
@@ -291,7 +265,6 @@ __all__ = [
     "TimmKeyRule",
     "TimmLoadReport",
     "convert_timm_vit_state_dict",
-    "download_to_cache",
     "load_timm_vit_pretrain",
     "map_timm_key",
     "resolve_timm_source",

@@ -17,7 +17,9 @@ from string import Template
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .image_processing_pil_setr import get_setr_resize_output_size
 from .label_tables import id2label_for
+from .modeling_setr import slide_windows
 from .presets import (
     HUB_DATASETS,
     HUB_ORGANISATION,
@@ -362,8 +364,7 @@ def build_card_data(preset: CheckpointPreset, *, measured: dict | None = None) -
 def keep_ratio_size(height: int, width: int, test_scale: tuple[int, int]) -> tuple[int, int]:
     """mmcv's keep-ratio rescale to `test_scale` = (long, short): the (height, width) the processor produces."""
     longest, shortest = test_scale
-    factor = min(longest / max(height, width), shortest / min(height, width))
-    return int(height * factor + 0.5), int(width * factor + 0.5)
+    return get_setr_resize_output_size((height, width), {"shortest_edge": shortest, "longest_edge": longest})
 
 
 def vit_large_parameters(num_positions: int) -> int:
@@ -378,9 +379,8 @@ def vit_large_parameters(num_positions: int) -> int:
 
 def slide_window_grid(height: int, width: int, crop: int, stride: int) -> tuple[int, int]:
     """Rows and columns of mmsegmentation's sliding windows over a (height, width) input."""
-    rows = max(height - crop + stride - 1, 0) // stride + 1
-    cols = max(width - crop + stride - 1, 0) // stride + 1
-    return rows, cols
+    windows = slide_windows(height, width, (crop, crop), (stride, stride))
+    return len({(y1, y2) for y1, y2, _, _ in windows}), len({(x1, x2) for _, _, x1, x2 in windows})
 
 
 # A typical original image per dataset, (height, width), for the worked examples in the card.

@@ -233,9 +233,3 @@ PRESETS: dict[str, CheckpointPreset] = {
         ),
     )
 }
-
-
-def get_preset(name: str) -> CheckpointPreset:
-    if name not in PRESETS:
-        raise ValueError(f"unknown SETR preset {name!r}; known presets: {', '.join(PRESETS)}")
-    return PRESETS[name]
