@@ -1,9 +1,11 @@
-"""Class names and palettes of the datasets SETR was released on (mmsegmentation's `METAINFO`).
+"""Class names, palettes and label-id tables of the datasets SETR was released on (mmsegmentation's `METAINFO`).
 
 The single place for these facts: the converter, the model cards, the data loaders and the demo read them here.
 ADE20K keeps mmsegmentation's spelling, including the trailing space of `'bed '`. Output channel `c` of an ADE20K
 model is raw annotation value `c + 1` (0 is "other", mapped to the ignore index 255).
 """
+
+import numpy as np
 
 ADE20K_CLASSES: tuple[str, ...] = (
     "wall",
@@ -366,3 +368,38 @@ def id2label_for(dataset: str) -> dict[int, str]:
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
     return dict(enumerate(DATASETS[dataset]["classes"]))
+
+
+# Cityscapes `labelId` (0..33, as in `*_gtFine_labelIds.png` and the Hub mirrors) of each train id, from the official
+# `cityscapesscripts/helpers/labels.py`. Every other label id (void classes, parking, rail track, guard rail, bridge,
+# tunnel, polegroup, caravan, trailer) has train id 255; license plate (-1) is never drawn into the PNGs.
+CITYSCAPES_TRAIN_ID_TO_LABEL_ID: tuple[int, ...] = (
+    7,  # train id 0: road
+    8,  # train id 1: sidewalk
+    11,  # train id 2: building
+    12,  # train id 3: wall
+    13,  # train id 4: fence
+    17,  # train id 5: pole
+    19,  # train id 6: traffic light
+    20,  # train id 7: traffic sign
+    21,  # train id 8: vegetation
+    22,  # train id 9: terrain
+    23,  # train id 10: sky
+    24,  # train id 11: person
+    25,  # train id 12: rider
+    26,  # train id 13: car
+    27,  # train id 14: truck
+    28,  # train id 15: bus
+    31,  # train id 16: train
+    32,  # train id 17: motorcycle
+    33,  # train id 18: bicycle
+)
+CITYSCAPES_NUM_LABEL_IDS = 34  # label ids 0..33
+
+
+def cityscapes_label_id_to_train_id() -> np.ndarray:
+    """256-entry uint8 lookup table `labelId -> trainId` (255 for ids that are not trained on, and for ids > 33)."""
+    lookup = np.full(256, 255, dtype=np.uint8)
+    for train_id, label_id in enumerate(CITYSCAPES_TRAIN_ID_TO_LABEL_ID):
+        lookup[label_id] = train_id
+    return lookup
