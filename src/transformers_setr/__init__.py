@@ -8,6 +8,7 @@ from transformers.utils import is_torchvision_available
 
 from .configuration_setr import SetrConfig
 from .image_processing_pil_setr import SetrImageProcessorPil
+from .metrics import MeanIoU, evaluate_metric_path
 from .modeling_setr import (
     SetrForSemanticSegmentation,
     SetrModel,
@@ -26,6 +27,7 @@ register_auto_classes()
 __version__ = "0.1.0"
 
 __all__ = [
+    "MeanIoU",
     "SetrConfig",
     "SetrForSemanticSegmentation",
     "SetrImageProcessor",
@@ -33,4 +35,5 @@ __all__ = [
     "SetrModel",
     "SetrPreTrainedModel",
     "SetrSemanticSegmenterOutput",
+    "evaluate_metric_path",
 ]

@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Evaluate a SETR model on ADE20K or Cityscapes with mmsegmentation's protocol (mIoU at the original resolution).
+
+Examples:
+    python scripts/evaluate.py --model path/to/setr-pup-ade20k --data zhoubolei/scene_parse_150 --mode slide
+    python scripts/evaluate.py --model my-model --data /data/cityscapes --mode ms_flip --output results.json
+    accelerate launch scripts/evaluate.py --model my-model --data /data/ADEChallengeData2016   # sharded, summed
+
+Prints mIoU / mAcc / aAcc and the per-class IoU and accuracy (in percent, as mmseg prints them); `--output` also
+writes them (as fractions, NaN as null) to a JSON file.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+# This file is named like the `evaluate` library, and Python puts the script's folder first on sys.path: drop it so
+# that an `import evaluate` anywhere below gets the library, not this script.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from transformers_setr.evaluation import EVAL_MODES
+    from transformers_setr.label_tables import DATASETS
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="model folder or Hub id (with its image processor)")
+    parser.add_argument("--revision", default=None, help="model revision on the Hub")
+    parser.add_argument(
+        "--data", required=True, help="dataset source: Hub id or local folder (see load_segmentation_data)"
+    )
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default=None, help="inferred when omitted")
+    parser.add_argument("--data_revision", default=None, help="dataset revision on the Hub")
+    parser.add_argument("--cache_dir", default=None, help="datasets cache folder")
+    parser.add_argument("--split", default="validation")
+    parser.add_argument("--mode", choices=EVAL_MODES, default="slide", help="SETR's single-scale protocol is slide")
+    parser.add_argument("--max_samples", type=int, default=None, help="evaluate only the first N images")
+    parser.add_argument("--batch_size", type=int, default=None, help="sliding windows per forward pass")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    parser.add_argument("--num_workers", type=int, default=2, help="DataLoader workers decoding the images")
+    parser.add_argument("--output", type=Path, default=None, help="write the results to this JSON file")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.max_samples is not None and args.max_samples < 1:
+        parser.error("--max_samples must be positive")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error("--batch_size must be positive")
+    return args
+
+
+def format_table(results: dict[str, Any]) -> str:
+    def percent(value: float) -> str:
+        return "nan" if math.isnan(value) else f"{100 * value:.2f}"
+
+    width = max([len("Class"), *(len(name) for name in results["per_class_iou"])])
+    lines = [
+        f"{results['num_images']} images, mode {results['mode']}: "
+        f"mIoU {percent(results['mIoU'])}  mAcc {percent(results['mAcc'])}  aAcc {percent(results['aAcc'])}",
+        "",
+        f"{'Class':<{width}}  {'IoU':>6}  {'Acc':>6}",
+    ]
+    for name, iou in results["per_class_iou"].items():
+        lines.append(f"{name:<{width}}  {percent(iou):>6}  {percent(results['per_class_accuracy'][name]):>6}")
+    return "\n".join(lines)
+
+
+def _json_ready(value: Any) -> Any:
+    # Strict JSON has no NaN: a class absent from the whole split is null.
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    return value
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
+        json.dump(_json_ready(payload), f, indent=2, allow_nan=False)
+        temporary = f.name
+    os.replace(temporary, path)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+
+    import torch
+    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+    import transformers_setr  # noqa: F401  (registers SETR with the Auto classes)
+    from transformers_setr.data import load_segmentation_data
+    from transformers_setr.evaluation import evaluate_segmentation
+
+    accelerator = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched with `accelerate launch` / torchrun
+        from accelerate import Accelerator
+
+        accelerator = Accelerator()
+        device = accelerator.device
+    else:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    is_main = accelerator is None or accelerator.is_main_process
+
+    model = AutoModelForSemanticSegmentation.from_pretrained(
+        args.model, revision=args.revision, dtype=getattr(torch, args.dtype)
+    )
+    image_processor = AutoImageProcessor.from_pretrained(args.model, revision=args.revision)
+    if args.batch_size is not None:
+        model.config.slide_batch_size = args.batch_size
+    model.to(device).eval()
+
+    data = load_segmentation_data(
+        args.data,
+        args.dataset,
+        splits=[args.split],
+        revision=args.data_revision,
+        cache_dir=args.cache_dir,
+        max_samples=args.max_samples,
+    )
+    results = evaluate_segmentation(
+        model,
+        image_processor,
+        data,
+        split=args.split,
+        mode=args.mode,
+        accelerator=accelerator,
+        progress=not args.no_progress,
+        max_samples=args.max_samples,
+        num_workers=args.num_workers,
+    )
+    if is_main:
+        print(format_table(results))
+        if args.output is not None:
+            payload = {
+                "model": args.model,
+                "data": data.source,
+                "dataset": data.dataset,
+                "split": args.split,
+                "dtype": args.dtype,
+                **results,
+            }
+            write_json(args.output, payload)
+            print(f"results written to {args.output}")
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
