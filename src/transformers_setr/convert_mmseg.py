@@ -234,14 +234,25 @@ def convert_checkpoint(
     return folder, model
 
 
-def push_folder_to_hub(folder: str | Path, repo_id: str, token: str | None = None) -> str:
-    """Create the model repo if needed and upload the converted folder (weights, configs, code, card)."""
+def push_folder_to_hub(
+    folder: str | Path,
+    repo_id: str,
+    token: str | None = None,
+    *,
+    ignore_patterns: list[str] | None = None,
+    commit_message: str = "Upload converted SETR checkpoint",
+) -> str:
+    """Create the model repo if needed and upload the folder (weights, configs, code, card)."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="model", exist_ok=True)
     commit = api.upload_folder(
-        folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message="Upload converted SETR checkpoint"
+        folder_path=str(folder),
+        repo_id=repo_id,
+        repo_type="model",
+        commit_message=commit_message,
+        ignore_patterns=ignore_patterns,
     )
     return getattr(commit, "commit_url", str(commit))
 

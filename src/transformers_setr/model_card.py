@@ -13,6 +13,7 @@ two ADE20K MLA checkpoints, which differ only in their batch size.
 
 import json
 import math
+from pathlib import Path
 from string import Template
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -567,3 +568,154 @@ def build_model_card(
         citation=CITATION,
     )
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
+
+
+TRAINED_CARD_TEMPLATE = Template(
+    """
+# $title
+
+A SETR-$decoder semantic-segmentation model (Zheng et al., CVPR 2021) trained with `transformers_setr`'s \
+reproduction of the mmsegmentation recipe ($recipe_name): SGD (momentum 0.9, no weight decay), decode and \
+auxiliary heads at 10× the base learning rate, poly decay (power 0.9) to 1e-4, random resize (0.5–2.0) / crop \
+(`cat_max_ratio` 0.75) / flip / photometric distortion.
+
+- Encoder: ViT, $encoder; $num_labels classes; training crop $crop×$crop.
+- Training data: `$data_source` ($train_split split).
+- Training: $steps steps, global batch $global_batch, base learning rate $learning_rate$train_loss.
+- Initialised from: $init.
+
+## Evaluation
+
+Measured with `transformers_setr` ($protocol) on the `$eval_split` split of `$data_source`: every image is scored \
+at its original ground-truth resolution and the intersections and unions are summed over the whole split before \
+dividing (mmsegmentation's `IoUMetric`; classes absent from the split are left out of the mean).
+
+$results
+
+<details>
+<summary>Per-class IoU (%)</summary>
+
+$per_class
+
+</details>
+
+## How to use
+
+```python
+from transformers import pipeline
+
+import transformers_setr  # noqa: F401  (registers SETR)
+
+segmenter = pipeline("image-segmentation", model="$repo_id")
+for segment in segmenter("image.jpg"):
+    print(segment["label"], segment["mask"].size)
+```
+
+Without the package, `trust_remote_code=True` loads the modelling and processing code shipped in this repository.
+
+## Citation
+
+```bibtex
+$citation
+```
+"""
+)
+
+EVAL_MODE_PROTOCOLS = {"slide": "slide", "whole": "whole", "ms_flip": "ms+flip"}
+
+
+def build_trained_model_card(
+    config,
+    *,
+    preset: CheckpointPreset,
+    data,
+    eval_split: str,
+    metrics: dict | None,
+    training: dict,
+    repo_id: str | None = None,
+    base_model: str | None = None,
+) -> ModelCard:
+    """The model card of a model trained with `scripts/train.py` / `scripts/train_no_trainer.py`.
+
+    `metrics` is `metrics.summarize_areas` output (fractions) plus `"mode"` (`whole` / `slide` / `ms_flip`); its mIoU,
+    mAcc and aAcc go into the `model-index` (in percent) as measured results. `data` is the `SegmentationData` used.
+    """
+    decoder = DECODER_NAMES[config.decoder_type]
+    name = repo_id.split("/")[-1] if repo_id else f"setr-{config.decoder_type}-{data.dataset}-trained"
+    hub_dataset = HUB_DATASETS.get(data.dataset)
+    dataset_type = (
+        data.source if not Path(str(data.source)).exists() else (hub_dataset.hub_id if hub_dataset else None)
+    )
+    dataset_name = hub_dataset.pretty_name if hub_dataset else data.dataset
+    eval_results = []
+    results = "Not evaluated."
+    per_class = "Not evaluated."
+    protocol = "not evaluated"
+    if metrics is not None:
+        protocol = MEASURED_PROTOCOLS[EVAL_MODE_PROTOCOLS[metrics.get("mode", "slide")]]
+        for key, label in (("mIoU", "mIoU"), ("mAcc", "mAcc"), ("aAcc", "aAcc")):
+            eval_results.append(
+                EvalResult(
+                    task_type=TASK_TYPE,
+                    task_name=TASK_NAME,
+                    dataset_type=dataset_type or data.dataset,
+                    dataset_name=dataset_name,
+                    dataset_split=eval_split,
+                    dataset_config=hub_dataset.hub_config if hub_dataset else None,
+                    metric_type=METRIC_TYPE if key == "mIoU" else key.lower(),
+                    metric_value=round(100 * float(metrics[key]), 2),
+                    metric_name=f"{label} (%), {protocol} (measured with transformers_setr)",
+                )
+            )
+        results = "\n".join(
+            [
+                "| metric | value (%) |",
+                "|---|---|",
+                *(f"| {key} | {100 * float(metrics[key]):.2f} |" for key in ("mIoU", "mAcc", "aAcc")),
+            ]
+        )
+        per_class = "\n".join(
+            ["| class | IoU (%) |", "|---|---|"]
+            + [
+                f"| {label} | {'n/a (absent)' if math.isnan(value) else f'{100 * value:.2f}'} |"
+                for label, value in metrics.get("per_class_iou", {}).items()
+            ]
+        )
+    card_data = ModelCardData(
+        model_name=name,
+        library_name="transformers",
+        pipeline_tag=TASK_TYPE,
+        license=MMSEG_CODE_LICENSE,
+        tags=["vision", "image-segmentation", "semantic-segmentation", "setr", "vit", data.dataset],
+        datasets=[dataset_type] if dataset_type else None,
+        metrics=[METRIC_TYPE],
+        base_model=base_model,
+        eval_results=eval_results or None,
+    )
+    encoder = (
+        f"{config.num_hidden_layers} layers, width {config.hidden_size}, {config.num_attention_heads} heads, "
+        f"patch {config.patch_size}"
+    )
+    train_loss = training.get("train_loss")
+    body = TRAINED_CARD_TEMPLATE.substitute(
+        title=f"SETR-{decoder} trained on {dataset_name}",
+        decoder=decoder,
+        recipe_name=f"preset `{preset.name}`",
+        encoder=encoder,
+        num_labels=config.num_labels,
+        crop=training.get("crop", config.slide_window[0][0]),
+        data_source=data.source,
+        train_split=training.get("train_split", "train"),
+        steps=training.get("steps", "?"),
+        global_batch=training.get("global_batch", "?"),
+        learning_rate=training.get("learning_rate", "?"),
+        train_loss=f", final average training loss {train_loss:.4f}" if train_loss is not None else "",
+        init=base_model or training.get("init", "a fresh model (see the training log)"),
+        protocol=protocol,
+        eval_split=eval_split,
+        results=results,
+        per_class=per_class,
+        repo_id=repo_id or name,
+        citation=CITATION,
+    )
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")

@@ -1,0 +1,536 @@
+"""The command lines of `scripts/train.py` (HF Trainer) and `scripts/train_no_trainer.py` (plain Accelerate loop).
+
+Both parse the same model and data arguments, build the same model, datasets and image processor, and end the same
+way: evaluation with SETR's protocol, a transformers folder with a model card carrying the measured mIoU, and an
+optional push to the Hub.
+"""
+
+import ast
+import json
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import HfArgumentParser, set_seed
+
+from .augmentation import SetrTrainAugmentation
+from .configuration_setr import SetrConfig
+from .convert_mmseg import processor_for, push_folder_to_hub
+from .data import SegmentationData, load_segmentation_data
+from .evaluation import SegmentationEvalDataset, eval_collate
+from .modeling_setr import SetrForSemanticSegmentation
+from .presets import HUB_DATASETS, PRESETS, CheckpointPreset
+from .training import (
+    SegmentationTrainDataset,
+    SetrTrainer,
+    SetrTrainingArguments,
+    config_for_preset,
+    recipe_training_defaults,
+    train_collate,
+    uses_sync_batch_norm,
+)
+
+logger = logging.getLogger("transformers_setr.train")
+
+DEFAULT_PRESET = "setr-pup-vit-large-ade20k-512"
+TIMM_BACKBONE_DEFAULT = "vit-large-p16-384"  # `convert_timm.TIMM_VIT_PRESETS`: the weights SETR trains from
+HUB_PUSH_IGNORE = ["checkpoint-*", "checkpoint-*/**", "step_*/**", "runs/**", "*.tmp"]
+
+
+@dataclass
+class ModelArguments:
+    preset: str = field(
+        default=DEFAULT_PRESET,
+        metadata={
+            "help": "released recipe: dataset, decoder, crop, batch, iterations, lr",
+            "choices": sorted(PRESETS),
+        },
+    )
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "start from this SETR folder or Hub id instead of a fresh model"}
+    )
+    backbone: str | None = field(
+        default=None,
+        metadata={
+            "help": "encoder initialisation for a fresh model: a timm ViT preset name, URL or .pth ('none': random). "
+            f"Default: {TIMM_BACKBONE_DEFAULT} for a ViT-L/16 encoder, random otherwise"
+        },
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "SetrConfig fields for a fresh model, e.g. 'hidden_size=64,num_hidden_layers=4,...'"},
+    )
+
+
+@dataclass
+class DataArguments:
+    data: str | None = field(
+        default=None,
+        metadata={
+            "help": "data source: a Hub dataset id or a local folder (raw ADEChallengeData2016 / Cityscapes tree, "
+            "parquet export). Default: the preset's Hub dataset (ADE20K only)"
+        },
+    )
+    train_split: str = field(default="train")
+    eval_split: str = field(default="validation")
+    max_train_samples: int | None = field(default=None)
+    max_eval_samples: int | None = field(default=None)
+    crop_size: int | None = field(default=None, metadata={"help": "training crop (default: the preset's)"})
+    scale: str | None = field(
+        default=None, metadata={"help": "'long,short' resize scale (default: the preset's test scale)"}
+    )
+    ratio_range: str = field(default="0.5,2.0", metadata={"help": "random resize ratio range 'low,high'"})
+    data_cache_dir: str | None = field(default=None, metadata={"help": "datasets cache directory"})
+
+
+def _int_pair(text: str, what: str) -> tuple[int, int]:
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) != 2 or not all(part.isdigit() for part in parts):
+        raise ValueError(f"{what} must be two integers 'a,b', got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def parse_config_overrides(text: str | None) -> dict[str, Any]:
+    """'a=1,b=[1, 2],c=mla' -> {'a': 1, 'b': [1, 2], 'c': 'mla'} (values as Python literals, else strings)."""
+    if not text:
+        return {}
+    overrides, depth, current = {}, 0, ""
+    items = []
+    for char in text:  # split on commas outside brackets
+        depth += char in "[(" and 1 or 0
+        depth -= char in "])" and 1 or 0
+        if char == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += char
+    items.append(current)
+    for item in filter(str.strip, items):
+        if "=" not in item:
+            raise ValueError(f"config override {item!r} is not 'name=value'")
+        name, value = (part.strip() for part in item.split("=", 1))
+        if name not in SetrConfig.__dataclass_fields__:
+            raise ValueError(f"config override {name!r} is not a SetrConfig field")
+        try:
+            overrides[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[name] = value
+    return overrides
+
+
+def parse_arguments(argv: list[str], extra=()) -> tuple:
+    """Parse `ModelArguments`, `DataArguments`, the given extra dataclasses; preset recipe values are defaults."""
+    pre = HfArgumentParser(ModelArguments)
+    model_args, _ = pre.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    preset = PRESETS[model_args.preset]
+    parser = HfArgumentParser((ModelArguments, DataArguments, *extra))
+    defaults = {**recipe_training_defaults(preset), "do_train": True, "do_eval": True, "logging_steps": 50}
+    parser.set_defaults(**{key: value for key, value in defaults.items() if _has_option(parser, key)})
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def _has_option(parser, dest: str) -> bool:
+    return any(action.dest == dest for action in parser._actions)
+
+
+def data_source_for(preset: CheckpointPreset, data_args: DataArguments) -> str:
+    if data_args.data:
+        return data_args.data
+    if preset.dataset == "ade20k":
+        return HUB_DATASETS["ade20k"].hub_id
+    raise ValueError(
+        "Cityscapes cannot be downloaded from the Hub under its licence: pass --data with a local Cityscapes root "
+        "(leftImg8bit/ + gtFine/) or a Hub mirror id"
+    )
+
+
+def _is_vit_large(config: SetrConfig) -> bool:
+    return (config.hidden_size, config.num_hidden_layers, config.patch_size) == (1024, 24, 16)
+
+
+def build_model(
+    model_args: ModelArguments, data_args: DataArguments, data: SegmentationData
+) -> tuple[SetrForSemanticSegmentation, Any]:
+    """A model for `data` and the image processor of its test pipeline."""
+    preset = PRESETS[model_args.preset]
+    if model_args.model_name_or_path:
+        model = SetrForSemanticSegmentation.from_pretrained(model_args.model_name_or_path)
+        if model.config.num_labels != data.num_labels:
+            logger.info("new classifier: %d classes instead of %d", data.num_labels, model.config.num_labels)
+            model = SetrForSemanticSegmentation.from_pretrained(
+                model_args.model_name_or_path, id2label=data.id2label, ignore_mismatched_sizes=True
+            )
+    else:
+        overrides = parse_config_overrides(model_args.config_overrides)
+        if data_args.crop_size:
+            overrides.setdefault("image_size", data_args.crop_size)
+            overrides.setdefault("slide_crop_size", data_args.crop_size)
+            overrides.setdefault("slide_stride", math.ceil(data_args.crop_size * 2 / 3))
+        if data.dataset != preset.dataset or data.num_labels != preset.num_labels:
+            overrides.setdefault("id2label", data.id2label)
+            overrides.setdefault("palette", [list(colour) for colour in data.palette])
+        model = SetrForSemanticSegmentation(config_for_preset(preset, **overrides))
+        backbone = model_args.backbone or (TIMM_BACKBONE_DEFAULT if _is_vit_large(model.config) else "none")
+        if backbone != "none":
+            from .convert_timm import load_timm_vit_pretrain
+
+            logger.info(load_timm_vit_pretrain(model, backbone).summary())
+    processor = processor_for(preset if data.dataset == preset.dataset else None, model.config)
+    if data_args.scale:
+        longest, shortest = _int_pair(data_args.scale, "--scale")
+        processor.size = {"shortest_edge": shortest, "longest_edge": longest}
+    return model, processor
+
+
+def build_train_dataset(
+    data: SegmentationData, data_args: DataArguments, model: SetrForSemanticSegmentation, processor, seed: int
+) -> SegmentationTrainDataset:
+    crop = data_args.crop_size or model.config.slide_window[0][0]
+    scale = (processor.size["longest_edge"], processor.size["shortest_edge"])
+    low, high = (float(value) for value in data_args.ratio_range.split(","))
+    augmentation = SetrTrainAugmentation(crop_size=(crop, crop), scale=scale, ratio_range=(low, high))
+    return SegmentationTrainDataset(data, data_args.train_split, augmentation, seed, data_args.max_train_samples)
+
+
+def build_eval_dataset(data: SegmentationData, data_args: DataArguments, processor, keep_images: bool = False):
+    return SegmentationEvalDataset(
+        data, processor, split=data_args.eval_split, keep_images=keep_images, max_samples=data_args.max_eval_samples
+    )
+
+
+def write_model_card(
+    output_dir: str | Path,
+    model: SetrForSemanticSegmentation,
+    model_args: ModelArguments,
+    data: SegmentationData,
+    data_args: DataArguments,
+    metrics: dict[str, Any] | None,
+    training: dict[str, Any],
+    repo_id: str | None = None,
+) -> Path:
+    from .model_card import build_trained_model_card
+
+    card = build_trained_model_card(
+        model.config,
+        preset=PRESETS[model_args.preset],
+        data=data,
+        eval_split=data_args.eval_split,
+        metrics=metrics,
+        training=training,
+        repo_id=repo_id,
+        base_model=model_args.model_name_or_path,
+    )
+    path = Path(output_dir) / "README.md"
+    tmp = path.with_name(".README.md.tmp")
+    card.save(tmp)
+    tmp.replace(path)
+    return path
+
+
+def main_trainer(argv: list[str] | None = None) -> int:
+    """`scripts/train.py`: the Trainer path."""
+    model_args, data_args, training_args = parse_arguments(
+        list(sys.argv[1:] if argv is None else argv), (SetrTrainingArguments,)
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(training_args.seed)
+    preset = PRESETS[model_args.preset]
+    data = load_segmentation_data(
+        data_source_for(preset, data_args),
+        preset.dataset if not data_args.data else None,
+        cache_dir=data_args.data_cache_dir,
+    )
+    model, processor = build_model(model_args, data_args, data)
+    if uses_sync_batch_norm(training_args):
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    push_repo = training_args.hub_model_id or (
+        Path(training_args.output_dir).name if training_args.push_to_hub else None
+    )
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # we push once, with our card
+
+    from .metrics import trainer_compute_metrics
+
+    trainer = SetrTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=build_train_dataset(data, data_args, model, processor, training_args.seed)
+        if training_args.do_train
+        else None,
+        eval_dataset=build_eval_dataset(data, data_args, processor, keep_images=training_args.eval_mode == "ms_flip")
+        if training_args.do_eval
+        else None,
+        data_collator=eval_collate,  # stacks fixed-size training crops too
+        processing_class=processor,
+        compute_metrics=trainer_compute_metrics(model.config.num_labels, model.config.id2label),
+    )
+    training: dict[str, Any] = {
+        "preset": preset.name,
+        "data": data.source,
+        "steps": training_args.max_steps,
+        "global_batch": training_args.per_device_train_batch_size
+        * training_args.world_size
+        * training_args.gradient_accumulation_steps,
+        "learning_rate": training_args.learning_rate,
+        "crop": data_args.crop_size or model.config.slide_window[0][0],
+    }
+    if training_args.do_train:
+        resume = training_args.resume_from_checkpoint
+        if resume == "last":
+            from transformers.trainer_utils import get_last_checkpoint
+
+            resume = get_last_checkpoint(training_args.output_dir)
+        result = trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model()
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        trainer.save_state()
+        training["train_loss"] = result.training_loss
+    metrics = None
+    if training_args.do_eval:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    if trainer.is_world_process_zero():
+        Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
+        processor.save_pretrained(training_args.output_dir)
+        summary = _summary_from_eval(metrics, model.config) if metrics else None
+        if summary is not None:
+            summary["mode"] = training_args.eval_mode
+        write_model_card(
+            training_args.output_dir,
+            trainer.accelerator.unwrap_model(model),
+            model_args,
+            data,
+            data_args,
+            summary,
+            training,
+            repo_id=push_repo,
+        )
+        if push_to_hub:
+            push_trained_folder(training_args.output_dir, push_repo, training_args.hub_token)
+    return 0
+
+
+def _summary_from_eval(metrics: dict[str, float], config: SetrConfig) -> dict[str, Any]:
+    """The Trainer's `eval_*` floats back into `summarize_areas` form (fractions; per-class by name)."""
+    per_class = {
+        name: metrics.get(f"eval_IoU-{name}", float("nan"))
+        for name in (config.id2label[i] for i in range(config.num_labels))
+    }
+    return {
+        "mIoU": metrics["eval_mIoU"],
+        "mAcc": metrics["eval_mAcc"],
+        "aAcc": metrics["eval_aAcc"],
+        "per_class_iou": per_class,
+    }
+
+
+def push_trained_folder(folder: str | Path, repo_id: str, token: str | None = None) -> str:
+    """Upload the final model folder (not the intermediate checkpoints) to the Hub."""
+    return push_folder_to_hub(folder, repo_id, token=token, ignore_patterns=HUB_PUSH_IGNORE)
+
+
+def save_json_atomically(path: str | Path, payload: dict[str, Any]) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float) + "\n")
+    tmp.replace(path)
+
+
+@dataclass
+class LoopArguments:
+    """Arguments of the plain Accelerate loop (`scripts/train_no_trainer.py`)."""
+
+    output_dir: str = field(default="setr-output")
+    per_device_train_batch_size: int = field(default=2)
+    gradient_accumulation_steps: int = field(default=1)
+    max_steps: int = field(default=160_000)
+    learning_rate: float = field(default=0.001)
+    weight_decay: float = field(default=0.0)
+    head_lr_multiplier: float = field(default=10.0)
+    sgd_momentum: float = field(default=0.9)
+    poly_power: float = field(default=0.9)
+    poly_min_lr: float = field(default=1e-4)
+    mixed_precision: str = field(default="no", metadata={"choices": ["no", "bf16", "fp16"]})
+    gradient_checkpointing: bool = field(default=False)
+    seed: int = field(default=42)
+    checkpointing_steps: int = field(default=16_000, metadata={"help": "save the loop state every N steps"})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a step_* folder, or 'last'"})
+    logging_steps: int = field(default=50)
+    eval_mode: str = field(default="slide", metadata={"choices": ["whole", "slide", "ms_flip"]})
+    do_eval: bool = field(default=True)
+    dataloader_num_workers: int = field(default=0)
+    push_to_hub: bool = field(default=False)
+    hub_model_id: str | None = field(default=None)
+    hub_token: str | None = field(default=None)
+
+
+LOOP_STATE_FILE = "loop_state.json"
+
+
+def _last_step_folder(output_dir: Path) -> Path | None:
+    folders = [p for p in output_dir.glob("step_*") if (p / LOOP_STATE_FILE).is_file()]
+    return max(folders, key=lambda p: int(p.name.split("_")[1]), default=None)
+
+
+def main_no_trainer(argv: list[str] | None = None) -> int:
+    """`scripts/train_no_trainer.py`: the same recipe as a plain Accelerate loop."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+    from tqdm.auto import tqdm
+
+    from .evaluation import evaluate_segmentation
+    from .training import build_poly_scheduler, build_sgd_optimizer
+
+    model_args, data_args, args = parse_arguments(list(sys.argv[1:] if argv is None else argv), (LoopArguments,))
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(args.seed)
+    preset = PRESETS[model_args.preset]
+    data = load_segmentation_data(
+        data_source_for(preset, data_args),
+        preset.dataset if not data_args.data else None,
+        cache_dir=data_args.data_cache_dir,
+    )
+    model, processor = build_model(model_args, data_args, data)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if accelerator.num_processes > 1 and accelerator.device.type in ("cuda", "xpu"):
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    train_dataset = build_train_dataset(data, data_args, model, processor, args.seed)
+    loader = torch.utils.data.DataLoader(
+        train_dataset,
+        batch_size=args.per_device_train_batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=train_collate,
+        num_workers=args.dataloader_num_workers,
+    )
+    optimizer = build_sgd_optimizer(
+        model,
+        args.learning_rate,
+        momentum=args.sgd_momentum,
+        weight_decay=args.weight_decay,
+        head_lr_multiplier=args.head_lr_multiplier,
+    )
+    # Not prepared: Accelerate's scheduler wrapper steps once per process; the poly schedule counts optimizer steps.
+    scheduler = build_poly_scheduler(optimizer, args.max_steps, power=args.poly_power, min_lr=args.poly_min_lr)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    accelerator.register_for_checkpointing(scheduler)
+
+    output_dir = Path(args.output_dir)
+    step, epoch, batches_done = 0, 0, 0
+    resume = args.resume_from_checkpoint
+    if resume == "last":
+        resume = _last_step_folder(output_dir)
+    if resume:
+        accelerator.load_state(str(resume))
+        state = json.loads((Path(resume) / LOOP_STATE_FILE).read_text())
+        step, epoch, batches_done = state["step"], state["epoch"], state["batches_in_epoch"]
+        logger.info("resumed from %s at step %d", resume, step)
+
+    model.train()
+    progress = tqdm(total=args.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
+    running_loss, losses = 0.0, []
+    while step < args.max_steps:
+        train_dataset.set_epoch(epoch)
+        loader.set_epoch(epoch)
+        epoch_loader = accelerator.skip_first_batches(loader, batches_done) if batches_done else loader
+        for batch in epoch_loader:
+            batches_done += 1
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+            running_loss += loss.detach().float() / args.gradient_accumulation_steps
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            step += 1
+            step_loss = accelerator.reduce(running_loss, reduction="mean").item()
+            running_loss = 0.0
+            losses.append(step_loss)
+            progress.update(1)
+            if step % args.logging_steps == 0 or step == args.max_steps:
+                accelerator.print(json.dumps({"step": step, "loss": step_loss, "lr": scheduler.get_last_lr()[0]}))
+            if step % args.checkpointing_steps == 0 or step == args.max_steps:
+                folder = output_dir / f"step_{step}"
+                accelerator.save_state(str(folder))
+                if accelerator.is_main_process:
+                    save_json_atomically(
+                        folder / LOOP_STATE_FILE,
+                        {"step": step, "epoch": epoch, "batches_in_epoch": batches_done, "loss": step_loss},
+                    )
+            if step >= args.max_steps:
+                break
+        else:
+            epoch, batches_done = epoch + 1, 0
+    progress.close()
+
+    metrics = None
+    unwrapped = accelerator.unwrap_model(model)
+    if args.do_eval:
+        eval_dataset_split = data_args.eval_split
+        metrics = evaluate_segmentation(
+            unwrapped,
+            processor,
+            data,
+            split=eval_dataset_split,
+            mode=args.eval_mode,
+            accelerator=accelerator,
+            max_samples=data_args.max_eval_samples,
+            progress=accelerator.is_local_main_process,
+        )
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if isinstance(unwrapped, torch.nn.Module) and any(
+            isinstance(m, torch.nn.SyncBatchNorm) for m in unwrapped.modules()
+        ):
+            unwrapped = _revert_sync_batch_norm(unwrapped)
+        unwrapped.save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
+        training = {
+            "preset": preset.name,
+            "steps": args.max_steps,
+            "global_batch": args.per_device_train_batch_size
+            * accelerator.num_processes
+            * args.gradient_accumulation_steps,
+            "learning_rate": args.learning_rate,
+            "crop": data_args.crop_size or unwrapped.config.slide_window[0][0],
+            "train_loss": sum(losses) / len(losses) if losses else None,
+        }
+        if metrics is not None:
+            metrics = {**metrics, "mode": args.eval_mode}
+            save_json_atomically(output_dir / "eval_results.json", metrics)
+        save_json_atomically(
+            output_dir / "train_losses.json", {"losses": losses, "first_step": step - len(losses) + 1}
+        )
+        repo_id = args.hub_model_id or (output_dir.name if args.push_to_hub else None)
+        write_model_card(output_dir, unwrapped, model_args, data, data_args, metrics, training, repo_id=repo_id)
+        if args.push_to_hub:
+            push_trained_folder(output_dir, repo_id, args.hub_token)
+    accelerator.end_training()
+    return 0
+
+
+def _revert_sync_batch_norm(module: torch.nn.Module) -> torch.nn.Module:
+    """SyncBatchNorm -> BatchNorm2d (same parameters and statistics), so the saved model loads anywhere."""
+    converted = module
+    if isinstance(module, torch.nn.SyncBatchNorm):
+        converted = torch.nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine)
+        converted.load_state_dict(module.state_dict())
+    for name, child in module.named_children():
+        converted.add_module(name, _revert_sync_batch_norm(child))
+    return converted

@@ -1,0 +1,271 @@
+"""Training end to end on a tiny SETR and a synthetic ADE20K tree: the Trainer script, resume, Accelerate."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from transformers_setr import SetrForSemanticSegmentation
+from transformers_setr.training import _AugmentationEpochCallback, uses_sync_batch_norm
+from transformers_setr.training_script import _revert_sync_batch_norm, main_trainer, parse_config_overrides
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+# Two CPU processes with gloo. `accelerate launch --cpu --num_processes 2` is NOT that in accelerate 1.15: `--cpu`
+# selects the simple launcher, which starts one process (several CPU processes need `--mpirun_hostfile`), so the
+# run would silently be single-process. `--multi_gpu` selects torch.distributed.run, which on a machine without
+# CUDA gives gloo processes on the CPU; the tests check the samples per step.
+TWO_CPU_PROCESSES = (
+    PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    "--mixed_precision", "no", "--dynamo_backend", "no",
+)  # fmt: skip
+
+TINY = (
+    "hidden_size=32,num_hidden_layers=4,num_attention_heads=2,intermediate_size=64,out_indices=[0, 1, 2, 3],"
+    "decoder_channels=16,auxiliary_channels=8"
+)
+
+
+@pytest.fixture(scope="module")
+def ade_root(tmp_path_factory):
+    from transformers_setr.synthetic import make_synthetic_ade20k
+
+    return make_synthetic_ade20k(
+        tmp_path_factory.mktemp("ade"), layout="raw", num_train=16, num_validation=4, image_size=(48, 64), seed=0
+    )
+
+
+def common_args(ade_root: Path, output_dir: Path, **overrides) -> list[str]:
+    args = {
+        "preset": "setr-naive-vit-large-ade20k-512",
+        "data": str(ade_root),
+        "config_overrides": TINY,
+        "crop_size": "32",
+        "scale": "128,32",
+        "output_dir": str(output_dir),
+        "per_device_train_batch_size": "2",
+        "learning_rate": "0.01",
+        "max_steps": "6",
+        "logging_steps": "1",
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "report_to": "none",
+        "use_cpu": "true",
+        "disable_tqdm": "true",
+        "seed": "3",
+        "dataloader_num_workers": "0",
+    }
+    args.update({key: str(value) for key, value in overrides.items()})
+    return [item for key, value in args.items() for item in (f"--{key}", value)]
+
+
+def step_losses(output_dir: Path) -> dict[int, float]:
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    return {entry["step"]: entry["loss"] for entry in state["log_history"] if "loss" in entry}
+
+
+def epoch_at_first_step(output_dir: Path) -> float:
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    return next(entry["epoch"] for entry in state["log_history"] if entry.get("step") == 1)
+
+
+def run_script(args: list[str], *launcher: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    environment.update(env or {})
+    result = subprocess.run([*launcher, *args], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result
+
+
+def test_trainer_run_learns_evaluates_and_writes_a_complete_folder(ade_root, tmp_path):
+    output_dir = tmp_path / "run"
+    main_trainer(common_args(ade_root, output_dir, max_steps=40, logging_steps=5, max_eval_samples=3))
+
+    losses = list(step_losses(output_dir).values())
+    assert len(losses) == 8
+    assert sum(losses[-2:]) / 2 < 0.8 * sum(losses[:2]) / 2, losses
+
+    model = SetrForSemanticSegmentation.from_pretrained(output_dir)
+    assert model.config.num_labels == 150 and model.config.inference_mode == "slide"
+    assert (output_dir / "preprocessor_config.json").is_file()
+    results = json.loads((output_dir / "eval_results.json").read_text())
+    assert 0.0 <= results["eval_mIoU"] <= 1.0 and 0.0 < results["eval_aAcc"] <= 1.0
+    card = (output_dir / "README.md").read_text()
+    assert "model-index" in card and f"{100 * results['eval_mIoU']:.2f}" in card
+    assert "setr-naive-vit-large-ade20k-512" in card
+
+
+def test_resume_after_a_kill_gives_the_same_next_step_loss(ade_root, tmp_path):
+    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
+    shared = {"max_steps": 6, "save_strategy": "steps", "save_steps": 3, "do_eval": "false"}
+    run_script(common_args(ade_root, reference_dir, **shared), PYTHON, "scripts/train.py")
+    reference = step_losses(reference_dir)
+
+    # Kill the run (SIGKILL, no clean-up) once its step-3 checkpoint is complete, then resume from it.
+    process = subprocess.Popen(
+        [PYTHON, "scripts/train.py", *common_args(ade_root, killed_dir, **shared)],
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    checkpoint = killed_dir / "checkpoint-3"
+    deadline = time.monotonic() + 300
+    while not (checkpoint / "trainer_state.json").is_file() and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    for later in killed_dir.glob("checkpoint-*"):
+        if later != checkpoint:  # if it got further before the kill, resume from step 3 anyway
+            shutil.rmtree(later)
+
+    run_script(
+        common_args(ade_root, killed_dir, **shared, resume_from_checkpoint=str(checkpoint)), PYTHON, "scripts/train.py"
+    )
+    resumed = step_losses(killed_dir)
+    for step in (4, 5, 6):
+        assert resumed[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-6), (step, resumed, reference)
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(ade_root, tmp_path):
+    """accelerate launch --cpu --num_processes 2 with 2 images per process == 1 process, 2 images × 2 accumulation.
+
+    Same samples per step (Accelerate shards batch i to process i % 2; the augmentation depends only on the sample),
+    the same BatchNorm batches (2 images), gradients averaged over the same 4 images. Tolerance: float32 reduction
+    order (all-reduce vs accumulation) over 6 SGD steps.
+    """
+    single_dir, double_dir = tmp_path / "single", tmp_path / "double"
+    shared = {"max_steps": 6, "do_eval": "false"}
+    run_script(common_args(ade_root, single_dir, gradient_accumulation_steps=2, **shared), PYTHON, "scripts/train.py")
+    run_script(
+        common_args(ade_root, double_dir, **shared), *TWO_CPU_PROCESSES, "--main_process_port", "29517",
+        "scripts/train.py",
+    )  # fmt: skip
+    # 4 of the 16 images per optimizer step in both runs: 2 per process × 2 processes, and 2 × 2 accumulation
+    assert epoch_at_first_step(single_dir) == epoch_at_first_step(double_dir) == 0.25
+    assert json.loads((double_dir / "trainer_state.json").read_text())["train_batch_size"] == 2
+    single, double = step_losses(single_dir), step_losses(double_dir)
+    assert sorted(single) == sorted(double) == [1, 2, 3, 4, 5, 6]
+    for step in single:
+        assert double[step] == pytest.approx(single[step], rel=1e-4, abs=1e-5), (step, single, double)
+    single_weights = load_file(single_dir / "model.safetensors")
+    double_weights = load_file(double_dir / "model.safetensors")
+    assert single_weights.keys() == double_weights.keys()
+    for key, value in single_weights.items():
+        if "running_" in key or "num_batches_tracked" in key:
+            continue  # DDP broadcasts rank 0's BatchNorm statistics; a single process accumulates both micro-batches
+        torch.testing.assert_close(double_weights[key], value, rtol=1e-4, atol=2e-5, msg=key)
+
+
+def test_no_trainer_loop_on_two_processes_resumes_and_saves(ade_root, tmp_path):
+    output_dir = tmp_path / "loop"
+    launch = (*TWO_CPU_PROCESSES, "--main_process_port", "29518", "scripts/train_no_trainer.py")
+    loop_args = [
+        "--preset", "setr-naive-vit-large-ade20k-512", "--data", str(ade_root), "--config_overrides", TINY,
+        "--crop_size", "32", "--scale", "128,32", "--output_dir", str(output_dir),
+        "--per_device_train_batch_size", "2", "--learning_rate", "0.01", "--logging_steps", "1",
+        "--checkpointing_steps", "2", "--max_eval_samples", "2", "--seed", "3",
+    ]  # fmt: skip
+    run_script([*loop_args, "--max_steps", "4"], *launch)
+    full = json.loads((output_dir / "train_losses.json").read_text())["losses"]
+    assert len(full) == 4 and all(loss > 0 for loss in full)
+    assert (output_dir / "step_2" / "loop_state.json").is_file()
+    results = json.loads((output_dir / "eval_results.json").read_text())
+    assert results["num_images"] == 2 and 0 <= results["mIoU"] <= 1
+    assert SetrForSemanticSegmentation.from_pretrained(output_dir).config.num_labels == 150
+
+    # resume from step 2 in a fresh output: steps 3 and 4 repeat exactly
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copytree(output_dir / "step_2", resumed_dir / "step_2")
+    resumed_args = [a if a != str(output_dir) else str(resumed_dir) for a in loop_args]
+    run_script([*resumed_args, "--max_steps", "4", "--resume_from_checkpoint", "last", "--do_eval", "false"], *launch)
+    resumed = json.loads((resumed_dir / "train_losses.json").read_text())
+    assert resumed["first_step"] == 3
+    assert resumed["losses"] == pytest.approx(full[2:], rel=1e-5, abs=1e-6)
+
+
+def test_push_to_hub_uploads_the_final_folder_once_with_our_card(ade_root, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+    monkeypatch.setattr(
+        huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id))
+    )
+    monkeypatch.setattr(
+        huggingface_hub.HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw)) or "https://hub/commit"
+    )
+    output_dir = tmp_path / "pushed"
+    main_trainer(
+        common_args(
+            ade_root, output_dir, max_steps=2, max_eval_samples=1, push_to_hub="true", hub_model_id="me/setr-x"
+        )
+    )
+    assert [call[0] for call in calls] == ["create", "upload"]
+    upload = calls[1][1]
+    assert upload["repo_id"] == "me/setr-x" and Path(upload["folder_path"]) == output_dir
+    assert "checkpoint-*" in upload["ignore_patterns"]
+    card = (output_dir / "README.md").read_text()
+    assert "me/setr-x" in card and "mean_iou" in card
+
+
+def test_config_overrides_parse_literals_and_reject_unknown_fields():
+    assert parse_config_overrides("hidden_size=64,out_indices=[0, 1, 2, 3],decoder_type=mla") == {
+        "hidden_size": 64,
+        "out_indices": [0, 1, 2, 3],
+        "decoder_type": "mla",
+    }
+    with pytest.raises(ValueError, match="not a SetrConfig field"):
+        parse_config_overrides("hidden_sise=64")
+    with pytest.raises(ValueError, match="name=value"):
+        parse_config_overrides("hidden_size")
+
+
+def test_sync_batch_norm_only_for_several_gpu_processes_and_reverted_for_saving():
+    class Args:
+        sync_batch_norm = True
+        world_size = 2
+        device = torch.device("cpu")
+
+    assert not uses_sync_batch_norm(Args())  # SyncBatchNorm has no CPU kernel
+    Args.device = torch.device("cuda")
+    assert uses_sync_batch_norm(Args())
+    Args.world_size = 1
+    assert not uses_sync_batch_norm(Args())
+
+    from conftest import tiny_config
+
+    model = SetrForSemanticSegmentation(tiny_config("pup"))
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
+    reverted = _revert_sync_batch_norm(synced)
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in reverted.modules())
+    assert reverted.state_dict().keys() == model.state_dict().keys()
+
+
+def test_epoch_callback_follows_the_trainer_state():
+    class Dataset:
+        epoch = None
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+    class State:
+        epoch = 2.5  # restored from a checkpoint in the middle of epoch 2
+
+    dataset = Dataset()
+    _AugmentationEpochCallback(dataset).on_epoch_begin(None, State(), None)
+    assert dataset.epoch == 2
+    State.epoch = 3.0
+    _AugmentationEpochCallback(dataset).on_epoch_begin(None, State(), None)
+    assert dataset.epoch == 3
