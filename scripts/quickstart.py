@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Set up the project's virtual environment (`.venv`) if needed, then run the main job or the test suite.
 
-    python3 scripts/quickstart.py demo      # the main job (extra arguments go to it)
+    python3 scripts/quickstart.py main      # the main job (extra arguments go to it)
     python3 scripts/quickstart.py test      # the test suite (extra arguments go to pytest)
 
 Needs only `python3` (3.11+) with its `venv` module. The environment is rebuilt when `pyproject.toml` or
@@ -20,7 +20,7 @@ VENV = ROOT / ".venv"
 STAMP = VENV / ".quickstart-stamp"
 PYTHON = VENV / "bin" / "python"
 COMMANDS = {
-    "demo": [str(PYTHON), str(ROOT / "scripts" / "demo.py")],
+    "main": [str(PYTHON), str(ROOT / "scripts" / "main_job.py")],
     "test": [str(PYTHON), "-m", "pytest"],
 }
 

@@ -102,6 +102,8 @@ def test_trainer_run_learns_evaluates_and_writes_a_complete_folder(ade_root, tmp
     card = (output_dir / "README.md").read_text()
     assert "model-index" in card and f"{100 * results['eval_mIoU']:.2f}" in card
     assert "setr-naive-vit-large-ade20k-512" in card
+    # local data: named by its folder, not claimed to be the Hub dataset, and no machine path in the card
+    assert "ADEChallengeData2016" in card and "zhoubolei" not in card and str(ade_root.parent) not in card
 
 
 def test_resume_after_a_kill_gives_the_same_next_step_loss(ade_root, tmp_path):

@@ -1,6 +1,6 @@
 """Class names, palettes and label-id tables of the datasets SETR was released on (mmsegmentation's `METAINFO`).
 
-The single place for these facts: the converter, the model cards, the data loaders and the demo read them here.
+The single place for these facts: the converter, the model cards, the data loaders and the main job read them here.
 ADE20K keeps mmsegmentation's spelling, including the trailing space of `'bed '`. Output channel `c` of an ADE20K
 model is raw annotation value `c + 1` (0 is "other", mapped to the ignore index 255).
 """

@@ -580,13 +580,13 @@ auxiliary heads at 10× the base learning rate, poly decay (power 0.9) to 1e-4, 
 (`cat_max_ratio` 0.75) / flip / photometric distortion.
 
 - Encoder: ViT, $encoder; $num_labels classes; training crop $crop×$crop.
-- Training data: `$data_source` ($train_split split).
+- Training data: $data_source ($train_split split).
 - Training: $steps steps, global batch $global_batch, base learning rate $learning_rate$train_loss.
 - Initialised from: $init.
 
 ## Evaluation
 
-Measured with `transformers_setr` ($protocol) on the `$eval_split` split of `$data_source`: every image is scored \
+Measured with `transformers_setr` ($protocol) on the `$eval_split` split of $data_source: every image is scored \
 at its original ground-truth resolution and the intersections and unions are summed over the whole split before \
 dividing (mmsegmentation's `IoUMetric`; classes absent from the split are left out of the mean).
 
@@ -643,10 +643,17 @@ def build_trained_model_card(
     decoder = DECODER_NAMES[config.decoder_type]
     name = repo_id.split("/")[-1] if repo_id else f"setr-{config.decoder_type}-{data.dataset}-trained"
     hub_dataset = HUB_DATASETS.get(data.dataset)
-    dataset_type = (
-        data.source if not Path(str(data.source)).exists() else (hub_dataset.hub_id if hub_dataset else None)
-    )
-    dataset_name = hub_dataset.pretty_name if hub_dataset else data.dataset
+    layout = hub_dataset.pretty_name if hub_dataset else data.dataset
+    local_folder = Path(str(data.source)).name if Path(str(data.source)).exists() else None
+    if local_folder is not None:
+        # Local data is not known to be the real dataset (it may be a subset or synthetic): say what it was, and
+        # keep machine paths out of a card meant for the Hub.
+        dataset_type, dataset_name, dataset_config = local_folder, f"local data in the {layout} layout", None
+        data_source = f"a local folder `{local_folder}` in the {layout} layout"
+    else:
+        dataset_type, dataset_name = str(data.source), layout
+        dataset_config = hub_dataset.hub_config if hub_dataset and data.source == hub_dataset.hub_id else None
+        data_source = f"`{data.source}`"
     eval_results = []
     results = "Not evaluated."
     per_class = "Not evaluated."
@@ -658,10 +665,10 @@ def build_trained_model_card(
                 EvalResult(
                     task_type=TASK_TYPE,
                     task_name=TASK_NAME,
-                    dataset_type=dataset_type or data.dataset,
+                    dataset_type=dataset_type,
                     dataset_name=dataset_name,
                     dataset_split=eval_split,
-                    dataset_config=hub_dataset.hub_config if hub_dataset else None,
+                    dataset_config=dataset_config,
                     metric_type=METRIC_TYPE if key == "mIoU" else key.lower(),
                     metric_value=round(100 * float(metrics[key]), 2),
                     metric_name=f"{label} (%), {protocol} (measured with transformers_setr)",
@@ -674,20 +681,21 @@ def build_trained_model_card(
                 *(f"| {key} | {100 * float(metrics[key]):.2f} |" for key in ("mIoU", "mAcc", "aAcc")),
             ]
         )
+        per_class_iou = metrics.get("per_class_iou", {})
+        absent = [label for label, value in per_class_iou.items() if math.isnan(value)]
         per_class = "\n".join(
             ["| class | IoU (%) |", "|---|---|"]
-            + [
-                f"| {label} | {'n/a (absent)' if math.isnan(value) else f'{100 * value:.2f}'} |"
-                for label, value in metrics.get("per_class_iou", {}).items()
-            ]
+            + [f"| {label} | {100 * value:.2f} |" for label, value in per_class_iou.items() if not math.isnan(value)]
         )
+        if absent:
+            per_class += f"\n\n{len(absent)} classes were neither in the ground truth nor predicted (left out)."
     card_data = ModelCardData(
         model_name=name,
         library_name="transformers",
         pipeline_tag=TASK_TYPE,
         license=MMSEG_CODE_LICENSE,
         tags=["vision", "image-segmentation", "semantic-segmentation", "setr", "vit", data.dataset],
-        datasets=[dataset_type] if dataset_type else None,
+        datasets=[dataset_type] if local_folder is None else None,
         metrics=[METRIC_TYPE],
         base_model=base_model,
         eval_results=eval_results or None,
@@ -698,13 +706,13 @@ def build_trained_model_card(
     )
     train_loss = training.get("train_loss")
     body = TRAINED_CARD_TEMPLATE.substitute(
-        title=f"SETR-{decoder} trained on {dataset_name}",
+        title=f"SETR-{decoder} trained on {layout if local_folder is None else f'{layout}-layout data'}",
         decoder=decoder,
         recipe_name=f"preset `{preset.name}`",
         encoder=encoder,
         num_labels=config.num_labels,
         crop=training.get("crop", config.slide_window[0][0]),
-        data_source=data.source,
+        data_source=data_source,
         train_split=training.get("train_split", "train"),
         steps=training.get("steps", "?"),
         global_batch=training.get("global_batch", "?"),
