@@ -271,3 +271,23 @@ def test_epoch_callback_follows_the_trainer_state():
     State.epoch = 3.0
     _AugmentationEpochCallback(dataset).on_epoch_begin(None, State(), None)
     assert dataset.epoch == 3
+
+
+def test_bf16_activation_checkpointing_and_ms_flip_evaluation(ade_root, tmp_path):
+    output_dir = tmp_path / "bf16"
+    main_trainer(
+        common_args(
+            ade_root,
+            output_dir,
+            max_steps=2,
+            bf16="true",
+            activation_checkpointing="true",
+            eval_mode="ms_flip",
+            max_eval_samples=1,
+        )
+    )
+    losses = step_losses(output_dir)
+    assert len(losses) == 2 and all(0 < loss < 100 for loss in losses.values())
+    results = json.loads((output_dir / "eval_results.json").read_text())
+    assert 0.0 <= results["eval_mIoU"] <= 1.0
+    assert "multi-scale + flip" in (output_dir / "README.md").read_text()

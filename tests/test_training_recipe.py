@@ -136,3 +136,26 @@ def test_sample_seeds_are_distinct_and_stable():
     assert len(seeds) == 300
     assert sample_seed(7, 2, 5) == sample_seed(7, 2, 5)
     assert all(0 <= seed < 2**63 for seed in seeds)
+
+
+def test_train_script_arguments_default_to_the_preset_recipe_and_can_be_overridden(tmp_path):
+    from transformers_setr.training import SetrTrainingArguments
+    from transformers_setr.training_script import parse_arguments
+
+    base = ["--preset", "setr-pup-vit-large-cityscapes-768", "--output_dir", str(tmp_path)]
+    model_args, data_args, args = parse_arguments(base, (SetrTrainingArguments,))
+    assert (args.max_steps, args.learning_rate, args.per_device_train_batch_size) == (80_000, 0.01, 1)
+    assert (args.eval_steps, args.save_steps, args.eval_strategy.value, args.weight_decay) == (
+        8_000,
+        8_000,
+        "steps",
+        0.0,
+    )
+    assert args.remove_unused_columns is False and args.batch_eval_metrics is True
+    assert args.eval_mode == "slide" and args.head_lr_multiplier == 10.0 and args.poly_min_lr == 1e-4
+    _, _, overridden = parse_arguments(
+        [*base, "--max_steps", "10", "--learning_rate", "0.5"], (SetrTrainingArguments,)
+    )
+    assert (overridden.max_steps, overridden.learning_rate) == (10, 0.5)
+    with pytest.raises(SystemExit):
+        parse_arguments([*base, "--eval_mode", "sliding"], (SetrTrainingArguments,))

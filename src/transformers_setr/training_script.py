@@ -129,7 +129,13 @@ def parse_arguments(argv: list[str], extra=()) -> tuple:
     model_args, _ = pre.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     preset = PRESETS[model_args.preset]
     parser = HfArgumentParser((ModelArguments, DataArguments, *extra))
-    defaults = {**recipe_training_defaults(preset), "do_train": True, "do_eval": True, "logging_steps": 50}
+    defaults = {
+        **recipe_training_defaults(preset),
+        "do_train": True,
+        "do_eval": True,
+        "eval_strategy": "steps",  # mmseg evaluates every eval_steps (16k / 8k) and logs every 50 iterations
+        "logging_steps": 50,
+    }
     parser.set_defaults(**{key: value for key, value in defaults.items() if _has_option(parser, key)})
     if len(argv) == 1 and argv[0].endswith(".json"):
         return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
@@ -360,7 +366,7 @@ class LoopArguments:
     poly_power: float = field(default=0.9)
     poly_min_lr: float = field(default=1e-4)
     mixed_precision: str = field(default="no", metadata={"choices": ["no", "bf16", "fp16"]})
-    gradient_checkpointing: bool = field(default=False)
+    activation_checkpointing: bool = field(default=False, metadata={"help": "recompute encoder layers in backward"})
     seed: int = field(default=42)
     checkpointing_steps: int = field(default=16_000, metadata={"help": "save the loop state every N steps"})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a step_* folder, or 'last'"})
@@ -405,8 +411,8 @@ def main_no_trainer(argv: list[str] | None = None) -> int:
         cache_dir=data_args.data_cache_dir,
     )
     model, processor = build_model(model_args, data_args, data)
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if args.activation_checkpointing:
+        model.activation_checkpointing_enable()
     if accelerator.num_processes > 1 and accelerator.device.type in ("cuda", "xpu"):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     train_dataset = build_train_dataset(data, data_args, model, processor, args.seed)
