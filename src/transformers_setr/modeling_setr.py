@@ -5,12 +5,21 @@ handling: bottom/right zero padding to a multiple of the patch size, and a bilin
 to the padded patch grid only when the token count differs from the training grid's.
 Decoders: Naive and PUP (`SETRUPHead`), MLA (`MLANeck` + `SETRMLAHead`), and the auxiliary heads used in training.
 
+Speed (see `benchmarks/`): attention goes through transformers' attention interface (SDPA by default). Without
+autograd (`torch.no_grad` / `torch.inference_mode`), tensors derived from parameters are built once and reused while
+the parameters are unchanged (`InferenceTensorCache`): resized position tables and, under autocast, the linear
+weights cast to the autocast dtype (q/k/v stacked for one matmul). The decoders apply their 1x1 classifier before the
+last bilinear up-sampling (the two commute), which gives the same logits up to float rounding for a fraction of the
+work, and in float32 under autocast.
+
 This file is shipped next to the weights for `trust_remote_code` users: it imports only torch, transformers and
 the configuration file.
 """
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -83,6 +92,102 @@ def upsample_bilinear(features: torch.Tensor, scale: int) -> torch.Tensor:
     )
 
 
+def inference_caching_allowed() -> bool:
+    """Derived tensors may be cached only when autograd records nothing (they would cut parameters out of the
+    graph) and outside `torch.compile` / tracing (which should see the plain computation)."""
+    return not (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing())
+
+
+def active_autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype in effect for `device_type`, or None (also for device types without autocast: meta)."""
+    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+def autocast_dtype(tensor: torch.Tensor, parameter: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast would cast `parameter` to for a matmul on `tensor`'s device, or None when it would not."""
+    dtype = active_autocast_dtype(tensor.device.type)
+    return dtype if dtype is not None and dtype != parameter.dtype and parameter.is_floating_point() else None
+
+
+def is_plain_linear(*modules: nn.Module) -> bool:
+    """Only an unhooked `nn.Linear` may be bypassed with its (fused or cast) weights: a subclass or a replacement
+    (quantised layers, adapters), a forward hook (DeepSpeed ZeRO-3 gathering) or a patched `forward` (accelerate's
+    offloading) must see its own call."""
+    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+        return False
+    return all(
+        type(m) is nn.Linear and not (m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__)
+        for m in modules
+    )
+
+
+class InferenceTensorCache:
+    """Tensors derived from parameters (a fused or cast weight, a resized position table), kept for inference.
+
+    An entry is reused only while each of its source tensors is the same storage at the same version, device, dtype
+    and shape. `_version` counts every in-place write that autograd sees (optimizer steps, `load_state_dict`,
+    `copy_` under `no_grad`); the entry holds a detached alias of each source so that a freed storage's address
+    cannot come back under new values and match by accident. Writes through `.data` bypass the version counter:
+    call `SetrPreTrainedModel.clear_inference_caches()` after them. The model clears its caches when it is moved or
+    cast (`to`, `half`, ...) and when it enters training mode, so they hold memory only during inference.
+    """
+
+    def __init__(self, max_entries: int = 4):
+        self.max_entries = max_entries
+        self._entries: OrderedDict = OrderedDict()
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key, sources: Sequence[torch.Tensor], build: Callable[[], object]):
+        if any(source.is_inference() for source in sources):
+            return build()  # inference tensors have no version counter: nothing to key on
+        state = tuple((s.data_ptr(), s._version, s.device, s.dtype, s.shape) for s in sources)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] == state:
+            self._entries.move_to_end(key)
+            return entry[2]
+        value = build()
+        self._entries[key] = (state, tuple(s.detach() for s in sources), value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        return value
+
+
+def classify(classifier: nn.Conv2d, features: torch.Tensor) -> torch.Tensor:
+    """A head's 1x1 classifier, in float32 even under autocast: bf16 logits (8-bit mantissa, steps of 1/64 at
+    |logit| ~ 2) would let rounding decide close argmaxes and blur the average of overlapping slide windows."""
+    device_type = features.device.type
+    if classifier.weight.dtype == torch.float32 and active_autocast_dtype(device_type) is not None:
+        with torch.autocast(device_type, enabled=False):
+            return classifier(features.float())
+    return classifier(features)
+
+
+def inference_linear(
+    linear: nn.Linear, hidden_states: torch.Tensor, cache: InferenceTensorCache, key: str
+) -> torch.Tensor:
+    """`linear(hidden_states)`, with the weights autocast would cast on every call cast once and cached."""
+    if not is_plain_linear(linear) or not inference_caching_allowed():
+        return linear(hidden_states)
+    dtype = autocast_dtype(hidden_states, linear.weight)
+    if dtype is None:
+        return linear(hidden_states)
+    sources = (linear.weight,) if linear.bias is None else (linear.weight, linear.bias)
+    weight, bias = cache.get(
+        (key, dtype),
+        sources,
+        lambda: (linear.weight.to(dtype), None if linear.bias is None else linear.bias.to(dtype)),
+    )
+    return F.linear(hidden_states, weight, bias)
+
+
 class SetrPatchEmbeddings(nn.Module):
     """Zero-pads the bottom/right to a multiple of the patch size, then embeds patches with a strided conv."""
 
@@ -119,13 +224,21 @@ class SetrEmbeddings(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.position_embeddings = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1] + 1, config.hidden_size))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        # Resized tables per patch grid, for inference on a few recurring input sizes (slide windows, test scales).
+        self.inference_cache = InferenceTensorCache(max_entries=8)
 
     def position_embeddings_for(self, grid: tuple[int, int]) -> torch.Tensor:
         """The table for a patch grid. Resized only when the token count differs, exactly as mmsegmentation (a
         16x64 grid under a 32x32 table is added as is, in row-major order)."""
         if grid[0] * grid[1] == self.grid[0] * self.grid[1]:
             return self.position_embeddings
-        return resize_position_embeddings(self.position_embeddings, self.grid, grid)
+        if not inference_caching_allowed():
+            return resize_position_embeddings(self.position_embeddings, self.grid, grid)
+        return self.inference_cache.get(
+            tuple(grid),
+            (self.position_embeddings,),
+            lambda: resize_position_embeddings(self.position_embeddings, self.grid, grid),
+        )
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         embeddings, grid = self.patch_embeddings(pixel_values)
@@ -170,6 +283,18 @@ class SetrAttention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.inference_cache = InferenceTensorCache()
+
+    def fused_qkv_parameters(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """q/k/v weights (and biases) stacked for one matmul and cast to `dtype` (the autocast dtype); cached."""
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        weights = [projection.weight for projection in projections]
+        biases = [projection.bias for projection in projections if projection.bias is not None]
+
+        def build() -> tuple[torch.Tensor, torch.Tensor | None]:
+            return torch.cat(weights).to(dtype), torch.cat(biases).to(dtype) if biases else None
+
+        return self.inference_cache.get(("qkv", dtype), (*weights, *biases), build)
 
     def forward(
         self,
@@ -179,9 +304,19 @@ class SetrAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
-        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        cast_dtype = None
+        if inference_caching_allowed() and is_plain_linear(self.q_proj, self.k_proj, self.v_proj):
+            cast_dtype = autocast_dtype(hidden_states, self.q_proj.weight)
+        if cast_dtype is not None:
+            # Under autocast without autograd: weights cast once (not on every call) and q/k/v in one matmul, which
+            # measured a few percent faster in bf16 on CPU. In float32 the three separate matmuls measured faster.
+            weight, bias = self.fused_qkv_parameters(cast_dtype)
+            qkv = F.linear(hidden_states, weight, bias).view(*input_shape, 3, -1, self.head_dim)
+            query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (batch, heads, tokens, head_dim)
+        else:
+            query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+            key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+            value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -196,8 +331,8 @@ class SetrAttention(nn.Module):
             scaling=self.scaling,
             **kwargs,
         )
-        attn_output = self.o_proj(attn_output.reshape(*input_shape, -1).contiguous())
-        return attn_output, attn_weights
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        return inference_linear(self.o_proj, attn_output, self.inference_cache, "o_proj"), attn_weights
 
 
 class SetrMLP(nn.Module):
@@ -207,10 +342,12 @@ class SetrMLP(nn.Module):
         self.activation_fn = ACT2FN[config.hidden_act]
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.inference_cache = InferenceTensorCache()
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.dropout(self.activation_fn(self.fc1(hidden_states)))
-        return self.fc2(hidden_states)
+        hidden_states = inference_linear(self.fc1, hidden_states, self.inference_cache, "fc1")
+        hidden_states = self.dropout(self.activation_fn(hidden_states))
+        return inference_linear(self.fc2, hidden_states, self.inference_cache, "fc2")
 
 
 class SetrLayer(GradientCheckpointingLayer):
@@ -242,7 +379,7 @@ class SetrConvBatchNormReLU(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=(kernel_size - 1) // 2, bias=False)
         self.batch_norm = nn.BatchNorm2d(out_channels, eps=batch_norm_eps)
-        self.activation = nn.ReLU()
+        self.activation = nn.ReLU(inplace=True)  # on the fresh BatchNorm output: saves a full-size copy
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.activation(self.batch_norm(self.conv(features)))
@@ -271,9 +408,14 @@ class SetrUpHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         features = channel_layernorm(self.layernorm, features)
-        for stage in self.stages:
+        if not self.stages:
+            return classify(self.classifier, features)
+        for stage in self.stages[:-1]:
             features = upsample_bilinear(stage(features), self.up_scale)
-        return self.classifier(features)
+        # mmsegmentation up-samples the last stage, then classifies. A 1x1 conv commutes with bilinear up-sampling
+        # (its weights per output pixel sum to one), so classify first: the same logits up to rounding, with the
+        # classifier on a quarter of the pixels (PUP: 512x512 -> 256x256) and num_labels channels to interpolate.
+        return upsample_bilinear(classify(self.classifier, self.stages[-1](features)), self.up_scale)
 
 
 class SetrMLANeck(nn.Module):
@@ -326,8 +468,10 @@ class SetrMLAHead(nn.Module):
         self.classifier = nn.Conv2d(config.decoder_channels, config.num_labels, kernel_size=1)
 
     def forward(self, neck_outputs: list[torch.Tensor]) -> torch.Tensor:
-        features = [upsample_bilinear(branch(x), self.up_scale) for branch, x in zip(self.branches, neck_outputs)]
-        return self.classifier(torch.cat(features, dim=1))
+        features = torch.cat([branch(x) for branch, x in zip(self.branches, neck_outputs)], dim=1)
+        # mmsegmentation up-samples each branch, concatenates, then classifies; the 1x1 classifier commutes with the
+        # (shared) bilinear up-sampling, so classify at the neck's resolution and up-sample num_labels channels once.
+        return upsample_bilinear(classify(self.classifier, features), self.up_scale)
 
 
 class SetrFCNHead(nn.Module):
@@ -347,7 +491,7 @@ class SetrFCNHead(nn.Module):
         self.classifier = nn.Conv2d(channels, config.num_labels, kernel_size=1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.convs(features))
+        return classify(self.classifier, self.convs(features))
 
 
 class SetrPreTrainedModel(PreTrainedModel):
@@ -375,6 +519,27 @@ class SetrPreTrainedModel(PreTrainedModel):
             # mmsegmentation initialises the classifier with std 0.01.
             init.normal_(module.classifier.weight, std=0.01)
             init.zeros_(module.classifier.bias)
+
+    def clear_inference_caches(self) -> None:
+        """Drop the tensors cached for inference (fused q/k/v, autocast-cast weights, resized position tables).
+
+        They are rebuilt on the next forward without autograd. Needed only after writing parameters through
+        `.data`, which autograd's version counter does not see; moving, casting and `train()` clear them already.
+        """
+        for module in self.modules():
+            cache = getattr(module, "inference_cache", None)
+            if isinstance(cache, InferenceTensorCache):
+                cache.clear()
+
+    def train(self, mode: bool = True):
+        if mode:
+            self.clear_inference_caches()  # training changes the parameters; free the memory until the next eval
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        # `to`, `cuda`, `half`, ... give parameters new storages; the caches would only pin the old ones.
+        self.clear_inference_caches()
+        return super()._apply(fn, *args, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # Complete the auto_map: transformers writes only the saved class's entry, so AutoModel would not resolve
@@ -506,6 +671,9 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
         """
         check_pixel_values(pixel_values, self.config)
         default_crop, default_stride = self.config.slide_window
+        # Without autograd the windows run under inference_mode (no version counters or view tracking); the sums are
+        # kept outside it, so the caller gets an ordinary tensor.
+        window_context = torch.inference_mode() if not torch.is_grad_enabled() else contextlib.nullcontext()
         crop = _pair(crop_size) if crop_size is not None else default_crop
         stride = _pair(stride) if stride is not None else default_stride
         batch_size = batch_size or self.config.slide_batch_size
@@ -517,11 +685,22 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
         crops = [(w, i) for w in range(len(windows)) for i in range(images)]
         for start in range(0, len(crops), batch_size):
             chunk = crops[start : start + batch_size]
-            batch = torch.stack(
-                [pixel_values[i, :, windows[w][0] : windows[w][1], windows[w][2] : windows[w][3]] for w, i in chunk]
-            )
-            logits, _, _ = self._encode_decode(batch, None)
-            logits = F.interpolate(logits, size=(window_height, window_width), mode="bilinear", align_corners=False)
+            with window_context:
+                batch = torch.stack(
+                    [
+                        pixel_values[i, :, windows[w][0] : windows[w][1], windows[w][2] : windows[w][3]]
+                        for w, i in chunk
+                    ]
+                )
+                logits, _, _ = self._encode_decode(batch, None)
+                # Accumulate in float32 even under autocast: the average of overlapping windows is taken in full
+                # precision (a no-op for a float32 model).
+                logits = F.interpolate(
+                    logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits,
+                    size=(window_height, window_width),
+                    mode="bilinear",
+                    align_corners=False,
+                )
             if logits_sum is None:
                 logits_sum = logits.new_zeros((images, logits.shape[1], height, width))
                 count = logits.new_zeros((1, 1, height, width))
@@ -573,12 +752,13 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
             ignore_index = self.config.semantic_loss_ignore_index
             loss = segmentation_loss(logits, labels, ignore_index)
             if self.auxiliary_heads is not None:
-                auxiliary_logits = tuple(
-                    head(features[index])
-                    for head, index in zip(self.auxiliary_heads, self.config.auxiliary_in_indices)
-                )
-                for aux in auxiliary_logits:
-                    loss = loss + self.config.auxiliary_loss_weight * segmentation_loss(aux, labels, ignore_index)
+                # One head at a time: each loss's temporaries are freed before the next head runs.
+                auxiliary_logits = []
+                for head, index in zip(self.auxiliary_heads, self.config.auxiliary_in_indices):
+                    auxiliary_logits.append(head(features[index]))
+                    aux_loss = segmentation_loss(auxiliary_logits[-1], labels, ignore_index)
+                    loss = loss + self.config.auxiliary_loss_weight * aux_loss
+                auxiliary_logits = tuple(auxiliary_logits)
 
         return SetrSemanticSegmenterOutput(
             loss=loss,
@@ -628,7 +808,8 @@ def check_labels(labels: torch.Tensor, pixel_values: torch.Tensor, config: SetrC
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
     """mmsegmentation's decode-head loss: logits resized bilinearly to the labels, cross-entropy ignoring
     `ignore_index`, mean over all pixels (ignored pixels count in the denominator with a zero loss)."""
-    logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    if tuple(logits.shape[-2:]) != tuple(labels.shape[-2:]):  # same size: the resize is the identity, skip its copy
+        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
     return F.cross_entropy(logits.float(), labels.long(), ignore_index=ignore_index, reduction="none").mean()
 
 

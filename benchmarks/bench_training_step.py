@@ -1,0 +1,181 @@
+"""One SETR training step (forward with decode + auxiliary losses, backward, SGD step): time and peak memory, this
+package against mmsegmentation 1.2.2, for a tiny model and the full ViT-L/16 one.
+
+    .venv/bin/python benchmarks/bench_training_step.py                 # tiny and ViT-L PUP (ADE20K), batch 2, 512x512
+    .venv/bin/python benchmarks/bench_training_step.py --quick         # tiny only
+    .venv/bin/python benchmarks/bench_training_step.py --sizes vit-l --batch 1 --steps 2
+
+Every measurement runs in a fresh process, so that its peak resident memory (`ru_maxrss`) belongs to it alone:
+mmsegmentation in `.venv-mmseg` (`benchmarks/mmseg_worker.py`), ours in this interpreter. mmseg builds the released
+config (tiny: the parity fixtures' reduced encoder, 32 wide and 4 layers, with the real heads at 1/16 width) and
+saves the weights, which ours loads through the converter: same architecture, same weights. `step peak` is the peak
+RSS minus the RSS just before the first step (activations, gradients, optimizer state). Ours is also run with
+gradient checkpointing and under bf16 autocast. Time is the minimum over the steps after the first (the first
+allocates the optimizer state); with `--steps 1` it is that one step. CPU only: the CUDA numbers are in
+`bench_cuda.py`.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, MmsegWorker, format_table, print_report, scratch_dir, set_threads  # noqa: E402
+
+CHILD_PREFIX = "@@result "
+SUITES = {"tiny": "checkpoints", "vit-l": "full"}
+VARIANTS = {
+    "pup": ("ade20k-pup", "setr-pup-vit-large-ade20k-512"),
+    "naive": ("ade20k-naive", "setr-naive-vit-large-ade20k-512"),
+    "mla": ("ade20k-mla-b16", "setr-mla-vit-large-ade20k-512-b16"),
+}
+OURS = {
+    "ours fp32": dict(checkpointing=False, bf16=False),
+    "ours fp32 + checkpointing": dict(checkpointing=True, bf16=False),
+    "ours bf16 autocast": dict(checkpointing=False, bf16=True),
+}
+
+
+def current_rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def step_time(times: list[float]) -> float:
+    return min(times[1:]) if len(times) > 1 else times[0]
+
+
+def run_child(args: argparse.Namespace) -> None:
+    """One of our contestants, alone in this process; prints its result as JSON."""
+    import torch
+
+    from transformers_setr.conversion import load_checkpoint_file
+    from transformers_setr.convert_mmseg import build_converted_model
+    from transformers_setr.presets import PRESETS
+
+    set_threads(args.threads)
+    overrides = json.loads(args.overrides) if args.overrides else None
+    model = build_converted_model(load_checkpoint_file(args.checkpoint), PRESETS[args.preset], overrides)
+    if args.checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    generator = torch.Generator().manual_seed(args.seed)
+    pixel_values = torch.randn(args.batch, 3, args.size, args.size, generator=generator)
+    labels = torch.randint(0, model.config.num_labels, (args.batch, args.size, args.size), generator=generator)
+    baseline = current_rss_bytes()
+    times, first_loss = [], None
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            loss = model(pixel_values, labels=labels).loss
+        first_loss = float(loss) if first_loss is None else first_loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(
+        CHILD_PREFIX
+        + json.dumps({"times": times, "peak_rss": peak, "baseline_rss": baseline, "first_loss": first_loss})
+    )
+
+
+def ours_in_child(args: argparse.Namespace, checkpoint: Path, preset: str, overrides, **variant) -> dict:
+    command = [sys.executable, __file__, "--child", "--checkpoint", str(checkpoint), "--preset", preset]
+    command += ["--batch", str(args.batch), "--size", str(args.size), "--steps", str(args.steps)]
+    command += ["--seed", str(args.seed), "--threads", str(args.threads)]
+    command += ["--overrides", json.dumps(overrides)] if overrides else []
+    command += ["--checkpointing"] if variant["checkpointing"] else []
+    command += ["--bf16"] if variant["bf16"] else []
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    for line in completed.stdout.splitlines():
+        if line.startswith(CHILD_PREFIX):
+            return json.loads(line[len(CHILD_PREFIX) :])
+    raise RuntimeError(f"training child failed ({completed.returncode}):\n{completed.stderr[-4000:]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", choices=list(SUITES), default=list(SUITES))
+    parser.add_argument("--decoder", choices=list(VARIANTS), default="pup")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--size", type=int, default=512, help="square crop side")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="tiny model only")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--mmseg-python", default=None)
+    # Internal: one of our contestants in a fresh process.
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    parser.add_argument("--preset", help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        run_child(args)
+        return
+    if args.quick:
+        args.sizes = ["tiny"]
+    args.threads = set_threads(args.threads)
+    mmseg_variant, preset = VARIANTS[args.decoder]
+    rows = []
+    gib = 1024**3
+    with scratch_dir() as tmp:
+        for size in args.sizes:
+            checkpoint = Path(tmp) / f"{size}.pth"
+            print(f"[{size}] building mmseg {mmseg_variant} ({SUITES[size]} suite) and saving its weights", flush=True)
+            with MmsegWorker(args.mmseg_python, args.threads) as worker:
+                built = worker.request(
+                    op="build", variant=mmseg_variant, checkpoint=str(checkpoint), suite=SUITES[size]
+                )
+                mmseg_version = worker.version
+            # mmseg's configs train with dropout 0.1 in the encoder (after the position embedding, the attention
+            # projection and both FFN layers): the same places as our hidden_dropout_prob, so ours gets it too.
+            overrides = {"hidden_dropout_prob": built["drop_rate"]}
+            if built["num_layers"] != 24:
+                overrides.update(out_indices=built["out_indices"], num_attention_heads=built["num_heads"])
+            results = {}
+            print(f"[{size}] mmseg fp32", flush=True)
+            with MmsegWorker(args.mmseg_python, args.threads) as worker:
+                results["mmseg fp32"] = worker.request(
+                    op="train_step", variant=mmseg_variant, suite=SUITES[size], batch=args.batch,
+                    size=[args.size, args.size], steps=args.steps, seed=args.seed,
+                )  # fmt: skip
+            for name, variant in OURS.items():
+                print(f"[{size}] {name}", flush=True)
+                results[name] = ours_in_child(args, checkpoint, preset, overrides, **variant)
+            reference = results["mmseg fp32"]
+            reference_time = step_time(reference["times"])
+            reference_memory = reference["peak_rss"] - reference["baseline_rss"]
+            for name, result in results.items():
+                seconds, memory = step_time(result["times"]), result["peak_rss"] - result["baseline_rss"]
+                rows.append(
+                    [
+                        size, name, f"{seconds:.2f}", f"{seconds / reference_time:.3f}", f"{memory / gib:.2f}",
+                        f"{memory / reference_memory:.3f}", f"{result['peak_rss'] / gib:.2f}", f"{result['first_loss']:.4f}",
+                    ]
+                )  # fmt: skip
+            checkpoint.unlink()
+    headers = ["model", "contestant", "step s", "time / mmseg", "step peak GiB", "memory / mmseg", "peak RSS GiB"]
+    headers += ["first loss"]
+    notes = [
+        f"{args.decoder.upper()} ADE20K config, batch {args.batch}, {args.size}x{args.size}, SGD momentum 0.9, "
+        f"{args.steps} steps per process; mmseg {mmseg_version} in .venv-mmseg.",
+        "Same weights, inputs and labels on both sides: the first-step losses differ only through the dropout masks "
+        "(a sanity check that the same model is trained).",
+    ]
+    print_report(
+        "Training step: transformers_setr vs mmsegmentation", format_table(headers, rows), notes, args.threads
+    )
+
+
+if __name__ == "__main__":
+    main()

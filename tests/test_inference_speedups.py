@@ -1,0 +1,256 @@
+"""The inference fast paths (issue 5) give the plain computation's numbers and never serve stale parameters.
+
+Without autograd the model caches resized position tables and, under autocast, the cast linear weights (q/k/v
+stacked for one matmul). With autograd on it runs the plain module-by-module path, so comparing the two checks the
+caches. The decoders classify before the last up-sampling (and in float32 under autocast): an mmsegmentation-order
+head written out here checks that.
+"""
+
+import copy
+
+import pytest
+import torch
+from conftest import DECODERS, randomise_batch_norm, tiny_config
+
+from transformers_setr import SetrForSemanticSegmentation
+from transformers_setr.modeling_setr import InferenceTensorCache, channel_layernorm, upsample_bilinear
+
+FP32_TOLERANCE = 1e-5
+
+
+def build(decoder_type: str, **overrides) -> SetrForSemanticSegmentation:
+    model = SetrForSemanticSegmentation(tiny_config(decoder_type, **overrides)).eval()
+    randomise_batch_norm(model)
+    # Larger-than-init weights so that logits are O(1) and a stale parameter shows clearly.
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "position_embeddings" in name or name.endswith("cls_token"):
+                parameter.normal_(0, 0.5)
+            elif parameter.dim() > 1:
+                parameter.normal_(0, (2 / parameter[0].numel()) ** 0.5)
+    return model
+
+
+def plain_logits(model: SetrForSemanticSegmentation, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Logits through the plain path: autograd on disables every cache and the fused projection."""
+    with torch.enable_grad():
+        return model(pixel_values, **kwargs).logits.detach()
+
+
+def cache_sizes(model: torch.nn.Module) -> int:
+    return sum(
+        len(m.inference_cache)
+        for m in model.modules()
+        if isinstance(getattr(m, "inference_cache", None), InferenceTensorCache)
+    )
+
+
+@pytest.mark.parametrize("decoder_type", DECODERS)
+@pytest.mark.parametrize("size", [(64, 64), (50, 77)])  # the training grid, and a padded grid with a resized table
+def test_fast_inference_path_matches_the_plain_path(decoder_type, size):
+    model = build(decoder_type)
+    pixel_values = torch.randn(2, 3, *size)
+    expected = plain_logits(model, pixel_values, inference_mode="whole")
+    with torch.no_grad():
+        fast = model(pixel_values, inference_mode="whole").logits
+    # Only the resized table is cached in float32 (the projections run as they are).
+    assert cache_sizes(model) == (0 if size == (64, 64) else 1)
+    assert (fast - expected).abs().max().item() < FP32_TOLERANCE
+    with torch.inference_mode():  # cached tensors built under no_grad are reused under inference_mode
+        again = model(pixel_values, inference_mode="whole").logits
+    assert (again - expected).abs().max().item() < FP32_TOLERANCE
+
+
+@pytest.mark.parametrize("decoder_type", DECODERS)
+def test_slide_inference_fast_path_matches_and_returns_an_ordinary_tensor(decoder_type):
+    model = build(decoder_type)
+    pixel_values = torch.randn(2, 3, 64, 100)  # three 64x64 windows per image, batched 4 at a time
+    expected = plain_logits(model, pixel_values, inference_mode="slide")
+    with torch.no_grad():
+        fast = model(pixel_values, inference_mode="slide").logits
+    assert (fast - expected).abs().max().item() < FP32_TOLERANCE
+    assert not fast.is_inference()
+    fast /= 2  # in-place use outside inference_mode must work
+
+
+def mmseg_order_up_head(head, features: torch.Tensor) -> torch.Tensor:
+    """mmsegmentation's SETRUPHead order: every stage conv-BN-ReLU then up-sampling, classifier last."""
+    features = channel_layernorm(head.layernorm, features)
+    for stage in head.stages:
+        features = stage.activation(stage.batch_norm(stage.conv(features)))
+        features = upsample_bilinear(features, head.up_scale)
+    return head.classifier(features)
+
+
+def mmseg_order_mla_head(head, neck_outputs: list[torch.Tensor]) -> torch.Tensor:
+    """mmsegmentation's SETRMLAHead order: each branch up-sampled, concatenated, then classified."""
+    branches = [upsample_bilinear(branch(x), head.up_scale) for branch, x in zip(head.branches, neck_outputs)]
+    return head.classifier(torch.cat(branches, dim=1))
+
+
+@pytest.mark.parametrize("decoder_type", DECODERS)
+def test_classifier_before_upsampling_gives_mmsegmentation_logits(decoder_type):
+    model = build(decoder_type, num_labels=7)
+    head = model.decode_head
+    with torch.no_grad():
+        if decoder_type == "mla":
+            inputs = [torch.randn(2, model.config.mla_neck_channels, 5, 6) for _ in range(4)]
+            expected, actual = mmseg_order_mla_head(head, inputs), head(inputs)
+        else:
+            features = torch.randn(2, model.config.hidden_size, 5, 6)
+            expected, actual = mmseg_order_up_head(head, features), head(features)
+    assert actual.shape == expected.shape
+    assert expected.abs().max() > 0.1
+    assert (actual - expected).abs().max().item() < FP32_TOLERANCE
+
+
+def sgd_step_on_everything(model: SetrForSemanticSegmentation, pixel_values: torch.Tensor) -> None:
+    model.train()
+    labels = torch.randint(0, model.config.num_labels, (pixel_values.shape[0], *pixel_values.shape[-2:]))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(pixel_values, labels=labels).loss.backward()
+    optimizer.step()
+    model.eval()
+
+
+@pytest.mark.parametrize("decoder_type", ["pup", "mla"])
+def test_a_training_step_invalidates_the_caches(decoder_type):
+    model = build(decoder_type)
+    pixel_values = torch.randn(1, 3, 50, 77)  # 4x5 grid: the 4x4 table is resized (and cached)
+    with torch.no_grad():
+        before = model(pixel_values).logits
+    table_before = model.setr.embeddings.position_embeddings.detach().clone()
+    sgd_step_on_everything(model, torch.randn(1, 3, 64, 64))
+    assert not torch.equal(model.setr.embeddings.position_embeddings, table_before)
+    with torch.no_grad():
+        after = model(pixel_values).logits
+    fresh = copy.deepcopy(model)
+    fresh.clear_inference_caches()
+    expected = plain_logits(fresh, pixel_values)
+    assert (after - before).abs().max() > 1e-3
+    assert (after - expected).abs().max().item() < FP32_TOLERANCE
+
+
+def test_in_place_parameter_writes_in_eval_mode_invalidate_the_caches():
+    """No `train()` in between: the parameters' version counters alone must expire the cached tensors."""
+    model = build("pup")
+    pixel_values = torch.randn(1, 3, 50, 77)
+    embeddings = model.setr.embeddings
+    with torch.no_grad():
+        model(pixel_values)
+        resized_before = embeddings.position_embeddings_for((4, 5)).clone()
+        embeddings.position_embeddings.mul_(-1.0)
+        assert torch.equal(embeddings.position_embeddings_for((4, 5)), -resized_before)
+        assert (model(pixel_values).logits - plain_logits(model, pixel_values)).abs().max() < FP32_TOLERANCE
+
+    old_weights = copy.deepcopy(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            model(pixel_values)  # caches the bf16 weights
+            model.setr.layers[0].attention.v_proj.weight.add_(0.3)  # only v: the stacked q/k/v must be rebuilt
+            model.setr.layers[1].mlp.fc1.bias.sub_(0.2)
+            model.setr.layers[2].attention.o_proj.weight.mul_(2.0)
+            cached = model(pixel_values).logits
+        expected, stale = plain_logits(model, pixel_values), plain_logits(old_weights, pixel_values)
+    # Same bf16 rounding as the plain path, far from what the stale weights would give.
+    assert (cached - expected).abs().max() < 0.1 * (stale - expected).abs().max()
+
+
+def test_load_state_dict_and_dtype_moves_refresh_the_caches():
+    model, other = build("naive"), build("naive")
+    with torch.no_grad():
+        other.setr.embeddings.position_embeddings.normal_()
+    pixel_values = torch.randn(1, 3, 50, 77)
+    with torch.no_grad():
+        model(pixel_values)
+        model.load_state_dict(other.state_dict())
+        loaded = model(pixel_values).logits
+        assert torch.equal(loaded, other(pixel_values).logits)
+    model.double()
+    assert cache_sizes(model) == 0
+    with torch.no_grad():
+        as_double = model(pixel_values.double()).logits
+    assert as_double.dtype == torch.float64
+    assert (as_double - loaded).abs().max().item() < FP32_TOLERANCE
+    model.train()
+    assert cache_sizes(model) == 0
+
+
+def test_hooked_or_replaced_projections_are_called_not_bypassed():
+    model = build("pup")
+    calls = []
+    model.setr.layers[0].attention.q_proj.register_forward_hook(lambda module, args, output: calls.append("q"))
+    model.setr.layers[1].mlp.fc1 = torch.nn.Sequential(model.setr.layers[1].mlp.fc1)  # e.g. an adapter wrapper
+    model.setr.layers[1].mlp.fc1.register_forward_hook(lambda module, args, output: calls.append("fc1"))
+    fc2 = model.setr.layers[2].mlp.fc2
+    plain_forward = fc2.forward
+    fc2.forward = lambda hidden_states: calls.append("fc2") or plain_forward(hidden_states)  # as accelerate patches
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randn(1, 3, 64, 64))
+    assert calls == ["q", "fc1", "fc2", "q", "fc1", "fc2"]
+
+
+def test_bf16_autocast_caches_cast_weights_and_matches_plain_autocast():
+    model = build("pup")
+    pixel_values = torch.randn(2, 3, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = plain_logits(model, pixel_values)
+        with torch.no_grad():
+            fast = model(pixel_values).logits
+    attention = model.setr.layers[0].attention
+    weight, bias = attention.fused_qkv_parameters(torch.bfloat16)
+    assert weight.dtype == bias.dtype == torch.bfloat16 and weight.shape == (3 * 32, 32)
+    assert torch.equal(weight[32:64], attention.k_proj.weight.to(torch.bfloat16))
+    # Logits come from a float32 classifier; bf16 rounding differs only where the fused matmul sums in another order.
+    assert fast.dtype == expected.dtype == torch.float32
+    assert (fast - expected).abs().max().item() < 0.05 * expected.abs().max().item()
+    assert (fast.argmax(1) == expected.argmax(1)).float().mean() > 0.97
+    with torch.no_grad():
+        fp32 = model(pixel_values).logits
+    assert fp32.dtype == torch.float32 and (fp32 - plain_logits(model, pixel_values)).abs().max() < FP32_TOLERANCE
+
+
+def test_model_built_under_inference_mode_still_runs():
+    with torch.inference_mode():
+        model = build("mla")
+        logits = model(torch.randn(1, 3, 50, 77)).logits
+    assert logits.shape == (1, 5, 16, 20) and cache_sizes(model) == 0
+
+
+def test_cache_keeps_only_the_most_recent_entries():
+    cache = InferenceTensorCache(max_entries=2)
+    source = torch.zeros(3)
+    built = []
+    for key in ("a", "b", "a", "c", "b"):
+        cache.get(key, (source,), lambda key=key: built.append(key) or torch.ones(1))
+    assert built == ["a", "b", "c", "b"] and len(cache) == 2
+    with torch.no_grad():
+        source.add_(1.0)
+    cache.get("b", (source,), lambda: built.append("b again") or torch.ones(1))
+    assert built[-1] == "b again"
+
+
+def test_save_pretrained_after_cached_inference(tmp_path):
+    model = build("naive")
+    pixel_values = torch.randn(1, 3, 50, 77)
+    with torch.no_grad():
+        expected = model(pixel_values).logits
+    model.save_pretrained(tmp_path)
+    assert set(model.state_dict()) == set(type(model).from_pretrained(tmp_path).state_dict())
+    reloaded = type(model).from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert (reloaded(pixel_values).logits - expected).abs().max().item() < FP32_TOLERANCE
+
+
+def test_forward_on_the_meta_device_for_flop_counting():
+    """benchmarks/ count FLOPs on the meta device: no autocast query may fail there."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = SetrForSemanticSegmentation(tiny_config("pup")).eval()
+        pixel_values = torch.zeros(1, 3, 64, 64)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        logits = model(pixel_values).logits
+    assert logits.device.type == "meta" and counter.get_total_flops() > 0
