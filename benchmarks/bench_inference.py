@@ -50,7 +50,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--modes", nargs="+", choices=list(SIZES), default=list(SIZES))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 4])
     parser.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per contestant (default 3, quick 2)")
     parser.add_argument("--quick", action="store_true", help="Naive, whole, batch 1, 2 repeats")
     parser.add_argument(
         "--smoke", action="store_true", help="reduced models (ViT 32 wide, 4 layers): checks the script, not speed"
@@ -61,7 +61,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--mmseg-python", default=None, help="interpreter with mmsegmentation 1.2.2")
     args = parser.parse_args()
     if args.quick:
-        args.variants, args.modes, args.batches, args.repeats = ["naive"], ["whole"], [1], 2
+        args.variants, args.modes, args.batches = ["naive"], ["whole"], [1]
+    if args.repeats is None:
+        args.repeats = 2 if args.quick else 3
     if "fp32" not in args.dtypes:
         parser.error("--dtypes must include fp32 (the reference for ratios and agreement)")
     return args

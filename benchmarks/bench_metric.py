@@ -61,7 +61,7 @@ def run_ours(pairs) -> dict:
         "mean_iou": summary["mIoU"],
         "mean_accuracy": summary["mAcc"],
         "overall_accuracy": summary["aAcc"],
-        "per_category_iou": np.asarray(summary["per_class_iou"], dtype=np.float64),
+        "per_category_iou": np.asarray(list(summary["per_class_iou"].values()), dtype=np.float64),
     }
 
 

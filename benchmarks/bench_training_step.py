@@ -74,7 +74,7 @@ def run_child(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             loss = model(pixel_values, labels=labels).loss
-        first_loss = float(loss) if first_loss is None else first_loss
+        first_loss = loss.item() if first_loss is None else first_loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -134,7 +134,7 @@ class Worker:
             start = time.perf_counter()
             losses = model.loss(inputs, samples)
             loss = sum(value for key, value in losses.items() if "loss" in key)
-            first_loss = float(loss) if first_loss is None else first_loss
+            first_loss = loss.item() if first_loss is None else first_loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -672,8 +672,10 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
         check_pixel_values(pixel_values, self.config)
         default_crop, default_stride = self.config.slide_window
         # Without autograd the windows run under inference_mode (no version counters or view tracking); the sums are
-        # kept outside it, so the caller gets an ordinary tensor.
-        window_context = torch.inference_mode() if not torch.is_grad_enabled() else contextlib.nullcontext()
+        # kept outside it, so the caller gets an ordinary tensor. (Not under torch.compile, whose graphs take the
+        # caller's mode.)
+        eager_no_grad = not (torch.is_grad_enabled() or torch.compiler.is_compiling())
+        window_context = torch.inference_mode() if eager_no_grad else contextlib.nullcontext()
         crop = _pair(crop_size) if crop_size is not None else default_crop
         stride = _pair(stride) if stride is not None else default_stride
         batch_size = batch_size or self.config.slide_batch_size
