@@ -151,6 +151,51 @@ def test_streaming_in_chunks_equals_one_shot():
     assert streamed.total_areas().sum() == 0
 
 
+def reference_areas(prediction, label, num_labels, ignore_index):
+    """mmseg's per-image histograms, with any ignore index and any integer dtype (values compared as int64)."""
+    prediction, label = np.asarray(prediction).astype(np.int64), np.asarray(label).astype(np.int64)
+    return mmseg_reference([prediction], [label], num_labels, ignore_index)["areas"]
+
+
+@pytest.mark.parametrize("label_dtype", [np.uint8, np.int16, np.int32, np.int64])
+@pytest.mark.parametrize("prediction_dtype", [np.uint8, np.int32, np.int64])
+@pytest.mark.parametrize("ignore_index", [255, -1, 0, 2])
+def test_areas_for_every_dtype_and_ignore_index(label_dtype, prediction_dtype, ignore_index):
+    """The joint-histogram path must equal the plain per-pixel rule for every dtype pairing, with out-of-range
+    predictions (negative, num_labels, 255, large) and the ignore value below, inside or above the classes."""
+    rng = np.random.default_rng(7)
+    num_labels = 5
+    label = rng.integers(0, num_labels, (23, 31))
+    if ignore_index != 0 or np.dtype(label_dtype).kind == "i":
+        label[rng.random(label.shape) < 0.15] = ignore_index
+    if np.dtype(label_dtype) == np.uint8 and ignore_index < 0:
+        label[label < 0] = 0  # uint8 cannot hold it: no pixel is ignored then
+    prediction = np.where(rng.random(label.shape) < 0.6, label, rng.integers(0, num_labels, label.shape))
+    prediction[prediction < 0] = 0
+    out_of_range = [num_labels, 255] if np.dtype(prediction_dtype) == np.uint8 else [-3, num_labels, 255, 10**6]
+    prediction[rng.random(label.shape) < 0.1] = rng.choice(out_of_range)
+    label, prediction = label.astype(label_dtype), prediction.astype(prediction_dtype)
+    label_before, prediction_before = label.copy(), prediction.copy()
+    areas = intersect_and_union(torch.from_numpy(prediction), torch.from_numpy(label), num_labels, ignore_index)
+    assert areas.dtype == torch.int64
+    np.testing.assert_array_equal(label, label_before)  # the inputs are left as they were
+    np.testing.assert_array_equal(prediction, prediction_before)
+    np.testing.assert_array_equal(areas.numpy(), reference_areas(prediction, label, num_labels, ignore_index))
+
+
+def test_areas_for_labels_spanning_many_values():
+    """An ignore index far from the classes (e.g. 65535) leaves the joint histogram for int64 masks: same areas."""
+    rng = np.random.default_rng(3)
+    label = rng.integers(0, 4, (17, 19)).astype(np.int64)
+    label[rng.random(label.shape) < 0.2] = 65535
+    prediction = rng.integers(-1, 6, label.shape)
+    areas = intersect_and_union(prediction, label, 4, ignore_index=65535)
+    np.testing.assert_array_equal(areas.numpy(), reference_areas(prediction, label, 4, 65535))
+    with pytest.raises(ValueError, match=r"values \[70000\] outside \[0, 4\)"):
+        label[0, 0] = 70000
+        intersect_and_union(prediction, label, 4, ignore_index=65535)
+
+
 def test_bad_inputs_are_reported():
     with pytest.raises(ValueError, match=r"values \[9\] outside \[0, 7\)"):
         intersect_and_union(torch.zeros(2, 2, dtype=torch.long), torch.tensor([[0, 9], [255, 1]]), NUM_LABELS)
@@ -160,6 +205,16 @@ def test_bad_inputs_are_reported():
         intersect_and_union(torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.long), NUM_LABELS)
     with pytest.raises(ValueError, match="shape"):
         MeanIoU(NUM_LABELS).update_areas(torch.zeros(4, NUM_LABELS + 1, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"values \[-2, 7\] outside \[0, 7\)"):
+        intersect_and_union(
+            torch.zeros(3, dtype=torch.uint8), torch.tensor([-2, 7, 255], dtype=torch.int16), NUM_LABELS
+        )
+    with pytest.raises(ValueError, match=r"values \[7, 200\] outside"):
+        intersect_and_union(
+            torch.zeros(3, dtype=torch.uint8), torch.tensor([7, 200, 255], dtype=torch.uint8), NUM_LABELS
+        )
+    with pytest.raises(ValueError, match="integer class ids"):
+        intersect_and_union(torch.zeros(2, dtype=torch.bool), torch.zeros(2, dtype=torch.long), NUM_LABELS)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

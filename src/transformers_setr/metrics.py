@@ -29,6 +29,9 @@ import torch
 
 AREA_ROWS = ("intersection", "union", "prediction", "label")
 EVALUATE_METRIC_NAME = "setr_mean_iou"
+# Largest joint histogram (ground-truth values x prediction codes) counted in one bincount; wider inputs (only
+# invalid labels or an ignore index far from the classes span that many values) take int64 masks instead.
+_MAX_JOINT_BINS = 1 << 22
 
 __all__ = [
     "AREA_ROWS",
@@ -66,14 +69,71 @@ def intersect_and_union(
             f"predictions and labels must have the same shape, got {tuple(predictions.shape)} and "
             f"{tuple(labels.shape)} (score predictions at the ground-truth resolution)"
         )
-    if predictions.is_floating_point() or labels.is_floating_point():
+    if (
+        predictions.is_floating_point()
+        or labels.is_floating_point()
+        or torch.bool in (predictions.dtype, labels.dtype)
+    ):
         raise ValueError(
             f"predictions and labels must hold integer class ids, got dtypes {predictions.dtype} and {labels.dtype}"
         )
     if num_labels < 1:
         raise ValueError(f"num_labels must be positive, got {num_labels}")
-    labels = labels.to(device=predictions.device, dtype=torch.int64).reshape(-1)
-    predictions = predictions.to(torch.int64).reshape(-1)
+    labels = labels.to(predictions.device).reshape(-1)
+    predictions = predictions.reshape(-1)
+    # One bincount of (ground-truth value, prediction code) pairs in int32, every rule applied afterwards on the
+    # small joint histogram: a handful of passes over the pixels instead of a dozen int64 masks (~30x faster).
+    if labels.dtype == torch.uint8:
+        label_offset, label_values = 0, 256
+    elif labels.numel() == 0:
+        label_offset, label_values = 0, 1
+    else:
+        low, high = (int(value) for value in torch.aminmax(labels))
+        label_offset, label_values = low, high - low + 1
+    if predictions.dtype == torch.uint8:
+        prediction_codes, prediction_shift = 256, 0  # code = value
+    else:  # code = value + 1, with every value outside [0, num_labels) in code 0 or num_labels + 1
+        prediction_codes, prediction_shift = num_labels + 2, 1
+    if label_values * prediction_codes > _MAX_JOINT_BINS or not -(2**31) <= label_offset < 2**31:
+        return _intersect_and_union_wide(predictions, labels, num_labels, ignore_index)
+    codes = (predictions.clamp(-1, num_labels) if prediction_shift else predictions).to(torch.int32)
+    # copy=True: an int32 input must not be modified in place.
+    pair_index = labels.to(torch.int32, copy=True).sub_(label_offset).mul_(prediction_codes).add_(codes)
+    if prediction_shift:
+        pair_index.add_(prediction_shift)
+    joint = torch.bincount(pair_index, minlength=label_values * prediction_codes)
+    joint = joint.view(label_values, prediction_codes)
+    label_ids = torch.arange(label_offset, label_offset + label_values, device=joint.device)
+    evaluated = label_ids != ignore_index
+    invalid = evaluated & ((label_ids < 0) | (label_ids >= num_labels)) & (joint.sum(dim=1) > 0)
+    if bool(invalid.any()):
+        bad = label_ids[invalid][:10].tolist()
+        raise ValueError(
+            f"labels contain values {bad} outside [0, {num_labels}) that are not the ignore index {ignore_index}"
+        )
+    # Rows of classes 0..num_labels-1 (zeroed under the ignore index); columns: the classes, then "no class".
+    confusion = torch.zeros(num_labels, num_labels + 1, dtype=torch.int64, device=joint.device)
+    first, last = max(0, label_offset), min(num_labels, label_offset + label_values)
+    if first < last:
+        rows = joint[first - label_offset : last - label_offset]
+        class_columns = rows[:, prediction_shift : prediction_shift + num_labels]
+        confusion[first:last, :num_labels] = class_columns
+        confusion[first:last, num_labels] = rows.sum(dim=1) - class_columns.sum(dim=1)
+        if 0 <= ignore_index < num_labels:
+            confusion[ignore_index] = 0
+    area_intersect = confusion.diagonal()
+    area_label = confusion.sum(dim=1)
+    area_prediction = confusion[:, :num_labels].sum(dim=0)
+    area_union = area_prediction + area_label - area_intersect
+    return torch.stack([area_intersect, area_union, area_prediction, area_label])
+
+
+def _intersect_and_union_wide(
+    predictions: torch.Tensor, labels: torch.Tensor, num_labels: int, ignore_index: int
+) -> torch.Tensor:
+    """`intersect_and_union` for ground truth spanning too many values for a joint histogram (such maps hold
+    invalid values unless the ignore index lies far from the classes): int64 masks over the pixels."""
+    labels, predictions = labels.to(torch.int64), predictions.to(torch.int64)
     evaluated = labels != ignore_index
     invalid = evaluated & ((labels < 0) | (labels >= num_labels))
     if bool(invalid.any()):
@@ -81,8 +141,6 @@ def intersect_and_union(
         raise ValueError(
             f"labels contain values {bad} outside [0, {num_labels}) that are not the ignore index {ignore_index}"
         )
-    # One bincount over (label, prediction) pairs: a confusion matrix with an extra "no class" column for
-    # out-of-range predictions and one extra bin collecting ignored pixels.
     columns = num_labels + 1
     predictions = torch.where((predictions >= 0) & (predictions < num_labels), predictions, num_labels)
     pair_index = torch.where(evaluated, labels * columns + predictions, num_labels * columns)
