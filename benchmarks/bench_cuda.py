@@ -117,7 +117,7 @@ def training_memory(args: argparse.Namespace, device: torch.device, bf16: bool, 
     config = build_config("pup", args.smoke)
     model = SetrForSemanticSegmentation(config).to(device).train()
     if checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     generator = torch.Generator().manual_seed(0)
     pixel_values = torch.randn(2, 3, 512, 512, generator=generator).to(device)

@@ -62,7 +62,7 @@ def run_child(args: argparse.Namespace) -> None:
     overrides = json.loads(args.overrides) if args.overrides else None
     model = build_converted_model(load_checkpoint_file(args.checkpoint), PRESETS[args.preset], overrides)
     if args.checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     generator = torch.Generator().manual_seed(args.seed)
