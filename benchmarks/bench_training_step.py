@@ -17,15 +17,20 @@ allocates the optimizer state); with `--steps 1` it is that one step. CPU only: 
 
 import argparse
 import json
-import os
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, MmsegWorker, format_table, print_report, scratch_dir, set_threads  # noqa: E402
+from common import (  # noqa: E402
+    ROOT,
+    MmsegWorker,
+    format_table,
+    print_report,
+    scratch_dir,
+    set_threads,
+    timed_sgd_steps,
+)
 
 CHILD_PREFIX = "@@result "
 SUITES = {"tiny": "checkpoints", "vit-l": "full"}
@@ -39,11 +44,6 @@ OURS = {
     "ours fp32 + checkpointing": dict(checkpointing=True, bf16=False),
     "ours bf16 autocast": dict(checkpointing=False, bf16=True),
 }
-
-
-def current_rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def step_time(times: list[float]) -> float:
@@ -64,26 +64,16 @@ def run_child(args: argparse.Namespace) -> None:
     if args.checkpointing:
         model.activation_checkpointing_enable()
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     generator = torch.Generator().manual_seed(args.seed)
     pixel_values = torch.randn(args.batch, 3, args.size, args.size, generator=generator)
     labels = torch.randint(0, model.config.num_labels, (args.batch, args.size, args.size), generator=generator)
-    baseline = current_rss_bytes()
-    times, first_loss = [], None
-    for _ in range(args.steps):
-        start = time.perf_counter()
+
+    def compute_loss() -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            loss = model(pixel_values, labels=labels).loss
-        first_loss = loss.item() if first_loss is None else first_loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(
-        CHILD_PREFIX
-        + json.dumps({"times": times, "peak_rss": peak, "baseline_rss": baseline, "first_loss": first_loss})
-    )
+            return model(pixel_values, labels=labels).loss
+
+    result = timed_sgd_steps(model, compute_loss, args.steps)
+    print(CHILD_PREFIX + json.dumps(result))
 
 
 def ours_in_child(args: argparse.Namespace, checkpoint: Path, preset: str, overrides, **variant) -> dict:

@@ -50,6 +50,33 @@ def machine_line(threads: int | None = None) -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs;{load} torch {torch.__version__}, {threads} threads"
 
 
+def current_rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def timed_sgd_steps(model: Any, compute_loss: Callable[[], Any], steps: int) -> dict:
+    """`steps` SGD steps (lr 0.01, momentum 0.9) on `compute_loss()`, used by both sides of the training benchmark:
+    per-step times, the process's peak RSS, the RSS just before the first step and the first loss."""
+    import resource
+
+    import torch
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    baseline = current_rss_bytes()
+    times, first_loss = [], None
+    for _ in range(steps):
+        start = time.perf_counter()
+        loss = compute_loss()
+        first_loss = loss.item() if first_loss is None else first_loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"times": times, "peak_rss": peak, "baseline_rss": baseline, "first_loss": first_loss}
+
+
 def set_threads(threads: int | None) -> int:
     import torch
 

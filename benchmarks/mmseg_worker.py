@@ -11,24 +11,16 @@ Protocol: one JSON object per line on stdin; one answer per request on stdout, p
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 import traceback
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-REPLY_PREFIX = "@@reply "
+from common import REPLY_PREFIX, ROOT, timed_sgd_steps  # the script's folder is on sys.path
 
 
 def reply(**message) -> None:
     sys.stdout.write(REPLY_PREFIX + json.dumps(message) + "\n")
     sys.stdout.flush()
-
-
-def current_rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 class Worker:
@@ -117,7 +109,6 @@ class Worker:
         self.build(variant, suite=suite)
         model = self.models[variant]
         model.train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         generator = torch.Generator().manual_seed(seed)
         height, width = size
         inputs = torch.randn(batch, 3, height, width, generator=generator)
@@ -128,19 +119,12 @@ class Worker:
             sample = SegDataSample(metainfo=dict(img_shape=(height, width), pad_shape=(height, width)))
             sample.gt_sem_seg = PixelData(data=labels[index][None])
             samples.append(sample)
-        baseline = current_rss_bytes()
-        times, first_loss = [], None
-        for _ in range(steps):
-            start = time.perf_counter()
+
+        def compute_loss() -> "torch.Tensor":
             losses = model.loss(inputs, samples)
-            loss = sum(value for key, value in losses.items() if "loss" in key)
-            first_loss = loss.item() if first_loss is None else first_loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            times.append(time.perf_counter() - start)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        return {"times": times, "peak_rss": peak, "baseline_rss": baseline, "first_loss": first_loss}
+            return sum(value for key, value in losses.items() if "loss" in key)
+
+        return timed_sgd_steps(model, compute_loss, steps)
 
 
 def main() -> None:

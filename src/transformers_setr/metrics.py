@@ -82,7 +82,7 @@ def intersect_and_union(
     labels = labels.to(predictions.device).reshape(-1)
     predictions = predictions.reshape(-1)
     # One bincount of (ground-truth value, prediction code) pairs in int32, every rule applied afterwards on the
-    # small joint histogram: a handful of passes over the pixels instead of a dozen int64 masks (~30x faster).
+    # small joint histogram: a handful of passes over the pixels instead of a dozen int64 masks (~9x faster).
     if labels.dtype == torch.uint8:
         label_offset, label_values = 0, 256
     elif labels.numel() == 0:
@@ -107,10 +107,7 @@ def intersect_and_union(
     evaluated = label_ids != ignore_index
     invalid = evaluated & ((label_ids < 0) | (label_ids >= num_labels)) & (joint.sum(dim=1) > 0)
     if bool(invalid.any()):
-        bad = label_ids[invalid][:10].tolist()
-        raise ValueError(
-            f"labels contain values {bad} outside [0, {num_labels}) that are not the ignore index {ignore_index}"
-        )
+        _raise_invalid_labels(label_ids[invalid], num_labels, ignore_index)
     # Rows of classes 0..num_labels-1 (zeroed under the ignore index); columns: the classes, then "no class".
     confusion = torch.zeros(num_labels, num_labels + 1, dtype=torch.int64, device=joint.device)
     first, last = max(0, label_offset), min(num_labels, label_offset + label_values)
@@ -121,11 +118,7 @@ def intersect_and_union(
         confusion[first:last, num_labels] = rows.sum(dim=1) - class_columns.sum(dim=1)
         if 0 <= ignore_index < num_labels:
             confusion[ignore_index] = 0
-    area_intersect = confusion.diagonal()
-    area_label = confusion.sum(dim=1)
-    area_prediction = confusion[:, :num_labels].sum(dim=0)
-    area_union = area_prediction + area_label - area_intersect
-    return torch.stack([area_intersect, area_union, area_prediction, area_label])
+    return _areas_from_confusion(confusion)
 
 
 def _intersect_and_union_wide(
@@ -137,15 +130,25 @@ def _intersect_and_union_wide(
     evaluated = labels != ignore_index
     invalid = evaluated & ((labels < 0) | (labels >= num_labels))
     if bool(invalid.any()):
-        bad = torch.unique(labels[invalid])[:10].tolist()
-        raise ValueError(
-            f"labels contain values {bad} outside [0, {num_labels}) that are not the ignore index {ignore_index}"
-        )
+        _raise_invalid_labels(torch.unique(labels[invalid]), num_labels, ignore_index)
     columns = num_labels + 1
     predictions = torch.where((predictions >= 0) & (predictions < num_labels), predictions, num_labels)
     pair_index = torch.where(evaluated, labels * columns + predictions, num_labels * columns)
     counts = torch.bincount(pair_index, minlength=num_labels * columns + 1)[: num_labels * columns]
     confusion = counts.view(num_labels, columns)
+    return _areas_from_confusion(confusion)
+
+
+def _raise_invalid_labels(values: torch.Tensor, num_labels: int, ignore_index: int) -> None:
+    raise ValueError(
+        f"labels contain values {values[:10].tolist()} outside [0, {num_labels}) that are not the ignore index "
+        f"{ignore_index}"
+    )
+
+
+def _areas_from_confusion(confusion: torch.Tensor) -> torch.Tensor:
+    """(4, C) areas from a (C, C + 1) confusion matrix: rows ground truth, the last column predictions of no class."""
+    num_labels = confusion.shape[0]
     area_intersect = confusion.diagonal()
     area_label = confusion.sum(dim=1)
     area_prediction = confusion[:, :num_labels].sum(dim=0)
