@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +29,16 @@ TWO_CPU_PROCESSES = (
     PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
     "--mixed_precision", "no", "--dynamo_backend", "no",
 )  # fmt: skip
+# The same two CPU processes through torchrun: the loop must form a gloo group under either launcher.
+TWO_CPU_PROCESSES_TORCHRUN = (PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1")
+
+
+def free_port() -> str:
+    """A port no one listens on now (the OS picks it), for the launcher's rendezvous: fixed ports may collide."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
 
 TINY = (
     "hidden_size=32,num_hidden_layers=4,num_attention_heads=2,intermediate_size=64,out_indices=[0, 1, 2, 3],"
@@ -150,9 +161,11 @@ def test_two_processes_match_one_process_with_the_same_global_batch(ade_root, tm
     shared = {"max_steps": 6, "do_eval": "false"}
     run_script(common_args(ade_root, single_dir, gradient_accumulation_steps=2, **shared), PYTHON, "scripts/train.py")
     run_script(
-        common_args(ade_root, double_dir, **shared), *TWO_CPU_PROCESSES, "--main_process_port", "29517",
+        common_args(ade_root, double_dir, **shared), *TWO_CPU_PROCESSES, "--main_process_port", free_port(),
         "scripts/train.py",
     )  # fmt: skip
+    # the run's own record of its global batch: 2 per device × 2 processes (no accumulation)
+    assert "global batch 4," in (double_dir / "README.md").read_text()
     # 4 of the 16 images per optimizer step in both runs: 2 per process × 2 processes, and 2 × 2 accumulation
     assert epoch_at_first_step(single_dir) == epoch_at_first_step(double_dir) == 0.25
     assert json.loads((double_dir / "trainer_state.json").read_text())["train_batch_size"] == 2
@@ -169,32 +182,73 @@ def test_two_processes_match_one_process_with_the_same_global_batch(ade_root, tm
         torch.testing.assert_close(double_weights[key], value, rtol=1e-4, atol=2e-5, msg=key)
 
 
-def test_no_trainer_loop_on_two_processes_resumes_and_saves(ade_root, tmp_path):
-    output_dir = tmp_path / "loop"
-    launch = (*TWO_CPU_PROCESSES, "--main_process_port", "29518", "scripts/train_no_trainer.py")
-    loop_args = [
+def loop_args(ade_root: Path, output_dir: Path, *extra: str) -> list[str]:
+    return [
         "--preset", "setr-naive-vit-large-ade20k-512", "--data", str(ade_root), "--config_overrides", TINY,
         "--crop_size", "32", "--scale", "128,32", "--output_dir", str(output_dir),
         "--per_device_train_batch_size", "2", "--learning_rate", "0.01", "--logging_steps", "1",
-        "--checkpointing_steps", "2", "--max_eval_samples", "2", "--seed", "3",
+        "--checkpointing_steps", "2", "--max_eval_samples", "2", "--seed", "3", "--max_steps", "4", *extra,
     ]  # fmt: skip
-    run_script([*loop_args, "--max_steps", "4"], *launch)
-    full = json.loads((output_dir / "train_losses.json").read_text())["losses"]
+
+
+@pytest.fixture(scope="module")
+def two_process_loop(ade_root, tmp_path_factory) -> Path:
+    """`accelerate launch --multi_gpu --num_processes 2 scripts/train_no_trainer.py`: 4 steps of 2 × 2 images."""
+    output_dir = tmp_path_factory.mktemp("loop") / "loop"
+    launch = (*TWO_CPU_PROCESSES, "--main_process_port", free_port(), "scripts/train_no_trainer.py")
+    run_script(loop_args(ade_root, output_dir), *launch)
+    return output_dir
+
+
+def test_no_trainer_loop_on_two_processes_resumes_and_saves(ade_root, two_process_loop, tmp_path):
+    output_dir = two_process_loop
+    record = json.loads((output_dir / "train_losses.json").read_text())
+    assert record["num_processes"] == 2  # one group of two, not two single-process runs racing on one folder
+    full = record["losses"]
     assert len(full) == 4 and all(loss > 0 for loss in full)
     assert (output_dir / "step_2" / "loop_state.json").is_file()
+    assert not [path.name for path in output_dir.rglob("*.tmp")]
     results = json.loads((output_dir / "eval_results.json").read_text())
     assert results["num_images"] == 2 and 0 <= results["mIoU"] <= 1
     assert SetrForSemanticSegmentation.from_pretrained(output_dir).config.num_labels == 150
 
-    # resume from step 2 in a fresh output: steps 3 and 4 repeat exactly
+    # resume from step 2 in a fresh output, launched by torchrun this time: steps 3 and 4 repeat exactly
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()
     shutil.copytree(output_dir / "step_2", resumed_dir / "step_2")
-    resumed_args = [a if a != str(output_dir) else str(resumed_dir) for a in loop_args]
-    run_script([*resumed_args, "--max_steps", "4", "--resume_from_checkpoint", "last", "--do_eval", "false"], *launch)
+    launch = (*TWO_CPU_PROCESSES_TORCHRUN, "--master_port", free_port(), "scripts/train_no_trainer.py")
+    resumed_args = loop_args(ade_root, resumed_dir, "--resume_from_checkpoint", "last", "--do_eval", "false")
+    run_script(resumed_args, *launch)
     resumed = json.loads((resumed_dir / "train_losses.json").read_text())
-    assert resumed["first_step"] == 3
+    assert resumed["num_processes"] == 2 and resumed["first_step"] == 3
     assert resumed["losses"] == pytest.approx(full[2:], rel=1e-5, abs=1e-6)
+
+
+def test_no_trainer_two_processes_match_one_process_with_the_same_global_batch(ade_root, two_process_loop, tmp_path):
+    """2 processes × 2 images == 1 process × 2 images × 2 accumulation: same samples, losses and weights.
+
+    The seedable sampler's batch i goes to process i % 2, so each step sees the same 4 images in both runs, and
+    BatchNorm the same 2-image batches. Tolerance: float32 reduction order (all-reduce vs accumulation), 4 SGD steps.
+    """
+    single_dir = tmp_path / "single"
+    run_script(
+        loop_args(ade_root, single_dir, "--gradient_accumulation_steps", "2", "--do_eval", "false"),
+        PYTHON,
+        "scripts/train_no_trainer.py",
+    )
+    single = json.loads((single_dir / "train_losses.json").read_text())
+    double = json.loads((two_process_loop / "train_losses.json").read_text())
+    assert (single["num_processes"], double["num_processes"]) == (1, 2)
+    assert "global batch 4," in (single_dir / "README.md").read_text()
+    assert "global batch 4," in (two_process_loop / "README.md").read_text()
+    assert double["losses"] == pytest.approx(single["losses"], rel=1e-4, abs=1e-5)
+    single_weights = load_file(single_dir / "model.safetensors")
+    double_weights = load_file(two_process_loop / "model.safetensors")
+    assert single_weights.keys() == double_weights.keys()
+    for key, value in single_weights.items():
+        if "running_" in key or "num_batches_tracked" in key:
+            continue  # DDP broadcasts rank 0's BatchNorm statistics; a single process accumulates both micro-batches
+        torch.testing.assert_close(double_weights[key], value, rtol=1e-4, atol=2e-5, msg=key)
 
 
 def test_push_to_hub_uploads_the_final_folder_once_with_our_card(ade_root, tmp_path, monkeypatch):

@@ -234,7 +234,7 @@ def write_model_card(
         base_model=model_args.model_name_or_path,
     )
     path = Path(output_dir) / "README.md"
-    tmp = path.with_name(".README.md.tmp")
+    tmp = path.with_name(f".README.md.{os.getpid()}.tmp")  # per process: never two writers on one temporary file
     card.save(tmp)
     tmp.replace(path)
     return path
@@ -345,10 +345,14 @@ def push_trained_folder(folder: str | Path, repo_id: str, token: str | None = No
 
 
 def save_json_atomically(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write `payload` to a temporary name unique to this process, then rename it to `path`."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float) + "\n")
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float) + "\n")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @dataclass
@@ -387,6 +391,16 @@ def _last_step_folder(output_dir: Path) -> Path | None:
     return max(folders, key=lambda p: int(p.name.split("_")[1]), default=None)
 
 
+def _needs_cpu_process_group() -> bool:
+    """Several launched processes and no accelerator device: they must form a gloo group on the CPU.
+
+    Accelerate forms a CPU process group only with `cpu=True` (the Trainer path gets it from `--use_cpu`); without
+    it, on a machine with no GPU, every process would train alone (`DistributedType.NO`) into the same folder.
+    """
+    has_device = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_device
+
+
 def main_no_trainer(argv: list[str] | None = None) -> int:
     """`scripts/train_no_trainer.py`: the same recipe as a plain Accelerate loop."""
     from accelerate import Accelerator
@@ -399,10 +413,17 @@ def main_no_trainer(argv: list[str] | None = None) -> int:
     model_args, data_args, args = parse_arguments(list(sys.argv[1:] if argv is None else argv), (LoopArguments,))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     accelerator = Accelerator(
+        cpu=_needs_cpu_process_group(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    launched = os.environ.get("WORLD_SIZE")  # set by torchrun / `accelerate launch`
+    if launched is not None and int(launched) != accelerator.num_processes:
+        raise SystemExit(
+            f"error: launched as {launched} processes but Accelerate formed a group of {accelerator.num_processes} "
+            f"on {accelerator.device.type}: the processes would train separately"
+        )
     set_seed(args.seed)
     preset = PRESETS[model_args.preset]
     data = load_segmentation_data(
@@ -522,7 +543,8 @@ def main_no_trainer(argv: list[str] | None = None) -> int:
             metrics = {**metrics, "mode": args.eval_mode}
             save_json_atomically(output_dir / "eval_results.json", metrics)
         save_json_atomically(
-            output_dir / "train_losses.json", {"losses": losses, "first_step": step - len(losses) + 1}
+            output_dir / "train_losses.json",
+            {"losses": losses, "first_step": step - len(losses) + 1, "num_processes": accelerator.num_processes},
         )
         repo_id = args.hub_model_id or (output_dir.name if args.push_to_hub else None)
         write_model_card(output_dir, unwrapped, model_args, data, data_args, metrics, training, repo_id=repo_id)
