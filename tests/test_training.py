@@ -251,6 +251,39 @@ def test_no_trainer_two_processes_match_one_process_with_the_same_global_batch(a
         torch.testing.assert_close(double_weights[key], value, rtol=1e-4, atol=2e-5, msg=key)
 
 
+def test_no_trainer_loop_forms_a_cpu_group_only_without_an_accelerator(monkeypatch):
+    from transformers_setr.training_script import _needs_cpu_process_group
+
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert not _needs_cpu_process_group()  # one process: Accelerate's own device choice
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert _needs_cpu_process_group()
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    assert not _needs_cpu_process_group()  # GPUs: NCCL on them, never forced onto the CPU
+
+
+def test_no_trainer_loop_refuses_launched_processes_that_formed_no_group(ade_root, tmp_path):
+    """A launch Accelerate does not turn into a group (here: WORLD_SIZE=2, a device it has no backend for)."""
+    code = (
+        "import sys, torch; torch.accelerator.is_available = lambda: True; "
+        "from transformers_setr.training_script import main_no_trainer; sys.exit(main_no_trainer(sys.argv[1:]))"
+    )
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2"}
+    environment.pop("LOCAL_RANK", None)
+    result = subprocess.run(
+        [PYTHON, "-c", code, *loop_args(ade_root, tmp_path / "never", "--max_steps", "1", "--do_eval", "false")],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert "launched as 2 processes but Accelerate formed a group of 1" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "never").exists()
+
+
 def test_push_to_hub_uploads_the_final_folder_once_with_our_card(ade_root, tmp_path, monkeypatch):
     import huggingface_hub
 
