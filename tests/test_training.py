@@ -151,7 +151,7 @@ def test_resume_after_a_kill_gives_the_same_next_step_loss(ade_root, tmp_path):
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(ade_root, tmp_path):
-    """accelerate launch --cpu --num_processes 2 with 2 images per process == 1 process, 2 images × 2 accumulation.
+    """2 CPU processes (TWO_CPU_PROCESSES) with 2 images each == 1 process, 2 images × 2 accumulation.
 
     Same samples per step (Accelerate shards batch i to process i % 2; the augmentation depends only on the sample),
     the same BatchNorm batches (2 images), gradients averaged over the same 4 images. Tolerance: float32 reduction
