@@ -217,9 +217,11 @@ def summarize_areas(areas: torch.Tensor | np.ndarray, id2label: Mapping[int, str
 
 
 def flat_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
-    """`summarize_areas` output as a flat dict of floats (for loggers): mIoU, mAcc, aAcc and `IoU-<class>`."""
+    """`summarize_areas` output as a flat dict of floats (for loggers): mIoU, mAcc, aAcc, `IoU-<class>` and
+    `Acc-<class>`."""
     flat = {key: float(summary[key]) for key in ("mIoU", "mAcc", "aAcc")}
     flat.update({f"IoU-{name}": float(value) for name, value in summary["per_class_iou"].items()})
+    flat.update({f"Acc-{name}": float(value) for name, value in summary["per_class_accuracy"].items()})
     return flat
 
 

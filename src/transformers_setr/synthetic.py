@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm.auto import tqdm
 
 from .label_tables import (
     ADE20K_CLASSES,
@@ -258,8 +259,9 @@ def make_synthetic_ade20k(
     num_validation: int = 8,
     image_size: tuple[int, int] = (96, 128),
     seed: int = 0,
+    progress: bool = False,
 ) -> Path:
-    """Write a small ADE20K SceneParsing-150 stand-in and return the folder to load.
+    """Write a small ADE20K SceneParsing-150 stand-in and return the folder to load (`progress`: a tqdm bar).
 
     layout "raw": `root/ADEChallengeData2016/{images,annotations}/{training,validation}/ADE_{train,val}_%08d.{jpg,png}`
     with `objectInfo150.txt` and `sceneCategories.txt`; returns the `ADEChallengeData2016` folder.
@@ -276,9 +278,11 @@ def make_synthetic_ade20k(
         value_of_role[_ROLES.index(role)] = value
 
     samples: dict[str, list[dict]] = {"train": [], "validation": []}
+    bar = tqdm(total=num_train + num_validation, desc="data", unit="img", disable=not progress)
     for split, count in (("train", num_train), ("validation", num_validation)):
         prefix = "ADE_train" if split == "train" else "ADE_val"
         for index in range(count):
+            bar.update(1)
             rng = _scene_rng(seed, split, index)
             image, roles, instances = _render_scene(rng, height, width, void_roles=False)
             instance_rgb = np.zeros((height, width, 3), dtype=np.uint8)
@@ -295,6 +299,7 @@ def make_synthetic_ade20k(
                 }
             )
 
+    bar.close()
     if layout == "raw":
         target = Path(root) / "ADEChallengeData2016"
         with _atomic_directory(target) as folder:

@@ -22,6 +22,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from .configuration_setr import SetrConfig
 from .label_tables import DATASETS, id2label_for
@@ -202,6 +203,67 @@ def uses_sync_batch_norm(args: TrainingArguments) -> bool:
     )
 
 
+def format_log_line(logs: dict[str, Any], state: Any) -> str:
+    """One compact console line for a Trainer log: training loss and lr, the evaluation summary, or the run summary.
+
+    Per-class values (`eval_IoU-<class>`, `eval_Acc-<class>`: 150 of them for ADE20K, most NaN) stay out of the
+    console; they are in `trainer_state.json`, `eval_results.json` and the model card.
+    """
+    if "eval_mIoU" in logs:
+        summary = "  ".join(f"{name} {100 * logs[f'eval_{name}']:.2f}%" for name in ("mIoU", "mAcc", "aAcc"))
+        runtime = logs.get("eval_runtime")
+        return f"eval  step {state.global_step}  {summary}" + (f"  ({runtime:.1f} s)" if runtime is not None else "")
+    if "train_runtime" in logs:
+        return (
+            f"trained {state.global_step} steps in {logs['train_runtime']:.0f} s "
+            f"({logs.get('train_samples_per_second', float('nan')):.2f} samples/s), "
+            f"mean loss {logs.get('train_loss', float('nan')):.4f}"
+        )
+    shown = {
+        key: value
+        for key, value in logs.items()
+        if key != "total_flos" and not key.startswith(("eval_IoU-", "eval_Acc-"))
+    }
+    parts = [f"step {state.global_step}/{state.max_steps}"]
+    for key, value in shown.items():
+        if key in ("epoch", "step"):
+            continue
+        parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+    return "  ".join(parts)
+
+
+class CompactProgressCallback(ProgressCallback):
+    """The Trainer's progress bars (rate and ETA), with one compact line per log instead of a dict."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.training_bar is not None:
+            self.training_bar.set_description("train")
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        fresh = self.prediction_bar is None
+        super().on_prediction_step(args, state, control, eval_dataloader=eval_dataloader, **kwargs)
+        if fresh and self.prediction_bar is not None:
+            self.prediction_bar.set_description("eval")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        line = format_log_line(logs, state)
+        if self.training_bar is not None:
+            self.training_bar.write(line)
+        else:  # evaluation after training: the stock callback prints nothing then
+            print(line, flush=True)
+
+
+class CompactPrinterCallback(PrinterCallback):
+    """`disable_tqdm=True`: the same compact lines, without bars."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_local_process_zero and logs:
+            print(format_log_line(logs, state), flush=True)
+
+
 class SetrTrainer(Trainer):
     """`Trainer` with mmseg's SGD + poly recipe and SETR's evaluation protocol.
 
@@ -213,6 +275,12 @@ class SetrTrainer(Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        # Compact console lines: the stock callbacks print every log as a dict, per-class metrics included.
+        compact_for = {ProgressCallback: CompactProgressCallback, PrinterCallback: CompactPrinterCallback}
+        for callback in list(self.callback_handler.callbacks):
+            if type(callback) in compact_for:  # exactly the stock ones, not a user's subclass
+                self.remove_callback(callback)
+                self.add_callback(compact_for[type(callback)])
         if isinstance(self.train_dataset, SegmentationTrainDataset):
             self.add_callback(_AugmentationEpochCallback(self.train_dataset))
 
@@ -257,12 +325,15 @@ class SetrTrainer(Trainer):
 
 __all__ = [
     "PRESETS",
+    "CompactPrinterCallback",
+    "CompactProgressCallback",
     "SegmentationTrainDataset",
     "SetrTrainer",
     "SetrTrainingArguments",
     "build_poly_scheduler",
     "build_sgd_optimizer",
     "config_for_preset",
+    "format_log_line",
     "poly_learning_rate",
     "recipe_training_defaults",
     "sample_seed",

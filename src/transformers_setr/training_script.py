@@ -301,8 +301,10 @@ def main_trainer(argv: list[str] | None = None) -> int:
     metrics = None
     if training_args.do_eval:
         metrics = trainer.evaluate()
-        # The summary only: the per-class IoUs (one per class, NaN for absent ones) stay in eval_results.json.
-        trainer.log_metrics("eval", {key: value for key, value in metrics.items() if not key.startswith("eval_IoU-")})
+        # The summary only: the per-class IoUs and accuracies (NaN for absent classes) stay in eval_results.json.
+        trainer.log_metrics(
+            "eval", {key: value for key, value in metrics.items() if not key.startswith(("eval_IoU-", "eval_Acc-"))}
+        )
         trainer.save_metrics("eval", metrics)
     if trainer.is_world_process_zero():
         Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
