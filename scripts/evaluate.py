@@ -104,7 +104,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched with `accelerate launch` / torchrun
         from accelerate import Accelerator
 
-        accelerator = Accelerator()
+        from transformers_setr.evaluation import needs_cpu_process_group
+
+        accelerator = Accelerator(cpu=needs_cpu_process_group())  # a gloo group on a machine without a GPU
         device = accelerator.device
     else:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -146,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "dataset": data.dataset,
                 "split": args.split,
                 "dtype": args.dtype,
+                "num_processes": 1 if accelerator is None else accelerator.num_processes,
                 **results,
             }
             write_json(args.output, payload)

@@ -318,3 +318,46 @@ def test_evaluate_script_end_to_end(tmp_path):
     with pytest.raises(ValueError, match="train2") as error:
         module.main([*command[2:], "--split", "train2"])
     assert str(root) in str(error.value)
+
+
+def test_evaluate_script_on_two_cpu_processes_forms_a_group_and_matches_one_process(tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2 scripts/evaluate.py` on a machine without a GPU: a real gloo
+    group (each process evaluates half of the images), and the same areas as one process."""
+    import socket
+
+    root = make_synthetic_ade20k(tmp_path / "data", num_train=1, num_validation=3, image_size=(40, 56))
+    model_folder = tmp_path / "model"
+    tiny_model("naive", inference_mode="slide").save_pretrained(model_folder)
+    processor().save_pretrained(model_folder)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launcher += [
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        port,
+    ]
+    arguments = ["--model", str(model_folder), "--data", str(root), "--mode", "slide", "--num_workers", "0"]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    output = tmp_path / "eval.json"
+    completed = subprocess.run(
+        [*launcher, str(REPO / "scripts" / "evaluate.py"), *arguments, "--no_progress", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    written = json.loads(output.read_text())
+    assert written["num_processes"] == 2 and written["num_images"] == 3
+    assert completed.stdout.count("results written to") == 1  # only the main process reports and writes
+    model = SetrForSemanticSegmentation.from_pretrained(model_folder).eval()
+    expected = evaluate_segmentation(model, processor(), load_segmentation_data(root), mode="slide", progress=False)
+    assert written["mIoU"] == pytest.approx(expected["mIoU"], abs=1e-12)
+    assert written["aAcc"] == pytest.approx(expected["aAcc"], abs=1e-12)

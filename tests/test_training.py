@@ -252,15 +252,15 @@ def test_no_trainer_two_processes_match_one_process_with_the_same_global_batch(a
 
 
 def test_no_trainer_loop_forms_a_cpu_group_only_without_an_accelerator(monkeypatch):
-    from transformers_setr.training_script import _needs_cpu_process_group
+    from transformers_setr.evaluation import needs_cpu_process_group
 
     monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert not _needs_cpu_process_group()  # one process: Accelerate's own device choice
+    assert not needs_cpu_process_group()  # one process: Accelerate's own device choice
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert _needs_cpu_process_group()
+    assert needs_cpu_process_group()
     monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
-    assert not _needs_cpu_process_group()  # GPUs: NCCL on them, never forced onto the CPU
+    assert not needs_cpu_process_group()  # GPUs: NCCL on them, never forced onto the CPU
 
 
 def test_no_trainer_loop_refuses_launched_processes_that_formed_no_group(ade_root, tmp_path):

@@ -8,6 +8,7 @@ dataset; with `accelerate` each process evaluates every `num_processes`-th image
 gives exactly the single-process numbers.
 """
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -217,6 +218,17 @@ def batch_areas(
             for prediction, label in zip(predictions, labels, strict=True)
         ]
     )
+
+
+def needs_cpu_process_group() -> bool:
+    """Several launched processes and no accelerator device: they must form a gloo group on the CPU.
+
+    Accelerate forms a CPU process group only with `cpu=True` (the Trainer path gets it from `--use_cpu`); without
+    it, on a machine with no GPU, every process would run alone (`DistributedType.NO`): the training loop would train
+    into the same folder twice, `scripts/evaluate.py` would evaluate the whole split in each process.
+    """
+    has_device = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_device
 
 
 def evaluate_segmentation(

@@ -22,7 +22,7 @@ from .augmentation import SetrTrainAugmentation
 from .configuration_setr import SetrConfig
 from .convert_mmseg import processor_for, push_folder_to_hub
 from .data import SegmentationData, load_segmentation_data
-from .evaluation import SegmentationEvalDataset, eval_collate
+from .evaluation import SegmentationEvalDataset, eval_collate, needs_cpu_process_group
 from .modeling_setr import SetrForSemanticSegmentation
 from .presets import HUB_DATASETS, PRESETS, CheckpointPreset
 from .training import (
@@ -393,16 +393,6 @@ def _last_step_folder(output_dir: Path) -> Path | None:
     return max(folders, key=lambda p: int(p.name.split("_")[1]), default=None)
 
 
-def _needs_cpu_process_group() -> bool:
-    """Several launched processes and no accelerator device: they must form a gloo group on the CPU.
-
-    Accelerate forms a CPU process group only with `cpu=True` (the Trainer path gets it from `--use_cpu`); without
-    it, on a machine with no GPU, every process would train alone (`DistributedType.NO`) into the same folder.
-    """
-    has_device = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_device
-
-
 def main_no_trainer(argv: list[str] | None = None) -> int:
     """`scripts/train_no_trainer.py`: the same recipe as a plain Accelerate loop."""
     from accelerate import Accelerator
@@ -415,7 +405,7 @@ def main_no_trainer(argv: list[str] | None = None) -> int:
     model_args, data_args, args = parse_arguments(list(sys.argv[1:] if argv is None else argv), (LoopArguments,))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     accelerator = Accelerator(
-        cpu=_needs_cpu_process_group(),
+        cpu=needs_cpu_process_group(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
