@@ -21,10 +21,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="preset name, URL or local .pth")
     parser.add_argument("--output", help="folder to write (created atomically)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace what an earlier conversion wrote there (other files stay)"
+    )
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the folder to this Hub model repo")
     parser.add_argument(
         "--overrides", type=json.loads, default=None, help="JSON SetrConfig fields for non-released architectures"
+    )
+    parser.add_argument(
+        "--num-attention-heads",
+        type=int,
+        help="encoder heads, for a checkpoint that is not a preset and carries no mmseg config text in its meta",
     )
     parser.add_argument(
         "--verify", action="store_true", help="compare logits with mmsegmentation (needs it installed)"
@@ -40,16 +47,21 @@ def main() -> int:
         return 0
     if not args.checkpoint or not args.output:
         parser.error("--checkpoint and --output are required")
+    if args.overrides is not None and not isinstance(args.overrides, dict):
+        parser.error("--overrides takes a JSON object")
+    overrides = dict(args.overrides or {})
+    if args.num_attention_heads is not None:
+        overrides["num_attention_heads"] = args.num_attention_heads
     try:
         folder, model = convert_checkpoint(
             args.checkpoint,
             args.output,
-            overrides=args.overrides,
+            overrides=overrides or None,
             overwrite=args.overwrite,
             push_to_hub=args.push_to_hub,
         )
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:  # bad input or an unwritable output: one line, no traceback
+        print("error: " + " ".join(str(error).split()), file=sys.stderr)
         return 1
     print(f"wrote {folder}")
     if args.verify:
