@@ -531,3 +531,45 @@ def test_cli_unwritable_output_parent_is_one_line(tmp_path, monkeypatch, capsys)
         parent.chmod(0o755)
     assert_one_line_error(code, stderr, parent / "out")
     assert "Permission denied" in stderr and list(parent.iterdir()) == []
+
+
+def _vit_large_pup_shapes() -> dict:
+    """A released PUP checkpoint's state dict as shapes only (meta tensors, no memory): what the config reads."""
+    shape = {
+        "backbone.pos_embed": (1, 1025, 1024),
+        "backbone.patch_embed.projection.weight": (1024, 3, 16, 16),
+        "backbone.patch_embed.projection.bias": (1024,),
+        "decode_head.conv_seg.weight": (150, 256, 1, 1),
+        **{f"backbone.layers.{i}.ffn.layers.0.0.weight": (4096, 1024) for i in range(24)},
+        **{f"decode_head.up_convs.{i}.0.conv.weight": (256, 1024 if i == 0 else 256, 3, 3) for i in range(4)},
+    }
+    return {"state_dict": {key: torch.empty(size, device="meta") for key, size in shape.items()}}
+
+
+def test_released_encoder_heads_come_from_the_preset_and_only_there():
+    checkpoint = _vit_large_pup_shapes()  # no meta at all
+    config = config_from_mmseg_checkpoint(checkpoint, PRESETS["setr-pup-vit-large-ade20k-512"])
+    assert (config.num_attention_heads, config.hidden_size, config.out_indices) == (16, 1024, [9, 14, 19, 23])
+    with pytest.raises(ValueError, match="num_attention_heads is not in the checkpoint's meta"):
+        config_from_mmseg_checkpoint(checkpoint)  # same shapes, not a preset: 16 would be a guess
+    assert config_from_mmseg_checkpoint(checkpoint, overrides={"num_attention_heads": 8}).num_attention_heads == 8
+
+
+def test_temporary_folder_names_its_owner(tmp_path, monkeypatch):
+    """What the stale-folder test above fabricates is what a conversion really leaves when it is killed."""
+    seen = []
+
+    def spy_save(self, folder, *args, **kwargs):
+        seen.extend(
+            (entry.name, json.loads((entry / ".setr-convert-owner.json").read_text()))
+            for entry in tmp_path.iterdir()
+            if entry.name.startswith(".out.setr-convert-tmp-")
+        )
+        return original(self, folder, *args, **kwargs)
+
+    original = convert_mmseg.SetrImageProcessorPil.save_pretrained
+    monkeypatch.setattr(convert_mmseg.SetrImageProcessorPil, "save_pretrained", spy_save)
+    convert_checkpoint(str(FIXTURES / "core_naive.pth"), tmp_path / "out", overrides=CORE_OVERRIDES)
+    assert [owner for _, owner in seen] == [{"pid": os.getpid(), "host": socket.gethostname()}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert ".setr-convert-owner.json" not in {p.name for p in (tmp_path / "out").iterdir()}
