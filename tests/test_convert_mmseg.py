@@ -23,6 +23,7 @@ from transformers_setr.convert_mmseg import (
     build_converted_model,
     config_from_mmseg_checkpoint,
     convert_checkpoint,
+    processor_settings_from_mmseg_config,
     resolve_checkpoint,
 )
 from transformers_setr.presets import PRESETS
@@ -296,6 +297,40 @@ data_root = 'data/ade/ADEChallengeData2016'
 img_norm_cfg = dict(
     mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
 crop_size = (512, 512)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='Resize', img_scale=(2048, 512), ratio_range=(0.5, 2.0)),
+    dict(type='RandomCrop', crop_size=(512, 512), cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PhotoMetricDistortion'),
+    dict(
+        type='Normalize',
+        mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375],
+        to_rgb=True),
+    dict(type='Pad', size=(512, 512), pad_val=0, seg_pad_val=255),
+    dict(type='DefaultFormatBundle'),
+    dict(type='Collect', keys=['img', 'gt_semantic_seg'])
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(
+        type='MultiScaleFlipAug',
+        img_scale=(1024, 256),
+        flip=False,
+        transforms=[
+            dict(type='Resize', keep_ratio=True),
+            dict(type='RandomFlip'),
+            dict(
+                type='Normalize',
+                mean=[123.675, 116.28, 103.53],
+                std=[58.395, 57.12, 57.375],
+                to_rgb=True),
+            dict(type='ImageToTensor', keys=['img']),
+            dict(type='Collect', keys=['img'])
+        ])
+]
 optimizer = dict(
     type='SGD',
     lr=0.001,
@@ -328,6 +363,8 @@ def test_architecture_is_read_from_the_meta_config_text(tmp_path):
     card = (folder / "README.md").read_text()  # a non-preset conversion gets a card, with no reported numbers
     assert "core_pup.pth" in card and "2 heads" in card
     assert "model-index" not in card and "mIoU" not in card and "48.24" not in card
+    processor = json.loads((folder / "preprocessor_config.json").read_text())  # the text's test pipeline
+    assert processor["size"] == {"shortest_edge": 512, "longest_edge": 2048} and processor["do_reduce_labels"]
 
     checkpoint = load_checkpoint_file(str(FIXTURES / "core_pup.pth"))
     checkpoint["meta"]["config"] = MMSEG_0X_PUP_CONFIG_TEXT
@@ -335,6 +372,10 @@ def test_architecture_is_read_from_the_meta_config_text(tmp_path):
     assert (config.num_attention_heads, config.out_indices, config.use_cls_token) == (2, [0, 1, 2, 3], True)
     assert (config.layer_norm_eps, config.decoder_up_scale, config.auxiliary_up_scale) == (1e-6, 2, 4)
     assert (config.slide_crop_size, config.slide_stride) == ([64, 64], [42, 42])
+    assert processor_settings_from_mmseg_config(MMSEG_0X_PUP_CONFIG_TEXT) == {
+        "test_scale": (1024, 256),
+        "reduce_labels": True,
+    }
 
 
 def test_head_count_is_never_guessed(tmp_path):

@@ -378,15 +378,56 @@ def config_from_mmseg_checkpoint(
         raise ValueError(f"these settings do not make a SetrConfig: {str(error).splitlines()[0]}") from None
 
 
-def processor_for(preset: CheckpointPreset | None, config: SetrConfig) -> SetrImageProcessorPil:
-    """The image processor of a checkpoint: its dataset's test scale and label convention."""
+def _pipeline_steps(steps: Any) -> list[dict]:
+    """The transforms of an mmseg pipeline, those nested in 0.x `MultiScaleFlipAug` included."""
+    found = []
+    for step in steps if isinstance(steps, list) else []:
+        if isinstance(step, dict):
+            found.append(step)
+            found += _pipeline_steps(step.get("transforms"))
+    return found
+
+
+def processor_settings_from_mmseg_config(text: str) -> dict[str, Any]:
+    """The test scale (`(long, short)`) and `reduce_labels` an mmseg config text gives its test pipeline, where it
+    states them: 1.x `Resize(scale=..., keep_ratio=True)`, 0.x `MultiScaleFlipAug(img_scale=...)`, and
+    `LoadAnnotations(reduce_zero_label=...)` (mmseg's default: False) in the test or train pipeline."""
+    try:
+        values = parse_mmseg_config_text(text)
+    except MmsegConfigTextError:
+        return {}
+    settings: dict[str, Any] = {}
+    test_steps = _pipeline_steps(values.get("test_pipeline"))
+    for step in test_steps:
+        scale = step.get("scale") if step.get("type") == "Resize" and step.get("keep_ratio") else None
+        scale = step.get("img_scale") if step.get("type") == "MultiScaleFlipAug" else scale
+        if isinstance(scale, (tuple, list)) and len(scale) == 2:
+            settings["test_scale"] = (_mmseg_int(scale[0], "test scale", 1), _mmseg_int(scale[1], "test scale", 1))
+            break
+    for step in test_steps + _pipeline_steps(values.get("train_pipeline")):
+        if step.get("type") == "LoadAnnotations" and isinstance(step.get("reduce_zero_label", False), bool):
+            settings["reduce_labels"] = step.get("reduce_zero_label", False)
+            break
+    return settings
+
+
+def processor_for(
+    preset: CheckpointPreset | None,
+    config: SetrConfig,
+    test_scale: tuple[int, int] | None = None,
+    reduce_labels: bool | None = None,
+) -> SetrImageProcessorPil:
+    """The image processor of a checkpoint: its dataset's test scale and label convention (the preset's, else the
+    given ones, read from the checkpoint's mmseg config text, else the slide window's and ADE20K's 150 classes)."""
     if preset is not None:
-        longest, shortest = preset.test_scale
+        test_scale = preset.test_scale
         reduce_labels = preset.dataset == "ade20k"
-    else:
+    if test_scale is None:
         crop = config.slide_window[0][0]
-        longest, shortest = crop * 4, crop
+        test_scale = (crop * 4, crop)
+    if reduce_labels is None:
         reduce_labels = config.num_labels == 150
+    longest, shortest = test_scale
     return SetrImageProcessorPil(
         size={"shortest_edge": shortest, "longest_edge": longest}, do_reduce_labels=reduce_labels
     )
@@ -548,11 +589,14 @@ def convert_checkpoint(
     if _is_within(path, Path(output_dir)):
         raise ValueError(f"{output_dir} holds the checkpoint being converted ({path}): choose another --output")
     checkpoint = load_checkpoint_file(str(path))
+    meta = checkpoint.get("meta") if isinstance(checkpoint.get("meta"), Mapping) else {}
+    config_text = meta.get("config") if isinstance(meta.get("config"), str) else None
     try:
         model = build_converted_model(checkpoint, preset, overrides)
+        from_text = processor_settings_from_mmseg_config(config_text) if config_text is not None else {}
+        processor = processor_for(preset, model.config, **from_text)
     except ValueError as error:
         raise type(error)(f"{path}: {error}") from None
-    processor = processor_for(preset, model.config)
 
     def write(folder: Path) -> None:
         model.save_pretrained(folder)
