@@ -539,7 +539,7 @@ def test_overwrite_never_replaces_a_file_no_conversion_wrote(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "README.md").write_text("my notes")
-    with pytest.raises(FileExistsError, match=r"README\.md, which no earlier conversion wrote"):
+    with pytest.raises(FileExistsError, match=r"README\.md, which no earlier conversion wrote there"):
         convert_checkpoint(str(FIXTURES / "core_naive.pth"), out, overrides=CORE_OVERRIDES, overwrite=True)
     assert [p.name for p in out.iterdir()] == ["README.md"] and (out / "README.md").read_text() == "my notes"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
@@ -614,3 +614,18 @@ def test_temporary_folder_names_its_owner(tmp_path, monkeypatch):
     assert [owner for _, owner in seen] == [{"pid": os.getpid(), "host": socket.gethostname()}]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert ".setr-convert-owner.json" not in {p.name for p in (tmp_path / "out").iterdir()}
+
+
+def test_cli_head_count_option_for_a_checkpoint_without_config_text(tmp_path, monkeypatch, capsys):
+    source = tmp_path / "no-config.pth"
+    torch.save(without_config_text(load_checkpoint_file(str(FIXTURES / "core_pup.pth"))), source)
+    layers = json.dumps({"out_indices": [0, 1, 2, 3]})
+    code, stderr = cli_main(monkeypatch, capsys, "--checkpoint", str(source), "--output", str(tmp_path / "a"))
+    assert_one_line_error(code, stderr, source)
+    assert "--num-attention-heads" in stderr
+    code, stderr = cli_main(
+        monkeypatch, capsys, "--checkpoint", str(source), "--output", str(tmp_path / "b"), "--overrides", layers,
+        "--num-attention-heads", "2",
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["num_attention_heads"] == 2

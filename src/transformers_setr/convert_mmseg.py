@@ -520,8 +520,9 @@ def _replace_conversion_files(staging: Path, output_dir: Path, names: set[str]) 
     foreign = sorted((names & existing) - previous)
     if foreign:
         raise FileExistsError(
-            f"{output_dir} holds {', '.join(foreign)}, which no earlier conversion wrote there; --overwrite replaces "
-            "only a conversion's own files: move them away or choose another --output"
+            f"{output_dir} holds {', '.join(foreign)}, which no earlier conversion wrote there (its "
+            f"{CONVERSION_MANIFEST} does not list them): --overwrite replaces only a conversion's own files; move them "
+            "away or choose another --output"
         )
     _write_manifest(output_dir, previous | names, staging)  # a crash from here on leaves every file accounted for
     for name in sorted(names):
