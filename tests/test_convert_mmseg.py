@@ -376,6 +376,10 @@ def test_architecture_is_read_from_the_meta_config_text(tmp_path):
         "test_scale": (1024, 256),
         "reduce_labels": True,
     }
+    # A file whose (training-only) auxiliary heads were stripped still converts with the text's encoder settings.
+    state_dict = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("auxiliary_head.")}
+    model = build_converted_model(dict(checkpoint, state_dict=state_dict))
+    assert not model.config.use_auxiliary_head and model.config.num_attention_heads == 2
 
 
 def test_head_count_is_never_guessed(tmp_path):

@@ -291,6 +291,9 @@ def config_from_mmseg_checkpoint(
         "num_classes": num_labels,
         "num_auxiliary_heads": num_aux,
     }
+    if num_aux == 0:  # auxiliary heads (training only) may have been stripped from the file: their settings go too
+        stated.pop("num_auxiliary_heads", None)
+        from_text = {name: value for name, value in from_text.items() if not name.startswith("auxiliary_")}
     _check_stated(stated, found)
     kwargs: dict[str, Any] = dict(
         hidden_size=hidden_size,
