@@ -487,7 +487,10 @@ MALFORMED = [
 @pytest.mark.parametrize("case", MALFORMED)
 def test_cli_malformed_checkpoint_is_one_line_naming_the_file(case, tmp_path, monkeypatch, capsys):
     path = _malformed(tmp_path, case)
-    code, stderr = cli_main(monkeypatch, capsys, "--checkpoint", str(path), "--output", str(tmp_path / "out"))
+    out = str(tmp_path / "out")
+    code, stderr = cli_main(
+        monkeypatch, capsys, "--checkpoint", str(path), "--output", out, "--overrides", CORE_OVERRIDES_JSON
+    )
     assert_one_line_error(code, stderr, path)
     if case in ("random-bytes", "legacy-random-pickle"):
         assert "not a PyTorch checkpoint" in stderr
