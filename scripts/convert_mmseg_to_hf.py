@@ -4,9 +4,13 @@
     python scripts/convert_mmseg_to_hf.py --checkpoint setr-pup-vit-large-ade20k-512 --output converted/setr-pup
     python scripts/convert_mmseg_to_hf.py --checkpoint https://.../setr_....pth --output DIR --push-to-hub ORG/NAME
     python scripts/convert_mmseg_to_hf.py --checkpoint local.pth --output DIR --verify
+    python scripts/convert_mmseg_to_hf.py --checkpoint own.pth --output DIR --num-attention-heads 12
 
 `--checkpoint` takes a preset name (downloaded once, with a progress bar, into ~/.cache/transformers_setr and checked
-against the sha256 prefix of the released file name), a URL or a local `.pth`. Presets: see `--list`.
+against the sha256 prefix of the released file name), a URL or a local `.pth`. Presets: see `--list`. What the
+weights do not show (attention heads, feature layers, test protocol) comes from the mmseg config text the checkpoint
+carries, else from the preset; a checkpoint with neither needs `--num-attention-heads` (and, unless it has 24
+layers, `--overrides '{"out_indices": [...]}'`). `--overwrite` replaces only what an earlier conversion wrote.
 """
 
 import argparse
