@@ -4,9 +4,13 @@
     python scripts/convert_mmseg_to_hf.py --checkpoint setr-pup-vit-large-ade20k-512 --output converted/setr-pup
     python scripts/convert_mmseg_to_hf.py --checkpoint https://.../setr_....pth --output DIR --push-to-hub ORG/NAME
     python scripts/convert_mmseg_to_hf.py --checkpoint local.pth --output DIR --verify
+    python scripts/convert_mmseg_to_hf.py --checkpoint own.pth --output DIR --num-attention-heads 12
 
 `--checkpoint` takes a preset name (downloaded once, with a progress bar, into ~/.cache/transformers_setr and checked
-against the sha256 prefix of the released file name), a URL or a local `.pth`. Presets: see `--list`.
+against the sha256 prefix of the released file name), a URL or a local `.pth`. Presets: see `--list`. What the
+weights do not show (attention heads, feature layers, test protocol) comes from the mmseg config text the checkpoint
+carries, else from the preset; a checkpoint with neither needs `--num-attention-heads` (and, unless it has 24
+layers, `--overrides '{"out_indices": [...]}'`). `--overwrite` replaces only what an earlier conversion wrote.
 """
 
 import argparse
@@ -21,10 +25,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="preset name, URL or local .pth")
     parser.add_argument("--output", help="folder to write (created atomically)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace what an earlier conversion wrote there (other files stay)"
+    )
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the folder to this Hub model repo")
     parser.add_argument(
         "--overrides", type=json.loads, default=None, help="JSON SetrConfig fields for non-released architectures"
+    )
+    parser.add_argument(
+        "--num-attention-heads",
+        type=int,
+        help="encoder heads, for a checkpoint that is not a preset and carries no mmseg config text in its meta",
     )
     parser.add_argument(
         "--verify", action="store_true", help="compare logits with mmsegmentation (needs it installed)"
@@ -40,16 +51,21 @@ def main() -> int:
         return 0
     if not args.checkpoint or not args.output:
         parser.error("--checkpoint and --output are required")
+    if args.overrides is not None and not isinstance(args.overrides, dict):
+        parser.error("--overrides takes a JSON object")
+    overrides = dict(args.overrides or {})
+    if args.num_attention_heads is not None:
+        overrides["num_attention_heads"] = args.num_attention_heads
     try:
         folder, model = convert_checkpoint(
             args.checkpoint,
             args.output,
-            overrides=args.overrides,
+            overrides=overrides or None,
             overwrite=args.overwrite,
             push_to_hub=args.push_to_hub,
         )
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:  # bad input or an unwritable output: one line, no traceback
+        print("error: " + " ".join(str(error).split()), file=sys.stderr)
         return 1
     print(f"wrote {folder}")
     if args.verify:

@@ -121,10 +121,10 @@ def convert_mmseg_state_dict(
         if targets is None:
             unmapped.append(key)
             continue
-        pieces = tensor.chunk(3, dim=0) if len(targets) == 3 else (tensor,)
-        if len(targets) == 3 and tensor.shape[0] % 3:
-            unmapped.append(f"{key} (first dimension {tensor.shape[0]} is not divisible into q, k, v)")
+        if len(targets) == 3 and (tensor.dim() == 0 or tensor.shape[0] % 3):
+            unmapped.append(f"{key} (shape {tuple(tensor.shape)}: the first dimension does not split into q, k, v)")
             continue
+        pieces = tensor.chunk(3, dim=0) if len(targets) == 3 else (tensor,)
         for target, piece in zip(targets, pieces):
             converted[target] = piece.contiguous()
 
@@ -193,25 +193,43 @@ def _numpy_safe_globals() -> list:
     ]
 
 
+# torch.save writes a zip archive (since torch 1.6) or, in the legacy format, a pickle (protocol 2 unless asked).
+_TORCH_FILE_HEADS = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+
+
 def load_checkpoint_file(path: str) -> dict:
     """Load an mmsegmentation `.pth` without running any code from it.
 
     `torch.load(weights_only=True)` allows tensors and plain containers; numpy scalars and dtypes (found in the
     released files' `meta`) are the only additions. Anything else is refused with the name of the offending global.
+    Every failure is a one-line `ValueError` naming the file (or the `OSError` of reading it).
     """
     import pickle
+    import warnings
     import zipfile
 
+    with open(path, "rb") as handle:  # a missing or unreadable file fails here, with its own OSError
+        head = handle.read(4)
+    if not head.startswith(_TORCH_FILE_HEADS):
+        raise ValueError(f"{path} is not a PyTorch checkpoint (neither a torch.save zip archive nor a legacy pickle)")
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
+        with torch.serialization.safe_globals(_numpy_safe_globals()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # torch's note on odd bytes
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        refused = re.search(r"GLOBAL (\S+)", str(error))
+        if refused is None:  # not a forbidden object but bytes the unpickler cannot read
+            raise ValueError(
+                f"{path} is not a PyTorch checkpoint (or it is corrupt): it cannot be unpickled"
+            ) from None
+        # torch's own message advises retrying with weights_only=False, i.e. running the file's code: never repeated.
         raise ValueError(
-            f"{path} holds objects that are not plain tensors, containers or numpy scalars; it is refused so that no "
-            f"code from it runs. Details: {str(error).splitlines()[0]}"
+            f"{path} holds objects that are not plain tensors, containers or numpy scalars ({refused.group(1)}); "
+            "it is refused so that no code from it runs"
         ) from None
-    except (EOFError, RuntimeError, zipfile.BadZipFile) as error:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {error}") from None
+    except (EOFError, RuntimeError, zipfile.BadZipFile, IndexError, KeyError, TypeError) as error:
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {detail}") from None
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path} does not hold a dict but a {type(checkpoint).__name__}")
     return checkpoint

@@ -727,3 +727,79 @@ def build_trained_model_card(
         citation=CITATION,
     )
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
+
+
+CONVERTED_CARD_TEMPLATE = Template(
+    """
+# $title
+
+A SETR-$decoder semantic-segmentation model (Zheng et al., CVPR 2021) converted from the mmsegmentation checkpoint \
+`$checkpoint_name` with `transformers_setr` (`$converter`). It is not one of the seven released checkpoints, so \
+mmsegmentation's model-zoo numbers do not apply to it.
+
+- Encoder: ViT, $encoder; $num_labels classes; training image size $image_size (the position table's grid).
+- Inference protocol: $protocol.
+
+## Evaluation
+
+No results are reported for this checkpoint: it has not been evaluated.
+
+## How to use
+
+```python
+from transformers import pipeline
+
+import transformers_setr  # noqa: F401  (registers SETR)
+
+segmenter = pipeline("image-segmentation", model="$repo_id")
+for segment in segmenter("image.jpg"):
+    print(segment["label"], segment["mask"].size)
+```
+
+Without the package, `trust_remote_code=True` loads the modelling and processing code shipped in this repository.
+
+## Citation
+
+```bibtex
+$citation
+```
+"""
+)
+
+
+def build_converted_model_card(config, *, checkpoint_name: str, repo_id: str | None = None) -> ModelCard:
+    """The model card of a converted checkpoint that is not a preset: what it is, and no reported numbers.
+
+    `checkpoint_name` is the source file's name (never a machine path)."""
+    decoder = DECODER_NAMES[config.decoder_type]
+    name = repo_id.split("/")[-1] if repo_id else f"setr-{config.decoder_type}-converted"
+    card_data = ModelCardData(
+        model_name=name,
+        library_name="transformers",
+        pipeline_tag=TASK_TYPE,
+        license=MMSEG_CODE_LICENSE,
+        tags=["vision", "image-segmentation", "semantic-segmentation", "setr", "vit"],
+    )
+    crop, stride = config.slide_window
+    protocol = (
+        f"sliding windows of {crop[0]}×{crop[1]}, stride {stride[0]}×{stride[1]}"
+        if config.inference_mode == "slide"
+        else "the whole image at once"
+    )
+    height, width = (config.image_size,) * 2 if isinstance(config.image_size, int) else config.image_size
+    body = CONVERTED_CARD_TEMPLATE.substitute(
+        title=f"SETR-{decoder} (converted from mmsegmentation)",
+        decoder=decoder,
+        checkpoint_name=Path(checkpoint_name).name,
+        converter=CONVERTER_SCRIPT,
+        encoder=(
+            f"{config.num_hidden_layers} layers, width {config.hidden_size}, {config.num_attention_heads} heads, "
+            f"patch {config.patch_size}"
+        ),
+        num_labels=config.num_labels,
+        image_size=f"{height}×{width}",
+        protocol=protocol,
+        repo_id=repo_id or name,
+        citation=CITATION,
+    )
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")

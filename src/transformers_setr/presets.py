@@ -21,6 +21,8 @@ MMSEG_BENCHMARK_DEVICE = "V100"  # where mmsegmentation measured `memory_gb` (tr
 # ImageNet-1k fine-tuning at 384), i.e. the JAX release that timm's `jx_vit_large_p16_384` (TIMM_VIT_LARGE_URL) was
 # converted from. timm's Hub weights for `vit_large_patch16_384` are the later AugReg ones, a different training run.
 PRETRAINED_ENCODER_HUB_ID = "google/vit-large-patch16-384"
+# The encoder of every released checkpoint: ViT-L/16 (the head count is the one thing its weights do not show).
+RELEASED_ENCODER = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16}
 
 
 @dataclass(frozen=True)
