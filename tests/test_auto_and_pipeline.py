@@ -163,3 +163,88 @@ def test_trust_remote_code_without_the_package(saved_model, photograph, tmp_path
         "SetrImageProcessor" if is_torchvision_available() else "SetrImageProcessorPil"
     )
     assert report["labels"] and all(label in model.config.label2id for label in report["labels"])
+
+
+@pytest.mark.parametrize("inference_mode", ["whole", "slide"])
+def test_pipeline_batches_images_of_different_sizes(saved_model, photograph, inference_mode):
+    # The stock collation concatenates pixel_values (a crash for different sizes), and padding would change SETR's
+    # masks; each image must get exactly the masks it gets alone.
+    model, folder = saved_model
+    if inference_mode == "slide":
+        model.config.inference_mode, model.config.slide_stride = "slide", 40
+        model.save_pretrained(folder)
+    # With batch_size=3 the two crops of the same size run together, next to an image of another size.
+    small = photograph.resize((240, 160))  # the masks are resized to the image: small ones keep the test fast
+    images = [small, small.crop((0, 0, 120, 160)), small.crop((20, 0, 140, 160))]
+    segmenter = pipeline("image-segmentation", model=str(folder))
+    alone = [segmenter(image) for image in images]
+    assert sum(len(results) for results in alone) > len(images)  # several classes: the comparison means something
+    for batch_size in (2, 3):
+        batched = segmenter(images, batch_size=batch_size)
+        assert len(batched) == len(images)
+        for image, expected, results in zip(images, alone, batched):
+            assert [r["label"] for r in results] == [r["label"] for r in expected]
+            for result, reference in zip(results, expected):
+                assert result["mask"].size == image.size
+                assert np.array_equal(np.array(result["mask"]), np.array(reference["mask"]))
+
+
+def test_pipeline_refuses_16_bit_images_and_empty_lists(saved_model, tmp_path):
+    _, folder = saved_model
+    segmenter = pipeline("image-segmentation", model=str(folder))
+    deep = Image.fromarray((np.arange(64 * 80, dtype=np.uint16).reshape(64, 80) * 12).astype(np.uint16))
+    deep.save(tmp_path / "depth.png")
+    assert Image.open(tmp_path / "depth.png").mode == "I;16"
+    # transformers' load_image would clip it to 8 bits before the processor could refuse it.
+    for given in (str(tmp_path / "depth.png"), deep, [deep, deep]):
+        with pytest.raises(ValueError, match="mode 'I;16'.*8-bit"):
+            segmenter(given)
+    with pytest.raises(ValueError, match="No images were given"):
+        segmenter([])
+    with pytest.raises(ValueError, match="No images were given"):
+        segmenter([], batch_size=2)
+
+
+def test_pipeline_is_unchanged_for_other_models(photograph):
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+    from transformers.pipelines import ImageSegmentationPipeline
+
+    config = SegformerConfig(hidden_sizes=[8, 8, 8, 8], decoder_hidden_size=8, depths=[1, 1, 1, 1], num_labels=3)
+    model = SegformerForSemanticSegmentation(config).eval()
+    processor = SegformerImageProcessor(size={"height": 64, "width": 64})
+    registered = pipeline("image-segmentation", model=model, image_processor=processor)
+    stock = ImageSegmentationPipeline(model=model, image_processor=processor)
+    images = [photograph, photograph.crop((0, 0, 200, 300))]
+    for got, expected in zip(registered(images, batch_size=2), stock(images, batch_size=2)):
+        assert [r["label"] for r in got] == [r["label"] for r in expected]
+        assert all(np.array_equal(np.array(a["mask"]), np.array(b["mask"])) for a, b in zip(got, expected))
+
+
+def test_pipeline_gives_the_processor_the_image_as_it_is(saved_model, photograph):
+    # load_image's convert("RGB") would drop the alpha channel; the processor composites it onto white.
+    model, folder = saved_model
+    rgba = photograph.resize((240, 160)).convert("RGBA")
+    alpha = np.full((160, 240), 255, dtype=np.uint8)
+    alpha[:, :120] = 0  # the left half transparent: white for the processor
+    rgba.putalpha(Image.fromarray(alpha))
+    segmenter = pipeline("image-segmentation", model=str(folder))
+    processor, modes_seen = segmenter.image_processor, []
+
+    class RecordingProcessor:
+        def __call__(self, images, **kwargs):
+            modes_seen.extend(image.mode for image in images)
+            return processor(images=images, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(processor, name)
+
+    segmenter.image_processor = RecordingProcessor()
+    results = segmenter(rgba)
+    assert modes_seen == ["RGBA"]
+    with torch.no_grad():
+        outputs = model(**processor(images=rgba, return_tensors="pt"))
+    expected = processor.post_process_semantic_segmentation(outputs, target_sizes=[(160, 240)])[0]
+    assert sorted(model.config.label2id[r["label"]] for r in results) == sorted(torch.unique(expected).tolist())
+    for result in results:
+        class_id = model.config.label2id[result["label"]]
+        assert np.array_equal(np.array(result["mask"]) > 0, expected.numpy() == class_id)

@@ -468,3 +468,32 @@ def test_synthetic_scenes_are_learnable_from_colour(generated):
             correct += int((predicted[scored] == example.labels.ravel()[scored]).sum())
             total += int(scored.sum())
         assert correct / total > 0.75, layout
+
+
+def test_a_mistyped_local_path_is_named_not_sent_to_the_hub(fake_hub, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    # `data/ade` has the shape of a Hub id `owner/name`, but `data/` is a folder here: a local path that is missing.
+    with pytest.raises(FileNotFoundError, match=r"data/ade: no such folder \(.*/data/ade does not exist\)"):
+        load_segmentation_data("data/ade")
+    for source in ("./data/ade", "../x", "data/ade/train", "~/no-such-folder/ade", str(tmp_path / "ade")):
+        with pytest.raises(FileNotFoundError, match="no such folder"):
+            load_segmentation_data(source)
+    assert fake_hub == []  # none of them went to the Hub
+
+
+def test_a_hub_id_that_fails_also_says_no_local_folder(monkeypatch, tmp_path, fake_hub):
+    monkeypatch.chdir(tmp_path)
+    load_segmentation_data("zhoubolei/scene_parse_150")  # real Hub ids still go to the Hub
+    assert [path for path, _ in fake_hub] == ["zhoubolei/scene_parse_150"]
+
+    def unreachable(path, **kwargs):
+        raise ConnectionError(f"Couldn't reach '{path}' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"ade20k-copy: no such local folder \(.*ade20k-copy does not exist\), "
+        r"and loading it as a Hub dataset id failed: Couldn't reach 'ade20k-copy'",
+    ):
+        load_segmentation_data("ade20k-copy")

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 
+from transformers_setr import image_processing_pil_setr
 from transformers_setr.image_processing_pil_setr import (
     SetrImageProcessorPil,
     get_setr_resize_output_size,
@@ -212,8 +213,12 @@ def test_labels_keep_values_above_255(processor_class):
     labels = processor(image, segmentation_maps=seg_map, return_tensors="pt")["labels"]
     assert labels.dtype == torch.int64
     assert set(labels.unique().tolist()) == {0, 1, 255, 256, 300, 70000}
-    reduced = processor(image, segmentation_maps=seg_map, do_reduce_labels=True, return_tensors="pt")["labels"]
-    assert set(reduced.unique().tolist()) == {0, 255, 299, 69999}  # 256 - 1 = 255: reduction maps it to ignore
+    # 256 - 1 would be 255, the ignore index: reduction refuses it rather than silently ignoring those pixels.
+    with pytest.raises(ValueError, match="Segmentation map 0: the label value 256 would become 255, the ignore index"):
+        processor(image, segmentation_maps=seg_map, do_reduce_labels=True, return_tensors="pt")
+    without_256 = np.where(seg_map == 256, 2, seg_map)
+    reduced = processor(image, segmentation_maps=without_256, do_reduce_labels=True, return_tensors="pt")["labels"]
+    assert set(reduced.unique().tolist()) == {0, 1, 255, 299, 69999}
     # PIL 32-bit label images are accepted for maps (only images must be 8-bit).
     pil_map = PIL.Image.fromarray(seg_map)
     labels_pil = processor(image, segmentation_maps=pil_map, return_tensors="pt")["labels"]
@@ -515,3 +520,61 @@ def test_pil_module_imports_are_hub_safe():
             roots.add(node.module.split(".")[0])
     stdlib = {"math", "collections", "typing", "os", "pathlib", "shutil"}
     assert roots <= {"numpy", "PIL", "torch", "transformers"} | stdlib, roots
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_float_images_refused(processor_class, value):
+    image = _random_image(12, 16).astype(np.float32)
+    image[3, 4, 1] = value  # one pixel would spread to every logit its tokens reach
+    for given in (image, torch.from_numpy(image).permute(2, 0, 1).contiguous()):
+        with pytest.raises(ValueError, match="Image 1 contains NaN or infinite values"):
+            processor_class()([_random_image(12, 16), given], return_tensors="pt")
+
+
+def test_float_images_in_zero_to_one_warn(processor_class, monkeypatch):
+    # As transformers' processors do: 0..1 floats divided by 255 again would be a black image.
+    messages = []
+    monkeypatch.setattr(
+        image_processing_pil_setr.logger, "warning_once", lambda message, *_, **__: messages.append(message)
+    )
+    scaled = _random_image(12, 16).astype(np.float32) / 255
+    for given in (scaled, torch.from_numpy(scaled).permute(2, 0, 1)):
+        processor_class()(given, return_tensors="pt")
+        assert len(messages) == 1 and messages[0].startswith(
+            "It looks like you are trying to rescale already rescaled images. If the input images have pixel values "
+            "between 0 and 1, set `do_rescale=False`"
+        )
+        messages.clear()
+    processor_class(do_rescale=False)(scaled, return_tensors="pt")
+    processor_class()(scaled * 255, return_tensors="pt")
+    processor_class()(_random_image(12, 16), return_tensors="pt")
+    assert messages == []
+
+
+def test_colour_masks_refused(processor_class):
+    image = _random_image(20, 30)
+    rgb_mask = np.zeros((20, 30, 3), dtype=np.uint8)
+    # One (H, W, 3) array used to be read as a batch of 20 maps.
+    with pytest.raises(
+        ValueError, match=r"Got 20 segmentation maps for 1 images.* one array of shape \(20, 30, 3\).*colour \(RGB\)"
+    ):
+        processor_class()(image, segmentation_maps=rgb_mask)
+    with pytest.raises(ValueError, match=r"got shape \(20, 30, 3\)\. A colour \(RGB\) mask must first be mapped"):
+        processor_class()([image], segmentation_maps=[rgb_mask])
+
+
+@pytest.mark.parametrize("value", [1e20, -1e20, np.inf])
+def test_float_masks_out_of_range_refused(processor_class, value):
+    image = _random_image(4, 5)
+    seg_map = np.zeros((4, 5))
+    seg_map[1, 2] = value  # int64 conversion would overflow into an arbitrary label
+    for given in (seg_map, torch.from_numpy(seg_map), seg_map.astype(np.float32)):
+        with pytest.raises(ValueError, match="Segmentation map 0 holds float values too large to be class ids"):
+            processor_class()(image, segmentation_maps=given)
+
+
+def test_reduce_labels_refuses_256():
+    with pytest.raises(ValueError, match="256 would become 255, the ignore index"):
+        reduce_segmentation_labels(np.array([[0, 256]]))
+    with pytest.raises(ValueError, match="256 would become 255"):
+        reduce_segmentation_labels(torch.tensor([1, 256]))

@@ -114,3 +114,44 @@ def test_multi_scale_flip_is_a_probability_average_and_flip_equivariant():
         logits = model(processor(images=image, return_tensors="pt")["pixel_values"]).logits
     expected = F.interpolate(logits, size=(70, 110), mode="bilinear", align_corners=False).softmax(1)[0]
     torch.testing.assert_close(single, expected)
+
+
+@pytest.mark.parametrize(
+    ("crop_size", "stride", "message"),
+    [
+        (64, 0, r"crop size \(64, 64\) and stride \(0, 0\) must be positive"),
+        (-64, 32, r"crop size \(-64, -64\) and stride \(32, 32\) must be positive"),
+        ((32, 0), 16, "must be positive"),
+        (32, 33, r"stride \(33, 33\) is larger than the crop size \(32, 32\): the windows would leave gaps"),
+        (32, (16, 40), "is larger than the crop size"),
+        (32.5, 16, "crop size must be an int or a pair of ints"),
+        ((32,), 16, "crop size must be an int or a pair of ints"),
+        (32, True, "stride must be an int or a pair of ints"),
+    ],
+)
+def test_slide_window_is_validated_per_call(crop_size, stride, message):
+    model = build("naive")
+    pixel_values = torch.randn(1, 3, 100, 100)
+    with pytest.raises(ValueError, match=message):
+        model.slide_inference(pixel_values, crop_size=crop_size, stride=stride)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5])
+def test_slide_batch_size_is_validated_per_call(batch_size):
+    with pytest.raises(ValueError, match=f"sliding-window batch_size must be a positive int, got {batch_size}"):
+        build("naive").slide_inference(torch.randn(1, 3, 100, 100), batch_size=batch_size)
+
+
+def test_a_stride_larger_than_the_crop_is_an_error_not_nan_logits():
+    # Windows of 32 every 40 pixels leave columns 32..39 and 72..79 uncovered: their average would be 0 / 0.
+    model = build("naive", inference_mode="slide", slide_crop_size=32, slide_stride=32)
+    message = r"stride \(40, 40\) is larger than the crop size \(32, 32\)"
+    with pytest.raises(ValueError, match=message):
+        model.slide_inference(torch.randn(1, 3, 100, 100), stride=40)
+    model.config.slide_stride = 40  # changed after construction: checked again at the call
+    with pytest.raises(ValueError, match=message), torch.no_grad():
+        model(torch.randn(1, 3, 100, 100))
+    model.config.slide_stride = 32
+    # A stride equal to the crop tiles the image: full coverage, finite logits.
+    with torch.no_grad():
+        assert torch.isfinite(model.slide_inference(torch.randn(1, 3, 100, 100), stride=32)).all()

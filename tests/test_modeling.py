@@ -61,6 +61,10 @@ def test_label_maps_are_always_both_set():
         (dict(id2label={0: "a", 1: "b"}, num_labels=3), "contradicts id2label"),
         (dict(id2label={0: "a", 2: "b"}), "keys must be 0..1"),
         (dict(num_labels=2, palette=[[0, 0, 0]]), "palette must hold one"),
+        (dict(slide_stride=0), r"crop size \(512, 512\) and stride \(0, 0\) must be positive"),
+        (dict(slide_crop_size=-64), "must be positive"),
+        (dict(slide_crop_size=64, slide_stride=[32, 65]), r"stride \(32, 65\) is larger than the crop size"),
+        (dict(slide_crop_size=[64, 64, 64]), "crop size must be an int or a pair of ints"),
     ],
 )
 def test_invalid_configs_raise_a_clear_error(kwargs, message):
@@ -293,3 +297,43 @@ def test_auxiliary_heads_do_not_run_at_inference():
     with torch.no_grad():
         model(torch.randn(1, 3, 32, 32), labels=torch.zeros(1, 32, 32, dtype=torch.long))
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
+def test_integer_pixel_values_are_refused_naming_the_processor(dtype):
+    # Integer images are un-normalised 0-255 values: cast to float they give garbage logits.
+    images = torch.randint(0, 255, (1, 3, 32, 32)).to(dtype)
+    message = f"pixel_values has dtype {dtype}; SETR expects normalised float images: use SetrImageProcessor"
+    for model in (build("pup"), build("pup", inference_mode="slide"), SetrModel(tiny_config("pup"))):
+        with pytest.raises(ValueError, match=message):
+            model(images)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_pixel_values_are_refused(value):
+    images = torch.randn(1, 3, 40, 40)
+    images[0, 1, 17, 23] = value  # one pixel would poison the logits around it
+    head, slide = build("naive"), build("naive", inference_mode="slide", slide_crop_size=32, slide_stride=16)
+    calls = [
+        lambda: head(images),
+        lambda: slide(images),
+        lambda: head.slide_inference(images, crop_size=32, stride=16),
+        lambda: SetrModel(tiny_config("naive"))(images),
+        lambda: head(images, labels=torch.zeros(1, 40, 40, dtype=torch.long)),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match="pixel_values contains NaN or infinite values"):
+            call()
+
+
+def test_the_finiteness_check_runs_once_per_call(monkeypatch):
+    # Cheap on the hot path: one pass over the input per call, not one per slide window.
+    model = build("pup", inference_mode="slide", slide_crop_size=32, slide_stride=16)
+    calls = []
+    isfinite = torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda x: calls.append(tuple(x.shape)) or isfinite(x))
+    images = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        model(images)  # 3 x 5 windows
+        model(images, inference_mode="whole")
+    assert calls == [(2, 3, 64, 80), (2, 3, 64, 80)]

@@ -4,6 +4,8 @@ This file is shipped next to the weights for `trust_remote_code` users: it impor
 `huggingface_hub`.
 """
 
+from collections.abc import Sequence
+from numbers import Integral
 from typing import Literal
 
 from huggingface_hub.dataclasses import strict
@@ -50,6 +52,35 @@ _DECODER_DEFAULTS: dict[str, dict] = {
 DEFAULT_NUM_LABELS = 150  # ADE20K, the dataset of the default (PUP) checkpoint
 
 
+def _window_pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    def is_int(v: object) -> bool:
+        return isinstance(v, Integral) and not isinstance(v, bool)
+
+    values = [value] * 2 if is_int(value) else value
+    if not isinstance(values, Sequence) or len(values) != 2 or not all(is_int(v) for v in values):
+        raise ValueError(f"sliding-window {name} must be an int or a pair of ints (height, width), got {value!r}")
+    return int(values[0]), int(values[1])
+
+
+def check_slide_window(
+    crop_size: int | Sequence[int], stride: int | Sequence[int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The (crop, stride) of sliding-window inference as (height, width) pairs, or a `ValueError` naming the problem.
+
+    The stride may not exceed the crop: larger steps leave pixels no window covers (mmsegmentation asserts full
+    coverage), whose average would be 0 / 0.
+    """
+    crop, step = _window_pair(crop_size, "crop size"), _window_pair(stride, "stride")
+    if min(crop) < 1 or min(step) < 1:
+        raise ValueError(f"sliding-window crop size {crop} and stride {step} must be positive")
+    if step[0] > crop[0] or step[1] > crop[1]:
+        raise ValueError(
+            f"sliding-window stride {step} is larger than the crop size {crop}: the windows would leave gaps; use a "
+            "stride of at most the crop size"
+        )
+    return crop, step
+
+
 @strict
 class SetrConfig(PreTrainedConfig):
     r"""
@@ -92,8 +123,8 @@ class SetrConfig(PreTrainedConfig):
             convention). `"slide"` runs mmsegmentation's sliding-window inference and returns logits at the input
             resolution; the converted checkpoints use it, as they were evaluated that way.
         slide_crop_size (`int` or `[h, w]`, *optional*): window size; defaults to `image_size`.
-        slide_stride (`int` or `[h, w]`, *optional*): window stride; defaults to two thirds of the window (341 for 512,
-            512 for 768, as the released configs).
+        slide_stride (`int` or `[h, w]`, *optional*): window stride, at most the window (larger steps would leave
+            gaps); defaults to two thirds of the window (341 for 512, 512 for 768, as the released configs).
         slide_batch_size: windows run through the model at once (bounds memory on large images).
     """
 
@@ -188,14 +219,12 @@ class SetrConfig(PreTrainedConfig):
 
     @property
     def slide_window(self) -> tuple[tuple[int, int], tuple[int, int]]:
-        """(crop, stride) of sliding-window inference, each as (height, width)."""
-
-        def pair(value: int | list[int]) -> tuple[int, int]:
-            return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
-
-        crop = pair(self.slide_crop_size if self.slide_crop_size is not None else self.image_size)
-        stride = pair(self.slide_stride) if self.slide_stride is not None else (crop[0] * 2 // 3, crop[1] * 2 // 3)
-        return crop, stride
+        """(crop, stride) of sliding-window inference, each as (height, width); `ValueError` if they are invalid."""
+        crop = self.slide_crop_size if self.slide_crop_size is not None else self.image_size
+        if self.slide_stride is not None:
+            return check_slide_window(crop, self.slide_stride)
+        crop = check_slide_window(crop, 1)[0]
+        return check_slide_window(crop, (crop[0] * 2 // 3, crop[1] * 2 // 3))
 
     @property
     def num_feature_levels(self) -> int:
@@ -263,9 +292,10 @@ class SetrConfig(PreTrainedConfig):
             errors.append("use_auxiliary_head=True needs auxiliary_in_indices")
         if self.auxiliary_loss_weight < 0:
             errors.append(f"auxiliary_loss_weight must be >= 0, got {self.auxiliary_loss_weight}")
-        crop, stride = self.slide_window
-        if min(*crop, *stride) < 1:
-            errors.append(f"slide window crop {crop} and stride {stride} must be positive")
+        try:
+            _ = self.slide_window
+        except ValueError as error:
+            errors.append(str(error))
         if self.slide_batch_size < 1:
             errors.append(f"slide_batch_size must be >= 1, got {self.slide_batch_size}")
         if self.palette is not None and (
@@ -278,4 +308,4 @@ class SetrConfig(PreTrainedConfig):
             raise ValueError("Invalid SetrConfig: " + "; ".join(errors) + ".")
 
 
-__all__ = ["SetrConfig"]
+__all__ = ["SetrConfig", "check_slide_window"]

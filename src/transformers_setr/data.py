@@ -385,16 +385,30 @@ def _load_parquet(
     return datasets.load_dataset(path_or_id, data_dir=data_dir, revision=revision, cache_dir=cache_dir)
 
 
+def _load_hub(source: str, hub_id: str, **kwargs: Any) -> datasets.DatasetDict:
+    """`_load_parquet` for a Hub id; when the Hub has nothing (or cannot be reached), the error also says that no
+    local folder of that name exists: `source` may be a mistyped local path."""
+    try:
+        return _load_parquet(hub_id, **kwargs)
+    except (ConnectionError, FileNotFoundError) as error:  # datasets' DatasetNotFoundError is a FileNotFoundError
+        raise FileNotFoundError(
+            f"{source}: no such local folder ({Path(source).absolute()} does not exist), and loading it as a Hub "
+            f"dataset id failed: {error}"
+        ) from error
+
+
 def _local_folder(source: str | os.PathLike) -> Path | None:
-    """The local folder `source` names, or None for a Hub id."""
+    """The local folder `source` names, or None for a Hub id (`name` or `owner/name` that is not a local path)."""
     if isinstance(source, os.PathLike):
         path = Path(source).expanduser()
     else:
         path = Path(str(source)).expanduser()
-        if not path.exists() and _HUB_ID_PATTERN.match(str(source)):
+        # A Hub id shape, unless it reads `data/ade` and `data/` is a folder here: then it is a mistyped local path.
+        mistyped_local = bool(path.parent.name) and path.parent.is_dir()
+        if not path.exists() and _HUB_ID_PATTERN.match(str(source)) and not mistyped_local:
             return None
     if not path.exists():
-        raise FileNotFoundError(f"{source}: no such folder (and not a Hub dataset id)")
+        raise FileNotFoundError(f"{source}: no such folder ({path.absolute()} does not exist)")
     if not path.is_dir():
         raise DatasetFormatError(f"{source}: expected a dataset folder, found a file")
     return path.resolve()
@@ -432,14 +446,15 @@ def load_segmentation_data(
     if folder is None:  # a Hub id
         if str(source) in ADE20K_HUB_ALIASES:
             _check_dataset("ade20k", dataset, str(source))
-            loaded = _load_parquet(
+            loaded = _load_hub(
+                str(source),
                 ADE20K_HUB_ID,
                 data_dir=ADE20K_PARQUET_DATA_DIR,
                 revision=revision or ADE20K_PARQUET_REVISION,
                 cache_dir=cache_dir,
             )
             return _from_parquet(loaded, "ade20k", splits, max_samples, ADE20K_HUB_ID)
-        loaded = _load_parquet(str(source), data_dir=None, revision=revision, cache_dir=cache_dir)
+        loaded = _load_hub(str(source), str(source), data_dir=None, revision=revision, cache_dir=cache_dir)
         return _from_parquet(loaded, dataset, splits, max_samples, str(source))
 
     for ade_root in (folder, folder / "ADEChallengeData2016"):

@@ -47,7 +47,7 @@ from transformers.image_utils import (
     SizeDict,
 )
 from transformers.processing_utils import ImagesKwargs, Unpack
-from transformers.utils import TensorType
+from transformers.utils import TensorType, logging
 
 __all__ = [
     "SetrImageProcessorKwargs",
@@ -56,6 +56,8 @@ __all__ = [
     "get_setr_resize_output_size",
     "reduce_segmentation_labels",
 ]
+
+logger = logging.get_logger(__name__)
 
 # mmseg pads segmentation maps with 255 (`seg_pad_val`) and ignores that value in the loss.
 SEGMENTATION_IGNORE_INDEX = 255
@@ -423,7 +425,7 @@ def to_label_map(segmentation_map: Any, index: int = 0) -> np.ndarray | torch.Te
     if len(shape) == 3 and 1 in (shape[0], shape[-1]):
         segmentation_map = segmentation_map[0] if shape[0] == 1 else segmentation_map[..., 0]
     elif len(shape) != 2:
-        raise ValueError(f"{what} must be a 2-D (H, W) array of class ids, got shape {shape}.")
+        raise ValueError(f"{what} must be a 2-D (H, W) array of class ids, got shape {shape}.{_COLOUR_MASK_HINT}")
     if 0 in segmentation_map.shape:
         raise ValueError(f"{what} is empty: shape {shape} has a zero-size side.")
 
@@ -431,27 +433,78 @@ def to_label_map(segmentation_map: Any, index: int = 0) -> np.ndarray | torch.Te
         x = segmentation_map.detach().cpu()
         if x.is_complex():
             raise ValueError(f"{what} has unsupported dtype {x.dtype}; expected integer class ids.")
-        if x.is_floating_point() and not bool(torch.all(x == torch.round(x))):
-            raise ValueError(f"{what} holds non-integer float values; expected integer class ids.")
+        if x.is_floating_point():
+            _check_float_label_range(float(x.abs().max()), what)
+            if not bool(torch.all(x == torch.round(x))):
+                raise ValueError(f"{what} holds non-integer float values (or NaN); expected integer class ids.")
         return x.to(torch.int64, copy=True)
     x = segmentation_map
     if np.issubdtype(x.dtype, np.floating):
+        _check_float_label_range(float(np.abs(x).max()), what)
         if not np.all(x == np.round(x)):
-            raise ValueError(f"{what} holds non-integer float values; expected integer class ids.")
+            raise ValueError(f"{what} holds non-integer float values (or NaN); expected integer class ids.")
     elif not (np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_):
         raise ValueError(f"{what} has unsupported dtype {x.dtype}; expected integer class ids.")
     return x.astype(np.int64)  # astype copies
 
 
+_COLOUR_MASK_HINT = (
+    " A colour (RGB) mask must first be mapped to class ids (e.g. with the dataset's palette); SETR reads one class id "
+    "per pixel."
+)
+# Floats hold every integer exactly only up to 2**53; beyond that (1e20, inf) the int64 conversion overflows.
+_LARGEST_FLOAT_LABEL = 2**53
+
+
+def _check_float_label_range(largest_magnitude: float, what: str) -> None:
+    if largest_magnitude > _LARGEST_FLOAT_LABEL:  # inf too; NaN compares false and is refused as non-integer
+        raise ValueError(
+            f"{what} holds float values too large to be class ids (largest magnitude {largest_magnitude:g}); "
+            "expected integer class ids."
+        )
+
+
 def reduce_segmentation_labels(labels: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     """
     mmseg `reduce_zero_label`: 0 -> 255, v -> v - 1, and 255 stays 255. Returns a new array (never in place).
+    A value of 256 is refused: it would become 255 and be silently ignored.
     """
+    if bool((labels == SEGMENTATION_IGNORE_INDEX + 1).any()):
+        raise ValueError(
+            f"the label value {SEGMENTATION_IGNORE_INDEX + 1} would become {SEGMENTATION_IGNORE_INDEX}, the ignore "
+            "index, with do_reduce_labels (0 -> 255, v -> v - 1), and be silently ignored; maps to reduce hold raw "
+            "values 0..255 (0 = ignored). Pass do_reduce_labels=False or fix the map."
+        )
     if isinstance(labels, torch.Tensor):
         reduced = torch.where(labels == 0, SEGMENTATION_IGNORE_INDEX + 1, labels) - 1
         return torch.where(reduced == SEGMENTATION_IGNORE_INDEX - 1, SEGMENTATION_IGNORE_INDEX, reduced)
     reduced = np.where(labels == 0, SEGMENTATION_IGNORE_INDEX + 1, labels) - 1
     return np.where(reduced == SEGMENTATION_IGNORE_INDEX - 1, SEGMENTATION_IGNORE_INDEX, reduced).astype(labels.dtype)
+
+
+def _check_float_images(images: list[np.ndarray | torch.Tensor], do_rescale: bool) -> None:
+    """Refuse non-finite float images (one NaN pixel spreads to thousands of logits) and warn, as transformers'
+    processors do, when float images already look scaled to 0..1 (they would be divided by 255 again: black)."""
+    looks_rescaled = False
+    for i, image in enumerate(images):
+        if isinstance(image, torch.Tensor):
+            if not image.is_floating_point():
+                continue
+            finite = bool(torch.isfinite(image).all())
+            low, high = (float(v) for v in torch.aminmax(image)) if finite else (0.0, 0.0)
+        else:
+            if not np.issubdtype(image.dtype, np.floating):
+                continue
+            finite = bool(np.isfinite(image).all())
+            low, high = (float(image.min()), float(image.max())) if finite else (0.0, 0.0)
+        if not finite:
+            raise ValueError(f"Image {i} contains NaN or infinite values; float images must be finite (0-255 scale).")
+        looks_rescaled = looks_rescaled or (low >= 0 and high <= 1)
+    if do_rescale and looks_rescaled:
+        logger.warning_once(
+            "It looks like you are trying to rescale already rescaled images. If the input images have pixel values "
+            "between 0 and 1, set `do_rescale=False` to avoid rescaling them again."
+        )
 
 
 def _spatial_size(array: np.ndarray | torch.Tensor) -> tuple[int, int]:
@@ -584,13 +637,22 @@ class SetrImageProcessingMixin:
             device=device,
             alpha_white=alpha_white,
         )
+        _check_float_images(images, bool(kwargs.get("do_rescale")))
 
         label_maps = None
         if segmentation_maps is not None:
             label_maps = self._prepare_segmentation_maps(segmentation_maps)
             if len(label_maps) != len(images):
+                read_as_batch = ""
+                if _is_array(segmentation_maps) and segmentation_maps.ndim == 3:
+                    read_as_batch = (
+                        f" segmentation_maps is one array of shape {tuple(segmentation_maps.shape)}, read as a batch "
+                        f"of {len(label_maps)} (H, W) maps; each map must be a 2-D (H, W) array of class ids."
+                        + _COLOUR_MASK_HINT
+                    )
                 raise ValueError(
                     f"Got {len(label_maps)} segmentation maps for {len(images)} images; give one per image."
+                    + read_as_batch
                 )
             for i, (image, label_map) in enumerate(zip(images, label_maps, strict=True)):
                 if _spatial_size(image) != _spatial_size(label_map):
@@ -604,9 +666,12 @@ class SetrImageProcessingMixin:
         data = {"pixel_values": pixel_values}
         if label_maps is not None:
             labels = []
-            for label_map in label_maps:
+            for i, label_map in enumerate(label_maps):
                 if do_reduce_labels:
-                    label_map = reduce_segmentation_labels(label_map)
+                    try:
+                        label_map = reduce_segmentation_labels(label_map)
+                    except ValueError as error:
+                        raise ValueError(f"Segmentation map {i}: {error}") from None
                 if kwargs.get("do_resize"):
                     output_size = get_setr_resize_output_size(_spatial_size(label_map), kwargs["size"])
                     label_map = self._resize_label_map(label_map, output_size)

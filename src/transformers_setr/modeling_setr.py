@@ -36,7 +36,7 @@ from transformers.utils import TransformersKwargs, logging
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_setr import SetrConfig
+from .configuration_setr import SetrConfig, check_slide_window
 
 logger = logging.get_logger(__name__)
 
@@ -556,6 +556,8 @@ class SetrModel(SetrPreTrainedModel):
         super().__init__(config)
         self.embeddings = SetrEmbeddings(config)
         self.layers = nn.ModuleList(SetrLayer(config) for _ in range(config.num_hidden_layers))
+        # Whether forward looks for NaN / inf in its input; off inside SetrForSemanticSegmentation, which checks once.
+        self.check_input_values = True
         self.post_init()
 
     @merge_with_config_defaults
@@ -566,7 +568,7 @@ class SetrModel(SetrPreTrainedModel):
             Normalised images of any size; sides that are not multiples of `patch_size` are zero-padded at the
             bottom/right.
         """
-        check_pixel_values(pixel_values, self.config)
+        check_pixel_values(pixel_values, self.config, check_values=self.check_input_values)
         expected_dtype = self.embeddings.patch_embeddings.projection.weight.dtype
         hidden_states, _ = self.embeddings(pixel_values.to(expected_dtype))
         for layer in self.layers:
@@ -574,9 +576,16 @@ class SetrModel(SetrPreTrainedModel):
         return BaseModelOutput(last_hidden_state=hidden_states)
 
 
-def check_pixel_values(pixel_values: torch.Tensor, config: SetrConfig) -> None:
+def check_pixel_values(pixel_values: torch.Tensor, config: SetrConfig, check_values: bool = False) -> None:
+    """Refuse what the model would silently turn into garbage logits. `check_values` adds the one pass over the
+    values (NaN / inf), done once per call by the entry points; the structural checks cost nothing."""
     if not isinstance(pixel_values, torch.Tensor):
         raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
+    if not pixel_values.is_floating_point():
+        raise ValueError(
+            f"pixel_values has dtype {pixel_values.dtype}; SETR expects normalised float images: use "
+            "SetrImageProcessor (or AutoImageProcessor) to resize and normalise them"
+        )
     if pixel_values.ndim != 4:
         raise ValueError(
             f"pixel_values must have shape (batch_size, num_channels, height, width), got {tuple(pixel_values.shape)}"
@@ -588,6 +597,14 @@ def check_pixel_values(pixel_values: torch.Tensor, config: SetrConfig) -> None:
         )
     if pixel_values.shape[0] == 0 or pixel_values.shape[2] == 0 or pixel_values.shape[3] == 0:
         raise ValueError(f"pixel_values is empty: shape {tuple(pixel_values.shape)}")
+    # A data-dependent branch: skipped under torch.compile / tracing (it would break the graph) and on the meta
+    # device (no values).
+    no_values = torch.compiler.is_compiling() or torch.jit.is_tracing() or pixel_values.device.type == "meta"
+    if check_values and not no_values and not torch.isfinite(pixel_values).all():
+        raise ValueError(
+            "pixel_values contains NaN or infinite values; each would spread to the logits of every pixel it "
+            "reaches. Check the images (and any preprocessing before SetrImageProcessor)"
+        )
 
 
 class SetrForSemanticSegmentation(SetrPreTrainedModel):
@@ -598,6 +615,7 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
     def __init__(self, config: SetrConfig):
         super().__init__(config)
         self.setr = SetrModel(config)
+        self.setr.check_input_values = False  # checked once per call here, not once per slide window
         if config.decoder_type == "mla":
             self.neck = SetrMLANeck(config)
             self.decode_head = SetrMLAHead(config)
@@ -669,16 +687,19 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
         `batch_size` at a time (all windows have the same size), which bounds memory on large images. Defaults come
         from the config (`slide_crop_size`, `slide_stride`, `slide_batch_size`).
         """
-        check_pixel_values(pixel_values, self.config)
+        check_pixel_values(pixel_values, self.config, check_values=True)
         default_crop, default_stride = self.config.slide_window
         # Without autograd the windows run under inference_mode (no version counters or view tracking); the sums are
         # kept outside it, so the caller gets an ordinary tensor. (Not under torch.compile, whose graphs take the
         # caller's mode.)
         eager_no_grad = not (torch.is_grad_enabled() or torch.compiler.is_compiling())
         window_context = torch.inference_mode() if eager_no_grad else contextlib.nullcontext()
-        crop = _pair(crop_size) if crop_size is not None else default_crop
-        stride = _pair(stride) if stride is not None else default_stride
-        batch_size = batch_size or self.config.slide_batch_size
+        crop, stride = check_slide_window(
+            default_crop if crop_size is None else crop_size, default_stride if stride is None else stride
+        )
+        batch_size = self.config.slide_batch_size if batch_size is None else batch_size
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"sliding-window batch_size must be a positive int, got {batch_size!r}")
         images, _, height, width = pixel_values.shape
         windows = slide_windows(height, width, crop, stride)
         window_height, window_width = min(crop[0], height), min(crop[1], width)
@@ -732,15 +753,16 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
             `"whole"` or `"slide"`, overriding `config.inference_mode` for this call. Sliding windows apply only in
             eval mode without `labels`, and return logits at the input resolution.
         """
-        check_pixel_values(pixel_values, self.config)
+        inference_mode = inference_mode or self.config.inference_mode
+        if inference_mode not in ("whole", "slide"):
+            raise ValueError(f"inference_mode must be 'whole' or 'slide', got {inference_mode!r}")
+        slide = inference_mode == "slide" and labels is None and not self.training
+        check_pixel_values(pixel_values, self.config, check_values=not slide)  # slide_inference checks the values
         if labels is not None:
             check_labels(labels, pixel_values, self.config)
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
-        inference_mode = inference_mode or self.config.inference_mode
-        if inference_mode not in ("whole", "slide"):
-            raise ValueError(f"inference_mode must be 'whole' or 'slide', got {inference_mode!r}")
-        if inference_mode == "slide" and labels is None and not self.training:
+        if slide:
             if output_hidden_states or kwargs.get("output_attentions", self.config.output_attentions):
                 raise ValueError(
                     "Hidden states and attentions are per window in sliding-window inference; "
@@ -769,10 +791,6 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
             attentions=outputs.attentions,
             auxiliary_logits=auxiliary_logits,
         )
-
-
-def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
 def slide_windows(

@@ -1,0 +1,95 @@
+"""`pipeline("image-segmentation")` for SETR: transformers' pipeline with SETR's own input loading and batching.
+
+Registered by `registration.register_pipeline` as the task's implementation. For any other model it is transformers'
+`ImageSegmentationPipeline` unchanged; for SETR (`config.model_type == "setr"`) it differs in three places:
+
+- images are opened without `load_image`'s `convert("RGB")`, which clips 16-bit images to 8 bits and drops alpha:
+  the image processor sees the file as it is and converts it (alpha onto white) or refuses it with its message;
+- a batch (`batch_size > 1`) may hold images of different sizes: the stock collation concatenates `pixel_values`,
+  which fails for different sizes, and padding would change SETR's result (the position table is resized to the
+  padded grid, zeros become tokens). Images of the same size run together, the others separately, so each image
+  gets exactly the masks it gets with `batch_size=1`;
+- an empty list of images is an error naming the problem, not an `IndexError`.
+"""
+
+import base64
+import io
+import os
+from typing import Any
+
+import PIL.Image
+import PIL.ImageOps
+import torch
+from huggingface_hub.utils import httpx
+from transformers import ImageSegmentationPipeline
+
+
+def is_setr(model: Any) -> bool:
+    return getattr(getattr(model, "config", None), "model_type", None) == "setr"
+
+
+def open_image(image: str | PIL.Image.Image, timeout: float | None = None) -> PIL.Image.Image:
+    """transformers' `load_image` (URL, local file, base64 string or PIL image; EXIF orientation applied) without its
+    final `convert("RGB")`, so that the image processor decides about the image's mode."""
+    if isinstance(image, str):
+        if image.startswith(("http://", "https://")):
+            image = PIL.Image.open(io.BytesIO(httpx.get(image, timeout=timeout, follow_redirects=True).content))
+        elif os.path.isfile(image):
+            image = PIL.Image.open(image)
+        else:
+            if image.startswith("data:image/"):
+                image = image.split(",")[1]
+            try:
+                image = PIL.Image.open(io.BytesIO(base64.decodebytes(image.encode())))
+            except Exception as error:
+                raise ValueError(
+                    f"Incorrect image source: expected a URL starting with http:// or https://, a path to an image "
+                    f"file or a base64 string, got {image[:100]!r} ({error})"
+                ) from error
+    elif not isinstance(image, PIL.Image.Image):
+        raise TypeError(
+            f"Incorrect image type {type(image).__name__}: expected a URL, a local path, a base64 string or a PIL image."
+        )
+    return PIL.ImageOps.exif_transpose(image)
+
+
+class SetrImageSegmentationPipeline(ImageSegmentationPipeline):
+    """`ImageSegmentationPipeline`, with SETR's image loading and batching of different sizes (see the module)."""
+
+    def __call__(self, inputs: Any = None, **kwargs: Any) -> Any:
+        images = kwargs.get("images", inputs)
+        if is_setr(self.model) and isinstance(images, (list, tuple)) and len(images) == 0:
+            raise ValueError("No images were given (empty list): pass an image or a non-empty list of images.")
+        return super().__call__(inputs, **kwargs)
+
+    def preprocess(self, image: Any, subtask: str | None = None, timeout: float | None = None) -> dict[str, Any]:
+        if not is_setr(self.model):
+            return super().preprocess(image, subtask=subtask, timeout=timeout)
+        image = open_image(image, timeout=timeout)
+        pixel_values = self.image_processor(images=[image], return_tensors="pt")["pixel_values"].to(self.dtype)
+        # Lists, not tensors: the stock collation then gathers them as they are instead of concatenating them.
+        return {"pixel_values": [pixel_values], "target_size": [(image.height, image.width)]}
+
+    def _forward(self, model_inputs: dict[str, Any]) -> Any:
+        if not is_setr(self.model):
+            return super()._forward(model_inputs)
+        images, target_sizes = model_inputs["pixel_values"], model_inputs["target_size"]
+        if isinstance(images[0], torch.Tensor):  # batch_size=1: one preprocessed item, as `preprocess` made it
+            outputs = self.model(pixel_values=images[0])
+            outputs["target_size"] = target_sizes
+            return outputs
+        # batch_size > 1: a list of items, each a list of one (1, 3, H, W) tensor. One model call per input size.
+        images = [item[0] for item in images]
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for index, pixel_values in enumerate(images):
+            by_size.setdefault(tuple(pixel_values.shape), []).append(index)
+        logits: list[torch.Tensor | None] = [None] * len(images)
+        outputs = None
+        for indices in by_size.values():
+            outputs = self.model(pixel_values=torch.cat([images[i] for i in indices]))
+            for i, image_logits in zip(indices, outputs.logits):
+                logits[i] = image_logits
+        # A list of per-image logits: the pipeline's iterator unbatches it item by item (sizes may differ).
+        outputs = type(outputs)(logits=logits)
+        outputs["target_size"] = target_sizes
+        return outputs
