@@ -235,6 +235,24 @@ def test_help_of_another_preset_shows_its_recipe(capsys, monkeypatch):
     assert "768" in entries["--crop_size"] and "2049,1025" in entries["--scale"] and "--data" in entries["--data"]
 
 
+def test_a_json_arguments_file_gets_the_preset_recipe_too(tmp_path):
+    from transformers_setr.training_script import parse_arguments
+
+    arguments = tmp_path / "args.json"
+    arguments.write_text(
+        json.dumps({"preset": "setr-mla-vit-large-cityscapes-768", "output_dir": str(tmp_path), "max_steps": 10})
+    )
+    model_args, _, args = parse_arguments([str(arguments)], (SetrTrainingArguments,))
+    assert model_args.preset == "setr-mla-vit-large-cityscapes-768"
+    assert (args.max_steps, args.learning_rate, args.per_device_train_batch_size, args.eval_steps) == (
+        10,
+        0.002,
+        1,
+        8000,
+    )
+    assert args.eval_strategy.value == "steps" and args.weight_decay == 0.0
+
+
 # --- defect 3: one slide-stride rule -------------------------------------------------------------------------------
 
 

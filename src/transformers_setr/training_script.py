@@ -126,10 +126,19 @@ def parse_config_overrides(text: str | None) -> dict[str, Any]:
 
 def parse_arguments(argv: list[str], extra=()) -> tuple:
     """Parse `ModelArguments`, `DataArguments`, the given extra dataclasses; preset recipe values are defaults."""
-    # Only `--preset` is needed first, to set the defaults; `--help` is left to the full parser, which lists them all.
-    pre = HfArgumentParser(ModelArguments, add_help=False)
-    model_args, _ = pre.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    preset = PRESETS[model_args.preset]
+    json_file = argv[0] if len(argv) == 1 and argv[0].endswith(".json") else None
+    if json_file:  # all arguments in one JSON file, as in the Hugging Face examples
+        from_file = json.loads(Path(json_file).read_text())
+        if not isinstance(from_file, dict):
+            raise ValueError(f"{json_file}: expected a JSON object of argument names and values")
+        preset_name = from_file.get("preset", DEFAULT_PRESET)
+        if preset_name not in PRESETS:
+            raise ValueError(f"{json_file}: preset {preset_name!r} is not one of {', '.join(sorted(PRESETS))}")
+    else:
+        # Only `--preset` is needed first, for the defaults; `--help` is left to the full parser, which lists all.
+        pre = HfArgumentParser(ModelArguments, add_help=False)
+        preset_name = pre.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)[0].preset
+    preset = PRESETS[preset_name]
     parser = HfArgumentParser((ModelArguments, DataArguments, *extra))
     defaults = {
         **recipe_training_defaults(preset),
@@ -138,10 +147,11 @@ def parse_arguments(argv: list[str], extra=()) -> tuple:
         "eval_strategy": "steps",  # mmseg evaluates every eval_steps (16k / 8k) and logs every 50 iterations
         "logging_steps": 50,
     }
-    parser.set_defaults(**{key: value for key, value in defaults.items() if _has_option(parser, key)})
+    defaults = {key: value for key, value in defaults.items() if _has_option(parser, key)}
+    if json_file:
+        return parser.parse_dict({**defaults, **from_file})
+    parser.set_defaults(**defaults)
     _describe_preset_values(parser, preset)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
     return parser.parse_args_into_dataclasses(args=argv)
 
 
