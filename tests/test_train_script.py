@@ -158,19 +158,28 @@ def test_timm_stand_in_has_the_keys_and_shapes_of_vit_large_patch16_384():
     }
 
 
-def test_default_vit_large_backbone_through_the_download_cache(ade_root, vit_large_cache, tmp_path):
+@pytest.mark.parametrize("crop", [32, pytest.param(512, marks=pytest.mark.heavy)])
+def test_default_vit_large_backbone_through_the_download_cache(ade_root, vit_large_cache, tmp_path, crop):
     """The README's command with the real ViT-L/16 width and no `--backbone`: the encoder comes from the cached
-    `jx_vit_large_p16_384` (the network is never needed once the file is in the cache)."""
+    `jx_vit_large_p16_384` (the network is never needed once the file is in the cache). CI: a 32 crop (~4.5 GB peak
+    RSS); heavy: the released 512 crop."""
     output_dir = tmp_path / "vit-l"
     args = common_args(
-        ade_root, output_dir, config_overrides="", max_steps=1, per_device_train_batch_size=1, do_eval="false"
+        ade_root,
+        output_dir,
+        config_overrides="",
+        crop_size=crop,
+        scale=f"{4 * crop},{crop}",
+        max_steps=1,
+        per_device_train_batch_size=1,
+        do_eval="false",
     )
     try:
         result = run_train_script(args, env={"TRANSFORMERS_SETR_CACHE": str(vit_large_cache)})
         assert result.returncode == 0, result.stderr[-6000:]
         cached = vit_large_cache / "timm" / TIMM_VIT_LARGE_URL.rsplit("/", 1)[1]
         assert f"encoder initialised from vit-large-p16-384: loaded 388 encoder tensors from {cached}" in result.stderr
-        assert "position table resized (24, 24) -> (2, 2)" in result.stderr
+        assert f"position table resized (24, 24) -> ({crop // 16}, {crop // 16})" in result.stderr
         assert list(step_losses(output_dir)) == [1]
         config = json.loads((output_dir / "config.json").read_text())
         assert (config["hidden_size"], config["num_hidden_layers"], config["patch_size"]) == (1024, 24, 16)
