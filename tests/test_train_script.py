@@ -6,6 +6,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,26 @@ def test_every_preset_trains_one_step_from_a_timm_pretrain(
     assert config.decoder_type == preset.decoder_type
     assert config.num_labels == (150 if preset.dataset == "ade20k" else 19)
     assert config.slide_window == ((32, 32), (21, 21))  # two thirds of the 32 crop, rounded down
+
+
+@pytest.mark.parametrize("problem", ["missing", "wider", "truncated"])
+def test_a_backbone_file_that_does_not_fit_is_one_line_naming_it(ade_root, tmp_path, capsys, problem):
+    backbone = tmp_path / "vit.pth"
+    if problem == "wider":
+        torch.save(timm_vit_state_dict(width=64, depth=4, mlp=128, grid=4), backbone)
+    elif problem == "truncated":
+        torch.save(timm_vit_state_dict(width=32, depth=4, mlp=64, grid=4), backbone)
+        backbone.write_bytes(backbone.read_bytes()[:1000])
+    args = one_step_args(ade_root, tmp_path / "run", "setr-naive-vit-large-ade20k-512", backbone=str(backbone))
+    with pytest.raises(SystemExit) as exit_info:
+        main_trainer(args)
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    error = stderr.strip().splitlines()[-1]
+    assert "Traceback" not in stderr
+    assert error.startswith(f"{Path(sys.argv[0]).name}: error: --backbone {backbone}: ")
+    assert {"missing": "neither a file", "wider": "does not fit", "truncated": "not a readable"}[problem] in error
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.fixture(scope="module")

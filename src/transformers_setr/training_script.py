@@ -183,7 +183,11 @@ def data_source_for(preset: CheckpointPreset, data_args: DataArguments) -> str:
     )
 
 
-class OutputDirError(ValueError):
+class CommandLineError(ValueError):
+    """A problem with an argument or a file it names: the command lines report it in one line, without traceback."""
+
+
+class OutputDirError(CommandLineError):
     """The output folder or the checkpoint to resume from does not allow the run the command line asks for."""
 
 
@@ -298,7 +302,7 @@ def resolve_resume_checkpoint(
 
 def exit_with_error(message: str) -> NoReturn:
     """A command-line error: one line on stderr, exit status 2 (argparse's), no traceback."""
-    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+    print(f"{Path(sys.argv[0]).name}: error: {' '.join(message.split())}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -332,7 +336,11 @@ def build_model(
         if backbone != "none":
             from .convert_timm import load_timm_vit_pretrain
 
-            logger.info("encoder initialised from %s: %s", backbone, load_timm_vit_pretrain(model, backbone))
+            try:
+                report = load_timm_vit_pretrain(model, backbone)
+            except (OSError, ValueError) as error:  # a missing, unreadable or mismatched file, a failed download
+                raise CommandLineError(f"--backbone {backbone}: {error}") from None
+            logger.info("encoder initialised from %s: %s", backbone, report)
     processor = processor_for(preset if data.dataset == preset.dataset else None, model.config)
     if data_args.scale:
         longest, shortest = _int_pair(data_args.scale, "--scale")
@@ -397,7 +405,7 @@ def main_trainer(argv: list[str] | None = None) -> int:
         resume = resolve_resume_checkpoint(
             resume, training_args.output_dir, overwrite=training_args.overwrite_output_dir
         )
-    except OutputDirError as error:
+    except CommandLineError as error:
         exit_with_error(str(error))
     set_seed(training_args.seed)
     preset = PRESETS[model_args.preset]
@@ -406,7 +414,10 @@ def main_trainer(argv: list[str] | None = None) -> int:
         preset.dataset if not data_args.data else None,
         cache_dir=data_args.data_cache_dir,
     )
-    model, processor = build_model(model_args, data_args, data)
+    try:
+        model, processor = build_model(model_args, data_args, data)
+    except CommandLineError as error:
+        exit_with_error(str(error))
     if uses_sync_batch_norm(training_args):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     push_repo = training_args.hub_model_id or (
