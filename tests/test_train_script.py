@@ -131,7 +131,7 @@ def test_every_preset_trains_one_step_from_a_timm_pretrain(
     assert "loaded 68 encoder tensors" in loaded[0] and "resized (4, 4) -> (2, 2)" in loaded[0], loaded
     assert list(step_losses(output_dir)) == [1]
     config = SetrForSemanticSegmentation.from_pretrained(output_dir).config
-    assert config.decoder_type == preset.decoder_type
+    assert (config.decoder_type, config.auxiliary_num_convs) == (preset.decoder_type, preset.auxiliary_num_convs)
     assert config.num_labels == (150 if preset.dataset == "ade20k" else 19)
     assert config.slide_window == ((32, 32), (21, 21))  # two thirds of the 32 crop, rounded down
 
