@@ -27,7 +27,11 @@ def main() -> None:
     parser.add_argument(
         "--auxiliary-num-convs", type=int, default=None, help="default: the ADE20K recipe's value for the decoder"
     )
-    parser.add_argument("--cache-dir", default=None, help="download cache (default ~/.cache/transformers_setr/timm)")
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="download cache (default: $TRANSFORMERS_SETR_CACHE/timm, else ~/.cache/transformers_setr/timm)",
+    )
     parser.add_argument("--output", required=True, help="folder for save_pretrained")
     args = parser.parse_args()
 

@@ -81,6 +81,13 @@ def check_slide_window(
     return crop, step
 
 
+def default_slide_stride(crop_size: int) -> int:
+    """The one rule for the sliding-window stride of a window side: two thirds, rounded down. It gives the released
+    configs' strides (341 for a 512 window, 512 for 768); the presets, the training scripts and `slide_window` use it.
+    """
+    return crop_size * 2 // 3
+
+
 @strict
 class SetrConfig(PreTrainedConfig):
     r"""
@@ -224,7 +231,7 @@ class SetrConfig(PreTrainedConfig):
         if self.slide_stride is not None:
             return check_slide_window(crop, self.slide_stride)
         crop = check_slide_window(crop, 1)[0]
-        return check_slide_window(crop, (crop[0] * 2 // 3, crop[1] * 2 // 3))
+        return check_slide_window(crop, tuple(map(default_slide_stride, crop)))
 
     @property
     def num_feature_levels(self) -> int:
@@ -308,4 +315,4 @@ class SetrConfig(PreTrainedConfig):
             raise ValueError("Invalid SetrConfig: " + "; ".join(errors) + ".")
 
 
-__all__ = ["SetrConfig", "check_slide_window"]
+__all__ = ["SetrConfig", "check_slide_window", "default_slide_stride"]

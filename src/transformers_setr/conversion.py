@@ -235,6 +235,15 @@ def load_checkpoint_file(path: str) -> dict:
     return checkpoint
 
 
+CACHE_DIR_ENV = "TRANSFORMERS_SETR_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """Where downloads are cached: `$TRANSFORMERS_SETR_CACHE`, else `~/.cache/transformers_setr` (read at each call,
+    so that a process can redirect it)."""
+    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "transformers_setr").expanduser()
+
+
 def download_cached(
     url: str, cache_dir: str | os.PathLike, hash_prefix: str | None = None, progress: bool = True
 ) -> Path:

@@ -29,14 +29,14 @@ from urllib.parse import urlparse
 import torch
 
 from .configuration_setr import SetrConfig
-from .conversion import download_cached, load_checkpoint_file, load_mmseg_state_dict
+from .conversion import default_cache_dir, download_cached, load_checkpoint_file, load_mmseg_state_dict
 from .image_processing_pil_setr import SetrImageProcessorPil
 from .label_tables import DATASETS
 from .modeling_setr import SetrForSemanticSegmentation
 from .presets import PRESETS, RELEASED_ENCODER, CheckpointPreset
 
 logger = logging.getLogger(__name__)
-CACHE_DIR = Path(os.environ.get("TRANSFORMERS_SETR_CACHE", Path.home() / ".cache" / "transformers_setr"))
+CACHE_DIR = default_cache_dir()
 
 
 def resolve_checkpoint(source: str, cache_dir: Path | None = None) -> tuple[Path, CheckpointPreset | None]:

@@ -25,12 +25,11 @@ from urllib.parse import urlparse
 import torch
 
 from .configuration_setr import SetrConfig
-from .conversion import CheckpointMismatchError, download_cached, fit_problems, load_checkpoint_file
+from .conversion import CheckpointMismatchError, default_cache_dir, download_cached, fit_problems, load_checkpoint_file
 from .modeling_setr import SetrModel, resize_position_embeddings
 from .presets import TIMM_VIT_LARGE_URL
 
 TIMM_VIT_PRESETS: dict[str, str] = {"vit-large-p16-384": TIMM_VIT_LARGE_URL}
-DEFAULT_CACHE_DIR = Path("~/.cache/transformers_setr/timm")
 
 POSITION_EMBEDDINGS_KEY = "embeddings.position_embeddings"
 
@@ -185,6 +184,12 @@ def _is_url(source: str) -> bool:
     return urlparse(source).scheme in ("http", "https")
 
 
+def timm_cache_dir() -> Path:
+    """The default download cache of timm weights: `timm/` in the package's cache (`$TRANSFORMERS_SETR_CACHE`, else
+    `~/.cache/transformers_setr`)."""
+    return default_cache_dir() / "timm"
+
+
 def resolve_timm_source(
     source: str | os.PathLike, cache_dir: str | os.PathLike | None = None, progress: bool = True
 ) -> Path:
@@ -192,7 +197,9 @@ def resolve_timm_source(
     source = os.fspath(source)
     url = TIMM_VIT_PRESETS.get(source, source)
     if _is_url(url):
-        return download_cached(url, cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR, progress=progress)
+        if cache_dir is None:
+            cache_dir = timm_cache_dir()
+        return download_cached(url, cache_dir, progress=progress)
     path = Path(source).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
@@ -227,7 +234,7 @@ def load_timm_vit_pretrain(
     """Initialise the encoder of a `SetrModel` or `SetrForSemanticSegmentation` from a timm ViT checkpoint.
 
     `source` is a preset name (`"vit-large-p16-384"`, the `jx_vit_large_p16_384` weights SETR trains from), an
-    http(s) URL (cached under `~/.cache/transformers_setr/timm/` unless `cache_dir` says otherwise) or a local
+    http(s) URL (cached in `timm_cache_dir()` unless `cache_dir` says otherwise) or a local
     `.pth` path. The file is read with `transformers_setr.conversion.load_checkpoint_file` (no code from it runs).
     Every encoder parameter is overwritten, strictly; heads and neck are left as they are.
     """

@@ -7,6 +7,8 @@ Numbers are mmsegmentation's, as reported in its SETR model zoo (V100; `miou_rep
 
 from dataclasses import dataclass
 
+from .configuration_setr import default_slide_stride
+
 MMSEG_DOWNLOAD_ROOT = "https://download.openmmlab.com/mmsegmentation/v0.5/setr"
 HUB_ORGANISATION = "transformers-setr"
 TIMM_VIT_LARGE_URL = (
@@ -50,7 +52,6 @@ class CheckpointPreset:
     dataset: str  # "ade20k" or "cityscapes"
     decoder_type: str
     crop_size: int  # training crop = slide window = position grid * 16
-    slide_stride: int
     test_scale: tuple[int, int]  # mmseg Resize(scale=(long, short), keep_ratio=True)
     batch_size: int  # total over GPUs
     gpus: int
@@ -61,6 +62,11 @@ class CheckpointPreset:
     memory_gb: float
     fps: float | None
     auxiliary_num_convs: int
+
+    @property
+    def slide_stride(self) -> int:
+        """The evaluation stride (mmseg's `test_cfg`: 341 for the 512 crop, 512 for 768), by the one rule."""
+        return default_slide_stride(self.crop_size)
 
     @property
     def url(self) -> str:
@@ -101,7 +107,6 @@ PRESETS: dict[str, CheckpointPreset] = {
             dataset="ade20k",
             decoder_type="naive",
             crop_size=512,
-            slide_stride=341,
             test_scale=(2048, 512),
             batch_size=16,
             gpus=8,
@@ -121,7 +126,6 @@ PRESETS: dict[str, CheckpointPreset] = {
             dataset="ade20k",
             decoder_type="pup",
             crop_size=512,
-            slide_stride=341,
             test_scale=(2048, 512),
             batch_size=16,
             gpus=8,
@@ -141,7 +145,6 @@ PRESETS: dict[str, CheckpointPreset] = {
             dataset="ade20k",
             decoder_type="mla",
             crop_size=512,
-            slide_stride=341,
             test_scale=(2048, 512),
             batch_size=8,
             gpus=8,
@@ -161,7 +164,6 @@ PRESETS: dict[str, CheckpointPreset] = {
             dataset="ade20k",
             decoder_type="mla",
             crop_size=512,
-            slide_stride=341,
             test_scale=(2048, 512),
             batch_size=16,
             gpus=8,
@@ -181,7 +183,6 @@ PRESETS: dict[str, CheckpointPreset] = {
             dataset="cityscapes",
             decoder_type="naive",
             crop_size=768,
-            slide_stride=512,
             test_scale=(2049, 1025),
             batch_size=8,
             gpus=8,
@@ -201,7 +202,6 @@ PRESETS: dict[str, CheckpointPreset] = {
             dataset="cityscapes",
             decoder_type="pup",
             crop_size=768,
-            slide_stride=512,
             test_scale=(2049, 1025),
             batch_size=8,
             gpus=8,
@@ -221,7 +221,6 @@ PRESETS: dict[str, CheckpointPreset] = {
             dataset="cityscapes",
             decoder_type="mla",
             crop_size=768,
-            slide_stride=512,
             test_scale=(2049, 1025),
             batch_size=8,
             gpus=8,

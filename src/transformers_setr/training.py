@@ -179,6 +179,10 @@ class SetrTrainingArguments(TrainingArguments):
     per_device_eval_batch_size: int = field(
         default=1, metadata={"help": "evaluation images differ in size, so they go one at a time"}
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "write over a non-empty output_dir (otherwise refused unless resuming)"},
+    )
 
     def __post_init__(self):
         super().__post_init__()

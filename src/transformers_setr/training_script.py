@@ -8,18 +8,19 @@ optional push to the Hub.
 import ast
 import json
 import logging
-import math
 import os
+import re
 import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from transformers import HfArgumentParser, set_seed
 
 from .augmentation import SetrTrainAugmentation
-from .configuration_setr import SetrConfig
+from .configuration_setr import SetrConfig, default_slide_stride
 from .convert_mmseg import processor_for, push_folder_to_hub
 from .data import SegmentationData, load_segmentation_data
 from .evaluation import SegmentationEvalDataset, eval_collate, needs_cpu_process_group
@@ -80,9 +81,9 @@ class DataArguments:
     eval_split: str = field(default="validation")
     max_train_samples: int | None = field(default=None)
     max_eval_samples: int | None = field(default=None)
-    crop_size: int | None = field(default=None, metadata={"help": "training crop (default: the preset's)"})
+    crop_size: int | None = field(default=None, metadata={"help": "training crop; unset: the preset's"})
     scale: str | None = field(
-        default=None, metadata={"help": "'long,short' resize scale (default: the preset's test scale)"}
+        default=None, metadata={"help": "'long,short' resize scale; unset: the preset's test scale"}
     )
     ratio_range: str = field(default="0.5,2.0", metadata={"help": "random resize ratio range 'low,high'"})
     data_cache_dir: str | None = field(default=None, metadata={"help": "datasets cache directory"})
@@ -125,9 +126,19 @@ def parse_config_overrides(text: str | None) -> dict[str, Any]:
 
 def parse_arguments(argv: list[str], extra=()) -> tuple:
     """Parse `ModelArguments`, `DataArguments`, the given extra dataclasses; preset recipe values are defaults."""
-    pre = HfArgumentParser(ModelArguments)
-    model_args, _ = pre.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    preset = PRESETS[model_args.preset]
+    json_file = argv[0] if len(argv) == 1 and argv[0].endswith(".json") else None
+    if json_file:  # all arguments in one JSON file, as in the Hugging Face examples
+        from_file = json.loads(Path(json_file).read_text())
+        if not isinstance(from_file, dict):
+            raise ValueError(f"{json_file}: expected a JSON object of argument names and values")
+        preset_name = from_file.get("preset", DEFAULT_PRESET)
+        if preset_name not in PRESETS:
+            raise ValueError(f"{json_file}: preset {preset_name!r} is not one of {', '.join(sorted(PRESETS))}")
+    else:
+        # Only `--preset` is needed first, for the defaults; `--help` is left to the full parser, which lists all.
+        pre = HfArgumentParser(ModelArguments, add_help=False)
+        preset_name = pre.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)[0].preset
+    preset = PRESETS[preset_name]
     parser = HfArgumentParser((ModelArguments, DataArguments, *extra))
     defaults = {
         **recipe_training_defaults(preset),
@@ -136,14 +147,29 @@ def parse_arguments(argv: list[str], extra=()) -> tuple:
         "eval_strategy": "steps",  # mmseg evaluates every eval_steps (16k / 8k) and logs every 50 iterations
         "logging_steps": 50,
     }
-    parser.set_defaults(**{key: value for key, value in defaults.items() if _has_option(parser, key)})
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    defaults = {key: value for key, value in defaults.items() if _has_option(parser, key)}
+    if json_file:
+        return parser.parse_dict({**defaults, **from_file})
+    parser.set_defaults(**defaults)
+    _describe_preset_values(parser, preset)
     return parser.parse_args_into_dataclasses(args=argv)
 
 
 def _has_option(parser, dest: str) -> bool:
     return any(action.dest == dest for action in parser._actions)
+
+
+def _describe_preset_values(parser, preset: CheckpointPreset) -> None:
+    """Name, in `--help`, the preset's values of the options whose default (None) means "the preset's"."""
+    hub = HUB_DATASETS[preset.dataset].hub_id if preset.dataset == "ade20k" else "none, pass --data"
+    preset_values = {
+        "data": hub,
+        "crop_size": preset.crop_size,
+        "scale": ",".join(map(str, preset.test_scale)),
+    }
+    for action in parser._actions:
+        if action.dest in preset_values:
+            action.help = f"{action.help or ''} [{preset.name}: {preset_values[action.dest]}]".strip()
 
 
 def data_source_for(preset: CheckpointPreset, data_args: DataArguments) -> str:
@@ -155,6 +181,129 @@ def data_source_for(preset: CheckpointPreset, data_args: DataArguments) -> str:
         "Cityscapes cannot be downloaded from the Hub under its licence: pass --data with a local Cityscapes root "
         "(leftImg8bit/ + gtFine/) or a Hub mirror id"
     )
+
+
+class CommandLineError(ValueError):
+    """A problem with an argument or a file it names: the command lines report it in one line, without traceback."""
+
+
+class OutputDirError(CommandLineError):
+    """The output folder or the checkpoint to resume from does not allow the run the command line asks for."""
+
+
+def check_output_dir(output_dir: str | os.PathLike, *, overwrite: bool, resume: bool) -> None:
+    """Refuse to train into a folder that already holds something (an earlier run's model, card, results, or
+    anything else) unless the command line asks to overwrite it or to resume from it (the rule of the Hugging Face
+    examples). Used by both training commands, before anything is written."""
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise OutputDirError(f"--output_dir {path} exists and is not a folder")
+    if overwrite or resume or not path.is_dir() or next(path.iterdir(), None) is None:
+        return
+    raise OutputDirError(
+        f"--output_dir {path} is not empty (an earlier run's output?); pass --overwrite_output_dir to write over it, "
+        "or --resume_from_checkpoint last to continue that run"
+    )
+
+
+TRAINER_CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
+TRAINER_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def trainer_checkpoint_problem(folder: str | os.PathLike) -> str | None:
+    """Why `folder` is not a complete Trainer checkpoint, or None when it is one.
+
+    The Trainer writes a checkpoint in this order: weights (and config), `optimizer.pt`, `scheduler.pt`, the RNG
+    states, and last `trainer_state.json`. A run killed while saving therefore leaves no (or a truncated)
+    `trainer_state.json`; resuming also needs the weights, optimizer and scheduler, so those must be present and not
+    truncated (their headers / zip directories are read, not the tensors).
+    """
+    folder = Path(folder)
+    state_file = folder / "trainer_state.json"
+    try:
+        state = json.loads(state_file.read_text())
+    except FileNotFoundError:
+        return "no trainer_state.json (the Trainer writes it last)"
+    except (OSError, ValueError) as error:
+        return f"unreadable trainer_state.json ({error})"
+    if not isinstance(state, dict) or "global_step" not in state:
+        return "trainer_state.json has no global_step"
+    weights = next((folder / name for name in TRAINER_WEIGHT_FILES if (folder / name).is_file()), None)
+    if weights is None:
+        return f"no model weights ({', '.join(TRAINER_WEIGHT_FILES)})"
+    try:
+        if weights.name == "model.safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(weights), framework="pt"):
+                pass
+        elif weights.name.endswith(".index.json"):
+            shards = set(json.loads(weights.read_text())["weight_map"].values())
+            missing = sorted(name for name in shards if not (folder / name).is_file())
+            if missing:
+                return f"missing weight shards: {', '.join(missing)}"
+        else:
+            zipfile.ZipFile(weights).close()
+    except Exception as error:  # any failure to read the header means the file cannot be loaded
+        return f"unreadable {weights.name} ({type(error).__name__}: {error})"
+    for name in ("optimizer.pt", "scheduler.pt"):
+        try:
+            zipfile.ZipFile(folder / name).close()  # torch.save's zip format; a truncated file has no directory
+        except FileNotFoundError:
+            return f"no {name}"
+        except (OSError, zipfile.BadZipFile) as error:
+            return f"unreadable {name} ({error})"
+    return None
+
+
+def resolve_resume_checkpoint(
+    requested: str | None, output_dir: str | os.PathLike, *, overwrite: bool = False
+) -> str | None:
+    """The checkpoint `--resume_from_checkpoint` means: a path is checked and kept; `last` is the newest complete
+    `checkpoint-N` in `output_dir`, skipping (and naming) incomplete newer ones. `last` with no checkpoint starts
+    from scratch (None) only in an empty or absent folder, or with `overwrite`; otherwise it is an error."""
+    if not requested:
+        return None
+    if requested != "last":
+        problem = trainer_checkpoint_problem(requested) if Path(requested).is_dir() else "not a folder"
+        if problem:
+            raise OutputDirError(f"--resume_from_checkpoint {requested}: not a complete checkpoint: {problem}")
+        return requested
+    output = Path(output_dir)
+    candidates = []
+    if output.is_dir():
+        for folder in output.iterdir():
+            match = TRAINER_CHECKPOINT_PATTERN.fullmatch(folder.name)
+            if match and folder.is_dir():
+                candidates.append((int(match.group(1)), folder))
+    skipped: list[str] = []
+    for _, folder in sorted(candidates, reverse=True):
+        problem = trainer_checkpoint_problem(folder)
+        if problem is None:
+            if skipped:
+                logger.warning(
+                    "--resume_from_checkpoint last: resuming from %s, the newest complete checkpoint; skipped the "
+                    "incomplete %s",
+                    folder,
+                    "; ".join(skipped),
+                )
+            else:
+                logger.info("--resume_from_checkpoint last: resuming from %s", folder)
+            return str(folder)
+        skipped.append(f"{folder} ({problem})")
+    if overwrite or not output.is_dir() or next(output.iterdir(), None) is None:
+        logger.info("--resume_from_checkpoint last: no checkpoint in %s, starting from scratch", output)
+        return None
+    found = f"only incomplete checkpoints: {'; '.join(skipped)}" if skipped else "no checkpoint-* folder"
+    raise OutputDirError(
+        f"--resume_from_checkpoint last: {output} holds {found}; pass --overwrite_output_dir to start over in it"
+    )
+
+
+def exit_with_error(message: str) -> NoReturn:
+    """A command-line error: one line on stderr, exit status 2 (argparse's), no traceback."""
+    print(f"{Path(sys.argv[0]).name}: error: {' '.join(message.split())}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def _is_vit_large(config: SetrConfig) -> bool:
@@ -178,7 +327,7 @@ def build_model(
         if data_args.crop_size:
             overrides.setdefault("image_size", data_args.crop_size)
             overrides.setdefault("slide_crop_size", data_args.crop_size)
-            overrides.setdefault("slide_stride", math.ceil(data_args.crop_size * 2 / 3))
+            overrides.setdefault("slide_stride", default_slide_stride(data_args.crop_size))
         if data.dataset != preset.dataset or data.num_labels != preset.num_labels:
             overrides.setdefault("id2label", data.id2label)
             overrides.setdefault("palette", [list(colour) for colour in data.palette])
@@ -187,7 +336,11 @@ def build_model(
         if backbone != "none":
             from .convert_timm import load_timm_vit_pretrain
 
-            logger.info(load_timm_vit_pretrain(model, backbone).summary())
+            try:
+                report = load_timm_vit_pretrain(model, backbone)
+            except (OSError, ValueError) as error:  # a missing, unreadable or mismatched file, a failed download
+                raise CommandLineError(f"--backbone {backbone}: {error}") from None
+            logger.info("encoder initialised from %s: %s", backbone, report)
     processor = processor_for(preset if data.dataset == preset.dataset else None, model.config)
     if data_args.scale:
         longest, shortest = _int_pair(data_args.scale, "--scale")
@@ -246,6 +399,14 @@ def main_trainer(argv: list[str] | None = None) -> int:
         list(sys.argv[1:] if argv is None else argv), (SetrTrainingArguments,)
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    try:
+        resume = training_args.resume_from_checkpoint if training_args.do_train else None
+        check_output_dir(training_args.output_dir, overwrite=training_args.overwrite_output_dir, resume=bool(resume))
+        resume = resolve_resume_checkpoint(
+            resume, training_args.output_dir, overwrite=training_args.overwrite_output_dir
+        )
+    except CommandLineError as error:
+        exit_with_error(str(error))
     set_seed(training_args.seed)
     preset = PRESETS[model_args.preset]
     data = load_segmentation_data(
@@ -253,7 +414,10 @@ def main_trainer(argv: list[str] | None = None) -> int:
         preset.dataset if not data_args.data else None,
         cache_dir=data_args.data_cache_dir,
     )
-    model, processor = build_model(model_args, data_args, data)
+    try:
+        model, processor = build_model(model_args, data_args, data)
+    except CommandLineError as error:
+        exit_with_error(str(error))
     if uses_sync_batch_norm(training_args):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     push_repo = training_args.hub_model_id or (
@@ -287,11 +451,6 @@ def main_trainer(argv: list[str] | None = None) -> int:
         "crop": data_args.crop_size or model.config.slide_window[0][0],
     }
     if training_args.do_train:
-        resume = training_args.resume_from_checkpoint
-        if resume == "last":
-            from transformers.trainer_utils import get_last_checkpoint
-
-            resume = get_last_checkpoint(training_args.output_dir)
         result = trainer.train(resume_from_checkpoint=resume)
         trainer.save_model()
         trainer.log_metrics("train", result.metrics)
