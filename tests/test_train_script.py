@@ -327,6 +327,35 @@ def test_an_earlier_runs_folder_is_refused_and_left_untouched(ade_root, tmp_path
     assert folder_snapshot(output_dir) == before
 
 
+def test_the_accelerate_loop_refuses_an_earlier_runs_folder_too(ade_root, tmp_path):
+    output_dir = tmp_path / "earlier"
+    output_dir.mkdir()
+    (output_dir / "README.md").write_text("an earlier card")
+    before = folder_snapshot(output_dir)
+    arguments = [
+        "--preset",
+        "setr-naive-vit-large-ade20k-512",
+        "--data",
+        str(ade_root),
+        "--output_dir",
+        str(output_dir),
+    ]
+    environment = {**os.environ, **SCRIPT_ENV}
+    result = subprocess.run(
+        [PYTHON, "scripts/train_no_trainer.py", *arguments],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("train_no_trainer.py: error: --output_dir ") and "--overwrite_output_dir" in error
+    assert folder_snapshot(output_dir) == before
+
+
 def test_overwrite_output_dir_writes_over_an_earlier_run(ade_root, tmp_path):
     output_dir = tmp_path / "earlier"
     output_dir.mkdir()

@@ -521,6 +521,9 @@ class LoopArguments:
     """Arguments of the plain Accelerate loop (`scripts/train_no_trainer.py`)."""
 
     output_dir: str = field(default="setr-output")
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "write over a non-empty --output_dir (refused otherwise, unless resuming)"}
+    )
     per_device_train_batch_size: int = field(default=2)
     gradient_accumulation_steps: int = field(default=1)
     max_steps: int = field(default=160_000)
@@ -563,6 +566,12 @@ def main_no_trainer(argv: list[str] | None = None) -> int:
 
     model_args, data_args, args = parse_arguments(list(sys.argv[1:] if argv is None else argv), (LoopArguments,))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    try:  # before any process writes: the checks see the folder as the user left it
+        check_output_dir(
+            args.output_dir, overwrite=args.overwrite_output_dir, resume=bool(args.resume_from_checkpoint)
+        )
+    except CommandLineError as error:
+        exit_with_error(str(error))
     accelerator = Accelerator(
         cpu=needs_cpu_process_group(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -582,7 +591,10 @@ def main_no_trainer(argv: list[str] | None = None) -> int:
         preset.dataset if not data_args.data else None,
         cache_dir=data_args.data_cache_dir,
     )
-    model, processor = build_model(model_args, data_args, data)
+    try:
+        model, processor = build_model(model_args, data_args, data)
+    except CommandLineError as error:
+        exit_with_error(str(error))
     if args.activation_checkpointing:
         model.activation_checkpointing_enable()
     if accelerator.num_processes > 1 and accelerator.device.type in ("cuda", "xpu"):
