@@ -1,3 +1,16 @@
+# Copyright 2026 The transformers-setr developers.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """SETR model configuration.
 
 This file is shipped next to the weights for `trust_remote_code` users: it imports only `transformers` and
@@ -8,6 +21,9 @@ from typing import Literal
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 # Per-decoder defaults, taken from the released mmsegmentation SETR configs (ADE20K, ViT-L/16).
 # `None` in a config field means "use the value of this table for the chosen decoder".
@@ -161,7 +177,8 @@ class SetrConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
 
     def _complete_label_maps(self, kwargs: dict) -> None:
-        """Always set both `id2label` and `label2id` (transformers leaves `label2id` empty given only `id2label`)."""
+        """Set both `id2label` and `label2id`, keeping what the caller gave and deriving only what is missing
+        (transformers leaves `label2id` empty given only `id2label`)."""
         num_labels = kwargs.get("num_labels")
         if self.id2label is None and self.label2id is not None:
             self.id2label = {int(index): name for name, index in self.label2id.items()}
@@ -174,9 +191,33 @@ class SetrConfig(PreTrainedConfig):
             if sorted(self.id2label) != list(range(len(self.id2label))):
                 raise ValueError(f"id2label keys must be 0..{len(self.id2label) - 1}, got {sorted(self.id2label)}.")
             kwargs.pop("num_labels", None)
-            self.label2id = {name: index for index, name in self.id2label.items()}
+            if self.label2id is None:
+                self.label2id = {name: index for index, name in self.id2label.items()}
         else:
             kwargs["num_labels"] = DEFAULT_NUM_LABELS if num_labels is None else num_labels
+
+    def __setattr__(self, name: str, value) -> None:
+        # After construction, a new `id2label` (`config.num_labels = n`, or `from_pretrained(..., id2label=...)`, which
+        # transformers applies by setattr once the saved config is built) replaces the label set: the old `label2id`
+        # and palette described the old labels.
+        relabel = name == "id2label" and value is not None and self.__dict__.get("_post_init_done", False)
+        if relabel:
+            value = {int(index): label for index, label in value.items()}  # JSON keys are strings
+        super().__setattr__(name, value)
+        if relabel:
+            self._labels_changed()
+
+    def _labels_changed(self) -> None:
+        """The one rule for the label-dependent fields when `id2label` changes on a built config: `label2id` is rebuilt
+        from it (a `label2id` given with it is set after it, as `from_pretrained` does), and a palette whose length no
+        longer matches is dropped (one of the right length is kept). A palette given to the constructor with
+        `id2label` is checked instead (`validate_architecture`): a mismatch there is the caller's error."""
+        self.label2id = {label: index for index, label in self.id2label.items()}
+        if self.palette is not None and len(self.palette) != len(self.id2label):
+            logger.info(
+                f"id2label now has {len(self.id2label)} labels: dropping the palette of {len(self.palette)} colours."
+            )
+            self.palette = None
 
     @property
     def image_grid(self) -> tuple[int, int]:
