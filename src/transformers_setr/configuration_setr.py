@@ -114,6 +114,9 @@ class SetrConfig(PreTrainedConfig):
     """
 
     model_type = "setr"
+    # The auxiliary heads' logits (returned with `labels`, for the loss) must not reach the Trainer's predictions
+    # (`compute_metrics` gets the logits alone, as for other segmentation models).
+    keys_to_ignore_at_inference = ["auxiliary_logits"]
 
     hidden_size: int = 1024
     num_hidden_layers: int = 24
