@@ -160,3 +160,10 @@ def test_label2id_given_with_id2label_is_kept():
     assert config.label2id == {"label": "0"}
     assert SetrConfig(id2label={0: "a", 1: "b"}).label2id == {"a": 0, "b": 1}
     assert SetrConfig(label2id={"a": 1, "b": 0}).id2label == {1: "a", 0: "b"}
+
+
+def test_mismatched_palette_given_to_from_pretrained_fails_at_loading(tmp_path):
+    config = tiny_config("naive", image_size=32, num_labels=3)
+    SetrForSemanticSegmentation(config).save_pretrained(tmp_path)
+    with pytest.raises(Exception, match=r"palette must hold one \[r, g, b\] per label \(3\), got 2"):
+        SetrForSemanticSegmentation.from_pretrained(tmp_path, palette=[[0, 0, 0], [1, 1, 1]])

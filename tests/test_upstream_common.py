@@ -153,13 +153,14 @@ class _SetrModelTestBase(ModelTesterMixin):
     def test_for_semantic_segmentation(self):
         self.model_tester.create_and_check_for_semantic_segmentation(*self.model_tester.prepare_config_and_inputs())
 
-    @unittest.skip(reason="SETR does not use inputs_embeds")
-    def test_inputs_embeds(self):
-        pass
-
-    @unittest.skip(reason="SETR has no token embeddings (get_input_embeddings / get_output_embeddings)")
     def test_model_get_set_embeddings(self):
-        pass
+        # As ViT's and DPT's testers: the input embeddings are the patch embedding (a module, not a token table), and
+        # there are no output embeddings.
+        config, _ = self.model_tester.prepare_config_and_inputs_for_common()
+        for model_class in self.all_model_classes:
+            model = model_class(config)
+            self.assertIsInstance(model.get_input_embeddings(), torch.nn.Module)
+            self.assertIsNone(model.get_output_embeddings())
 
 
 class SetrNaiveModelTest(_SetrModelTestBase, unittest.TestCase):

@@ -509,6 +509,12 @@ class SetrPreTrainedModel(PreTrainedModel):
     _can_record_outputs = {"hidden_states": SetrLayer, "attentions": SetrAttention}
     _input_embed_layer = "patch_embeddings"
 
+    def __init__(self, config: SetrConfig, *inputs, **kwargs):
+        # `from_pretrained` applies its keyword arguments (`palette=...`) to the built config by setattr, past the
+        # config's own checks: check again, so that a bad combination fails here rather than at `save_pretrained`.
+        config.validate()
+        super().__init__(config, *inputs, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -664,6 +670,8 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
             outputs.hidden_states = tuple(
                 state if index in requested else None for index, state in enumerate(outputs.hidden_states)
             )
+        elif capture is not True:
+            outputs.hidden_states = None  # captured for the decoder only
         return self.decode(features), features, outputs
 
     def slide_inference(
@@ -777,7 +785,7 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
         return SetrSemanticSegmenterOutput(
             loss=loss,
             logits=logits,
-            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             auxiliary_logits=auxiliary_logits,
         )
