@@ -1,12 +1,44 @@
-"""transformers' shared contract tests run against SETR: `ModelTesterMixin` (each decoder), `ConfigTester` and
-`ImageProcessingTestMixin` (both processor backends), loaded from the installed transformers version's sdist by
-`upstream_transformers_tests` (downloaded once and cached; the module is skipped only when that is impossible).
+"""transformers' shared contract tests run against SETR: `ModelTesterMixin` (one class per decoder), `ConfigTester`
+(`test_config` of each) and `ImageProcessingTestMixin` with `PostProcessSemanticSegmentationTestMixin` (both
+processor backends), loaded from the installed transformers version's sdist by `upstream_transformers_tests`
+(downloaded once and cached; this module is skipped, saying why, only when that download is impossible).
 
-The testers follow the shape of transformers' ViT, DPT and SegFormer testers. Skipped, for the reasons those models
-skip them upstream (and nothing else):
-- `test_inputs_embeds`: SETR takes `pixel_values` only; there are no `inputs_embeds` (ViT, DPT, SegFormer skip it).
-- `test_model_get_set_embeddings`: SETR has no token embeddings to get or set (SegFormer skips it; ViT and DPT
-  override it for their patch embeddings, which `SetrModel` does not expose as input embeddings).
+The testers follow the shape of transformers' ViT, DPT and SegFormer testers. This module skips nothing itself;
+`test_model_get_set_embeddings` is overridden as ViT's and DPT's testers do (the input embedding is the patch
+embedding, a module rather than a token table). The mixins skip these, for each decoder, for the same reasons as
+for ViT, DPT and SegFormer (their message in brackets; measured with transformers 5.23 on a CPU machine):
+
+Not applicable to a pixel-input ViT segmenter:
+- no token embeddings: test_inputs_embeds, test_inputs_embeds_matches_input_ids ["doesn't use `inputs_embeds`"];
+  test_resize_tokens_embeddings, test_resize_embeddings_untied, test_resize_embeddings_untied_no_reinit_on_post_init
+  [`test_resize_embeddings = False`, set as ViT, DPT and SegFormer set it]; test_resize_position_vector_embeddings
+  ["no position embeddings" to resize through the embeddings API]; test_enable_input_require_grads_with_gradient_
+  checkpointing [the input embedding (patch embedding) has no `weight`, as ViT's];
+- not composite: test_attn_implementation_composite_models, test_sdpa_can_dispatch_composite_models,
+  test_can_set_attention_dynamically_composite_model, test_internal_model_config_and_subconfig_are_same;
+- no RoPE: test_model_rope_with_partial_rotation, test_model_rope_scaling_frequencies,
+  test_model_rope_scaling_from_config_{0_linear,1_dynamic,2_yarn}, test_vision_axial_rope;
+- no mixture of experts: test_moe_models_record_router_logits, test_output_router_logits_from_config,
+  test_eager_matches_batched_and_grouped_inference_{0_fp16,1_fp32,2_bf16} ["does not support grouped_mm"];
+- no language-model head: test_causal_lm_loss_honors_shift_labels, test_encoder_decoder_loss_no_double_shift;
+- no sliding-window attention: test_sliding_window_mask; no tensor-parallel plan: test_tp_plan_matches_params,
+  test_tied_head_has_a_tp_plan_entry; no `_keep_in_fp32_modules`: test_keep_in_fp32_modules,
+  test_keep_in_fp32_modules_exist; no checkpoint key conversion mapping: test_can_load_from_already_mapped_keys,
+  test_reverse_loading_mapping.
+
+Not available on this machine (CPU only, RUN_SLOW unset):
+- accelerator: test_can_load_with_device_context_manager, test_can_load_with_global_device_set, test_cpu_offload,
+  test_disk_offload_bin, test_disk_offload_safetensors, test_flex_attention_with_grads, test_sdpa_can_compile_dynamic,
+  test_sdpa_can_dispatch_on_flash; several accelerators: test_model_parallelism; MPS:
+  test_flash_attn_kernels_mps_inference_equivalence;
+- Flash Attention 2/3/4: test_flash_attn_{2,3,4}_* (16 tests); the `kernels` library:
+  test_flash_attn_kernels_inference_equivalence, test_kernels_can_load_without_crashing; DeepSpeed:
+  test_resize_{tokens_embeddings,embeddings_untied}_with_deepspeed{,_multi_gpu};
+- `@slow`: test_torch_compile_for_training, and for the processors test_can_compile_torchvision_backend,
+  test_pil_can_run_without_torchvision.
+
+Image processing, as for SegFormer: test_image_processor_preprocess_arguments [v5 processors declare no
+`_valid_processor_keys`], test_override_instance_attributes_does_not_affect_other_instances [`image_mean` is a tuple].
 """
 
 import unittest
