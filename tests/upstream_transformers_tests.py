@@ -192,7 +192,7 @@ def _install_stand_ins(cache: Path) -> None:
     )
     _module(f"{PACKAGE}.utils", "Stands in for tests/utils (not in the sdist).", __path__=[])
     # tests/utils/test_configuration_utils.py: `config_common_kwargs` gives every attribute of the base
-    # `PreTrainedConfig` a non-default value (upstream's list, reduced to the attributes transformers 5 keeps);
+    # `PreTrainedConfig` a non-default value (the values of upstream's transformers 5 file);
     # `ConfigTester.check_config_arguments_init` checks that a config keeps each one.
     _module(
         f"{PACKAGE}.utils.test_configuration_utils",
