@@ -10,7 +10,9 @@ and imports them as the package `transformers_upstream_tests`, a name that canno
 Extraction goes to a temporary folder next to the target, renamed into place when complete: a second process racing
 for the same version either wins the rename or finds the finished folder and discards its own copy.
 
-The sdist lacks four helpers that the three modules import; `_install_stand_ins` writes minimal versions of them.
+The sdist lacks `tests/__init__.py` (written empty) and four helpers that the three modules import (the exporters and
+generation mixins, `config_common_kwargs`, `fetch_hub_objects_for_ci`); `_install_stand_ins` provides minimal
+versions of them, and of the `parameterized` package when it is not installed.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ class UpstreamTestsUnavailable(RuntimeError):
 def cache_root() -> Path:
     root = Path(os.environ.get("TRANSFORMERS_SETR_CACHE", Path.home() / ".cache" / "transformers_setr"))
     return root / "upstream-tests" / f"transformers-{transformers.__version__}"
+
+
+def _complete(tests_dir: Path) -> bool:
+    return all((tests_dir / f"{module}.py").is_file() for module in (*MODULES, "__init__"))
 
 
 def _download_tests(target: Path) -> None:
@@ -85,17 +91,21 @@ def _download_tests(target: Path) -> None:
                 if member.isfile() and name.startswith(prefix) and "/" not in name[len(prefix) :]:
                     source = archive.extractfile(member)
                     (staging / name[len(prefix) :]).write_bytes(source.read())
-        if not all((staging / f"{module}.py").is_file() for module in MODULES):
-            raise UpstreamTestsUnavailable(f"the transformers=={version} sdist has no {', '.join(MODULES)}")
         # The repository's (empty) tests/__init__.py, which the sdist omits: test_configuration_common.py execs it
         # through `direct_transformers_import(Path(__file__).parent)`.
         (staging / "__init__.py").write_text("")
+        if not _complete(staging):
+            raise UpstreamTestsUnavailable(f"the transformers=={version} sdist has no {', '.join(MODULES)}")
         try:
             staging.rename(target)
         except OSError:
             if not target.is_dir():  # not a lost race: a real error
                 raise
             shutil.rmtree(staging, ignore_errors=True)
+            if not _complete(target):  # a broken cache is an error, not a reason to skip
+                raise RuntimeError(
+                    f"{target} is incomplete (not made by this loader?); delete it to download again"
+                ) from None
 
 
 def _module(name: str, doc: str, **attributes) -> types.ModuleType:
@@ -230,7 +240,7 @@ def load() -> types.SimpleNamespace:
         return types.SimpleNamespace(**{m: sys.modules[f"{PACKAGE}.{m}"] for m in MODULES})
     cache = cache_root()
     tests_dir = cache / "tests"
-    if not all((tests_dir / f"{module}.py").is_file() for module in (*MODULES, "__init__")):
+    if not _complete(tests_dir):
         _download_tests(tests_dir)
     package = _module(PACKAGE, f"transformers {transformers.__version__} tests/ (sdist)", __path__=[str(tests_dir)])
     package.__file__ = str(tests_dir / "__init__.py")
