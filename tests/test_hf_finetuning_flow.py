@@ -167,3 +167,19 @@ def test_mismatched_palette_given_to_from_pretrained_fails_at_loading(tmp_path):
     SetrForSemanticSegmentation(config).save_pretrained(tmp_path)
     with pytest.raises(Exception, match=r"palette must hold one \[r, g, b\] per label \(3\), got 2"):
         SetrForSemanticSegmentation.from_pretrained(tmp_path, palette=[[0, 0, 0], [1, 1, 1]])
+
+
+@pytest.mark.parametrize(
+    ("id2label", "message"),
+    [
+        ({1: "a", 2: "b"}, r"keys must be 0\.\.1, got \[1, 2\]"),
+        ({"cat": 0}, "must map class ids"),
+        (["a"], "must map"),
+    ],
+)
+def test_bad_id2label_given_to_from_pretrained_is_refused(tmp_path, id2label, message):
+    tiny_config("naive", num_labels=3).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        SetrConfig.from_pretrained(tmp_path, id2label=id2label)
+    with pytest.raises(Exception, match=message):
+        SetrConfig(id2label=id2label)

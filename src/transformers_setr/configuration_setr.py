@@ -66,6 +66,17 @@ _DECODER_DEFAULTS: dict[str, dict] = {
 DEFAULT_NUM_LABELS = 150  # ADE20K, the dataset of the default (PUP) checkpoint
 
 
+def _checked_id2label(id2label: dict) -> dict[int, str]:
+    """`id2label` with int keys (JSON gives strings), which must be the class ids 0..n-1."""
+    try:
+        checked = {int(index): label for index, label in id2label.items()}
+    except (AttributeError, TypeError, ValueError):
+        raise ValueError(f"id2label must map class ids 0..n-1 to names, got {str(id2label)[:200]}") from None
+    if sorted(checked) != list(range(len(checked))):
+        raise ValueError(f"id2label keys must be 0..{len(checked) - 1}, got {sorted(checked)}.")
+    return checked
+
+
 @strict
 class SetrConfig(PreTrainedConfig):
     r"""
@@ -186,13 +197,11 @@ class SetrConfig(PreTrainedConfig):
         if self.id2label is None and self.label2id is not None:
             self.id2label = {int(index): name for name, index in self.label2id.items()}
         if self.id2label is not None:
-            self.id2label = {int(index): name for index, name in self.id2label.items()}
+            self.id2label = _checked_id2label(self.id2label)
             if num_labels is not None and num_labels != len(self.id2label):
                 raise ValueError(
                     f"num_labels={num_labels} contradicts id2label, which has {len(self.id2label)} entries."
                 )
-            if sorted(self.id2label) != list(range(len(self.id2label))):
-                raise ValueError(f"id2label keys must be 0..{len(self.id2label) - 1}, got {sorted(self.id2label)}.")
             kwargs.pop("num_labels", None)
             if self.label2id is None:
                 self.label2id = {name: index for index, name in self.id2label.items()}
@@ -205,7 +214,7 @@ class SetrConfig(PreTrainedConfig):
         # and palette described the old labels.
         relabel = name == "id2label" and value is not None and self.__dict__.get("_post_init_done", False)
         if relabel:
-            value = {int(index): label for index, label in value.items()}  # JSON keys are strings
+            value = _checked_id2label(value)
         super().__setattr__(name, value)
         if relabel:
             self._labels_changed()
