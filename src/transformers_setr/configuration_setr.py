@@ -112,7 +112,8 @@ class SetrConfig(PreTrainedConfig):
     Loss: `semantic_loss_ignore_index` (255).
 
     palette (`list[[r, g, b]]`, *optional*): a colour per label for visualisations (the dataset's, for converted
-        checkpoints).
+        checkpoints). Setting a new `id2label` on a built config (`from_pretrained(..., id2label=...)`) drops a
+        palette that no longer has one colour per label.
 
     Inference protocol (what `forward` does without `labels` in eval mode):
         inference_mode (`"whole"` or `"slide"`): `"whole"` returns logits at the decoder's resolution (transformers'
