@@ -320,7 +320,10 @@ def build_model(
         if model.config.num_labels != data.num_labels:
             logger.info("new classifier: %d classes instead of %d", data.num_labels, model.config.num_labels)
             model = SetrForSemanticSegmentation.from_pretrained(
-                model_args.model_name_or_path, id2label=data.id2label, ignore_mismatched_sizes=True
+                model_args.model_name_or_path,
+                id2label=data.id2label,
+                palette=[list(colour) for colour in data.palette],
+                ignore_mismatched_sizes=True,
             )
     else:
         overrides = parse_config_overrides(model_args.config_overrides)
