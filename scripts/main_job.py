@@ -39,6 +39,14 @@ OUTPUT_MARKER = ".setr-main-job"
 PANEL_MIN_SIDE = 512  # overlays are enlarged (nearest neighbour) until each panel is at least this many pixels
 
 
+def shown(path: Path) -> str:
+    """A path as the user typed it: relative to the current folder when inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def chance_levels(label_histogram: np.ndarray) -> dict[str, float]:
     """Expected mIoU of two label-free predictors on a set whose ground truth has this class histogram
     (mmseg's metric: classes absent from the ground truth are left out).
@@ -228,7 +236,7 @@ def main() -> int:
     data_root = output / "data"
     model_dir = output / "model"
     overlays_dir = output / "overlays"
-    print(f"[1/4] synthetic ADE20K-layout dataset -> {data_root}", flush=True)
+    print(f"[1/4] synthetic ADE20K-layout dataset -> {shown(data_root)}", flush=True)
     ade_root = make_synthetic_ade20k(
         data_root,
         layout="raw",
@@ -273,7 +281,7 @@ def main() -> int:
         histogram += np.bincount(data.decode(row).labels.ravel(), minlength=256)
     chance = chance_levels(histogram[:150])
 
-    print(f"[3/4] pipeline('image-segmentation') overlays -> {overlays_dir}", flush=True)
+    print(f"[3/4] pipeline('image-segmentation') overlays -> {shown(overlays_dir)}", flush=True)
     overlays_dir.mkdir(parents=True, exist_ok=True)
     segmenter = pipeline("image-segmentation", model=str(model_dir))
     config = segmenter.model.config
@@ -319,9 +327,9 @@ def main() -> int:
     print("\n".join(class_table_lines(rows)))
     print()
     print("\n".join(summary_lines))
-    print(f"model folder: {model_dir} (README.md is its model card)")
-    print(f"overlays (prediction | ground truth): {len(overlays)} in {overlays_dir}")
-    print(f"report: {index}")
+    print(f"model folder: {shown(model_dir)} (README.md is its model card)")
+    print(f"overlays (prediction | ground truth): {len(overlays)} in {shown(overlays_dir)}")
+    print(f"report: {shown(index)}")
     print(f"total {time.perf_counter() - started:.0f} s")
     return 0
 
