@@ -38,6 +38,7 @@ mmsegmentation does), then checks that image and annotation sizes agree.
 
 import io
 import json
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -107,6 +108,10 @@ _EXIF_ORIENTATION = 0x0112
 
 class DatasetFormatError(ValueError):
     """A dataset source or file without the expected layout or content; the message names the file and the problem."""
+
+
+class UndeclaredClassesError(DatasetFormatError):
+    """Custom data (not ADE20K or Cityscapes by its source or layout) without a declaration of its classes."""
 
 
 @dataclass
@@ -515,9 +520,9 @@ def _hub_id2label(repo_id: str, revision: str | None) -> dict | None:
         raise DatasetFormatError(f"{repo_id}/{ID2LABEL_FILE}: not JSON: {error}") from None
 
 
-def _undeclared_classes_error(source: str, columns: Sequence[str] | None) -> DatasetFormatError:
+def _undeclared_classes_error(source: str, columns: Sequence[str] | None) -> UndeclaredClassesError:
     found = f" (columns {list(columns)})" if columns is not None else ""
-    return DatasetFormatError(
+    return UndeclaredClassesError(
         f"{source}: not ADE20K or Cityscapes by its source or layout{found}, so it is read as custom data, whose "
         f"classes must be declared: pass --id2label FILE.json (Python: id2label={{0: 'name', ...}}) or put an "
         f'{ID2LABEL_FILE} ({{"0": "name", ...}}, the mask values as stored) next to the data; pass '
@@ -549,17 +554,35 @@ def _with_validation_split(
     if not 0 < fraction < 1:
         raise ValueError(f"train_val_split must be a fraction in (0, 1), got {fraction}")
     train = by_name["train"]
-    if len(train) < 2:
+    num_validation = math.ceil(fraction * len(train))  # as `train_test_split`
+    if num_validation >= len(train):
         raise DatasetFormatError(f"{source}: {len(train)} training image(s), too few to split off a validation set")
-    halves = train.train_test_split(test_size=fraction, seed=TRAIN_VAL_SPLIT_SEED, keep_in_memory=True)
+    # Without `train_test_split`: it writes index files next to the data of a `save_to_disk` folder.
+    order = np.random.default_rng(TRAIN_VAL_SPLIT_SEED).permutation(len(train))
+    validation_rows, train_rows = sorted(order[:num_validation].tolist()), sorted(order[num_validation:].tolist())
     logger.info(
         "%s: no validation split; %d of the %d training images (train_val_split=%s) are the validation split",
         source,
-        len(halves["test"]),
+        num_validation,
         len(train),
         fraction,
     )
-    return {**by_name, "train": halves["train"], "validation": halves["test"]}
+    return {
+        **by_name,
+        "train": train.select(train_rows, keep_in_memory=True),
+        "validation": train.select(validation_rows, keep_in_memory=True),
+    }
+
+
+def _first_rows(splits: dict[str, datasets.Dataset], chosen: Sequence[str], max_samples: int | None):
+    return datasets.DatasetDict(
+        {
+            name: splits[name].select(range(max_samples), keep_in_memory=True)
+            if max_samples is not None and max_samples < len(splits[name])
+            else splits[name]
+            for name in chosen
+        }
+    )
 
 
 def _pick_column(columns: Sequence[str], asked: str | None, candidates: Sequence[str], what: str, source: str) -> str:
@@ -605,10 +628,8 @@ def _normalised_splits(
         split = split.cast_column("image", datasets.Image(decode=False))
         split = split.cast_column("annotation", datasets.Image(decode=False))
         split = split.add_column("file_name", _file_names(split, name), feature=datasets.Value("string"))
-        if max_samples is not None and max_samples < len(split):
-            split = split.select(range(max_samples), keep_in_memory=True)
         splits[name] = split
-    return datasets.DatasetDict(splits)
+    return _first_rows(splits, chosen, max_samples)
 
 
 def _from_parquet(
@@ -663,12 +684,15 @@ def _from_table(
             logger.info("%s: image + semantic_segmentation columns and no id2label: a Cityscapes mirror", source)
             return _from_parquet(by_name, "cityscapes", wanted, max_samples, source)
         raise _undeclared_classes_error(source, columns)
-    by_name = _with_validation_split(by_name, wanted, options.train_val_split, source)
-    chosen = _choose_splits(wanted, list(by_name), source)
-    columns = by_name[chosen[0]].column_names
+    columns = by_name["train"].column_names if "train" in by_name else columns
     image_column = _pick_column(columns, options.image_column, IMAGE_COLUMNS, "image", source)
     label_column = _pick_column(columns, options.label_column, LABEL_COLUMNS, "label", source)
-    splits = _normalised_splits(by_name, chosen, image_column, label_column, max_samples, source)
+    asked = [_normalise_split(split) for split in wanted] if wanted is not None else list(DEFAULT_SPLITS)
+    wanted_now = [split for split in by_name if split in ("train", *asked)] or list(by_name)
+    normalised = _normalised_splits(by_name, wanted_now, image_column, label_column, None, source)
+    by_name = _with_validation_split(dict(normalised), wanted, options.train_val_split, source)
+    chosen = _choose_splits(wanted, list(by_name), source)
+    splits = _first_rows(by_name, chosen, max_samples)
     return _custom_data(
         splits, source, stored_id2label, origin, options, name=hub_id or (folder.name if folder else None)
     )
@@ -771,13 +795,8 @@ def _load_pair_folder(
         by_name[split] = _split_from_files([images[s] for s in stems], [masks[s] for s in stems], root)
     by_name = _with_validation_split(by_name, wanted, options.train_val_split, str(root))
     chosen = _choose_splits(wanted, list(by_name), str(root))
-    splits = {}
-    for split in chosen:
-        rows = by_name[split]
-        if max_samples is not None and max_samples < len(rows):
-            rows = rows.select(range(max_samples), keep_in_memory=True)
-        splits[split] = rows
-    return _custom_data(datasets.DatasetDict(splits), str(root), stored_id2label, origin, options, name=root.name)
+    splits = _first_rows(by_name, chosen, max_samples)
+    return _custom_data(splits, str(root), stored_id2label, origin, options, name=root.name)
 
 
 def _is_saved_dataset(folder: Path) -> bool:
