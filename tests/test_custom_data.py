@@ -167,6 +167,7 @@ def test_folder_layouts_pair_images_and_masks_by_stem(layouts, tmp_path):
 
 
 def test_save_to_disk_folder_and_datasets_objects(layouts):
+    before = sorted(path.name for path in layouts["saved"].iterdir())
     saved = load_segmentation_data(layouts["saved"])  # image + annotation columns, id2label.json: not ADE20K
     assert saved.dataset == "custom" and saved.num_labels == 35
     dataset_dict = datasets.load_from_disk(str(layouts["saved"]))
@@ -181,6 +182,7 @@ def test_save_to_disk_folder_and_datasets_objects(layouts):
         dataset_dict["train"], id2label=dict(enumerate(SIDEWALK_CLASSES)), max_samples=2
     )
     assert {split: len(rows) for split, rows in one_split.splits.items()} == {"train": 2, "validation": 2}
+    assert sorted(path.name for path in layouts["saved"].iterdir()) == before  # nothing written into the folder
 
 
 def test_id2label_argument_file_and_its_errors(layouts, tmp_path):
@@ -304,7 +306,7 @@ def tiny_ade20k_model(tmp_path_factory) -> Path:
     model = SetrForSemanticSegmentation(config_for_preset(preset, **overrides))
     folder = tmp_path_factory.mktemp("tiny-ade20k")
     model.save_pretrained(folder)
-    processor_for(preset, model.config).save_pretrained(folder)
+    processor_for(None, model.config).save_pretrained(folder)  # test scale (128, 32): the slide window's
     return folder
 
 
@@ -434,3 +436,30 @@ def test_evaluate_script_on_custom_data(trained, layouts, tmp_path):
     assert results["mIoU"] == pytest.approx(trained_results["eval_mIoU"], abs=1e-6)
     assert "flat-road" in results["per_class_iou"] and results["dataset"] == "custom"
     assert ADE20K_CLASSES[0] not in results["per_class_iou"]
+
+
+def test_readme_python_api_snippet_runs(tiny_ade20k_model, tmp_path, monkeypatch, capsys):
+    from test_training import ROOT
+
+    section = (ROOT / "README.md").read_text().split("## Fine-tune on your own data", 1)[1]
+    snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_ade20k_model, tmp_path / "setr-naive-ade20k")
+    features = datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()})
+    splits = {split: datasets.Dataset.from_dict(three_class_rows(4), features=features) for split in ("train", "val")}
+    datasets.DatasetDict(splits).save_to_disk("my-dataset")
+    # shorter and on the CPU; everything else as written
+    short = snippet
+    for long, quick in (
+        ("max_steps=8000", "max_steps=3"),
+        ("crop_size=512", "crop_size=32"),
+        ("per_device_train_batch_size=8", "per_device_train_batch_size=2, use_cpu=True, report_to='none'"),
+    ):
+        assert long in short
+        short = short.replace(long, quick)
+    exec(compile(short, "README.md", "exec"), {})
+
+    assert "'eval_IoU-cat'" in capsys.readouterr().out
+    model = SetrForSemanticSegmentation.from_pretrained(tmp_path / "setr-pets")
+    assert model.config.id2label == THREE_CLASSES and len(model.config.palette) == 3
+    assert (tmp_path / "setr-pets" / "preprocessor_config.json").is_file()
