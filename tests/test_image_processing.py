@@ -331,8 +331,11 @@ def test_alpha_is_composited_onto_white(processor_class):
     # Float input on the 0-255 scale (do_rescale=True) composites onto 255, normalised afterwards.
     normalised = processor_class(do_resize=False)(rgba.astype(np.float32), return_tensors="pt")["pixel_values"][0]
     assert np.allclose(normalised[:, 0, 7].numpy(), (255 - MEAN_255) / STD_255, atol=1e-5)
+    # Without conversion the four channels pass through (transformers' contract); normalising them needs 4 values.
+    kept = processor(rgba, do_convert_rgb=False, return_tensors="pt")["pixel_values"][0]
+    assert torch.equal(kept, torch.from_numpy(rgba).permute(2, 0, 1))
     with pytest.raises(ValueError, match="do_convert_rgb"):
-        processor(rgba, do_convert_rgb=False)
+        processor_class(do_resize=False)(rgba, do_convert_rgb=False)
 
 
 def test_batched_inputs(processor_class):

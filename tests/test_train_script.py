@@ -448,3 +448,37 @@ def test_output_dir_guard_cases(tmp_path):
     check_output_dir(tmp_path / "used", overwrite=False, resume=True)
     with pytest.raises(OutputDirError, match="nowhere/checkpoint-3: not a complete checkpoint: not a folder"):
         resolve_resume_checkpoint(str(tmp_path / "nowhere" / "checkpoint-3"), tmp_path / "used")
+
+
+def test_fine_tuning_a_folder_on_other_classes_gets_a_new_classifier_and_the_data_palette(
+    ade_root, cityscapes_root, tmp_path
+):
+    """`--model_name_or_path` of a 150-class ADE20K model on Cityscapes (19 classes): a new classifier, every other
+    weight kept (learning rate 0: one step changes nothing), and Cityscapes' names and palette in the saved config."""
+    from transformers_setr.label_tables import DATASETS
+
+    source = tmp_path / "ade-model"
+    main_trainer(one_step_args(ade_root, source, "setr-naive-vit-large-ade20k-512"))
+    tuned = tmp_path / "tuned"
+    main_trainer(
+        one_step_args(
+            cityscapes_root,
+            tuned,
+            "setr-naive-vit-large-cityscapes-768",
+            model_name_or_path=source,
+            learning_rate=0.0,
+            scale="128,32",
+        )
+    )
+    before = SetrForSemanticSegmentation.from_pretrained(source).state_dict()
+    after = SetrForSemanticSegmentation.from_pretrained(tuned)
+    assert after.config.num_labels == 19
+    assert after.config.id2label[0] == "road" and after.config.id2label[18] == "bicycle"
+    assert [tuple(colour) for colour in after.config.palette] == [tuple(c) for c in DATASETS["cityscapes"]["palette"]]
+    for key, value in after.state_dict().items():
+        if "num_batches_tracked" in key or "running_" in key:
+            continue  # BatchNorm statistics move in a training step whatever the learning rate
+        if value.shape != before[key].shape:
+            assert key.endswith(("classifier.weight", "classifier.bias")), key  # only the class-count layers change
+            continue
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=key)

@@ -1,3 +1,16 @@
+# Copyright 2026 The transformers-setr developers.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """SETR model configuration.
 
 This file is shipped next to the weights for `trust_remote_code` users: it imports only `transformers` and
@@ -10,6 +23,9 @@ from typing import Literal
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 # Per-decoder defaults, taken from the released mmsegmentation SETR configs (ADE20K, ViT-L/16).
 # `None` in a config field means "use the value of this table for the chosen decoder".
@@ -88,6 +104,17 @@ def default_slide_stride(crop_size: int) -> int:
     return crop_size * 2 // 3
 
 
+def _checked_id2label(id2label: dict) -> dict[int, str]:
+    """`id2label` with int keys (JSON gives strings), which must be the class ids 0..n-1."""
+    try:
+        checked = {int(index): label for index, label in id2label.items()}
+    except (AttributeError, TypeError, ValueError):
+        raise ValueError(f"id2label must map class ids 0..n-1 to names, got {str(id2label)[:200]}") from None
+    if sorted(checked) != list(range(len(checked))):
+        raise ValueError(f"id2label keys must be 0..{len(checked) - 1}, got {sorted(checked)}.")
+    return checked
+
+
 @strict
 class SetrConfig(PreTrainedConfig):
     r"""
@@ -123,7 +150,8 @@ class SetrConfig(PreTrainedConfig):
     Loss: `semantic_loss_ignore_index` (255).
 
     palette (`list[[r, g, b]]`, *optional*): a colour per label for visualisations (the dataset's, for converted
-        checkpoints).
+        checkpoints). Setting a new `id2label` on a built config (`from_pretrained(..., id2label=...)`) drops a
+        palette that no longer has one colour per label.
 
     Inference protocol (what `forward` does without `labels` in eval mode):
         inference_mode (`"whole"` or `"slide"`): `"whole"` returns logits at the decoder's resolution (transformers'
@@ -136,6 +164,9 @@ class SetrConfig(PreTrainedConfig):
     """
 
     model_type = "setr"
+    # The auxiliary heads' logits (returned with `labels`, for the loss) must not reach the Trainer's predictions
+    # (`compute_metrics` gets the logits alone, as for other segmentation models).
+    keys_to_ignore_at_inference = ["auxiliary_logits"]
 
     hidden_size: int = 1024
     num_hidden_layers: int = 24
@@ -199,22 +230,45 @@ class SetrConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
 
     def _complete_label_maps(self, kwargs: dict) -> None:
-        """Always set both `id2label` and `label2id` (transformers leaves `label2id` empty given only `id2label`)."""
+        """Set both `id2label` and `label2id`, keeping what the caller gave and deriving only what is missing
+        (transformers leaves `label2id` empty given only `id2label`)."""
         num_labels = kwargs.get("num_labels")
         if self.id2label is None and self.label2id is not None:
             self.id2label = {int(index): name for name, index in self.label2id.items()}
         if self.id2label is not None:
-            self.id2label = {int(index): name for index, name in self.id2label.items()}
+            self.id2label = _checked_id2label(self.id2label)
             if num_labels is not None and num_labels != len(self.id2label):
                 raise ValueError(
                     f"num_labels={num_labels} contradicts id2label, which has {len(self.id2label)} entries."
                 )
-            if sorted(self.id2label) != list(range(len(self.id2label))):
-                raise ValueError(f"id2label keys must be 0..{len(self.id2label) - 1}, got {sorted(self.id2label)}.")
             kwargs.pop("num_labels", None)
-            self.label2id = {name: index for index, name in self.id2label.items()}
+            if self.label2id is None:
+                self.label2id = {name: index for index, name in self.id2label.items()}
         else:
             kwargs["num_labels"] = DEFAULT_NUM_LABELS if num_labels is None else num_labels
+
+    def __setattr__(self, name: str, value) -> None:
+        # After construction, a new `id2label` (`config.num_labels = n`, or `from_pretrained(..., id2label=...)`, which
+        # transformers applies by setattr once the saved config is built) replaces the label set: the old `label2id`
+        # and palette described the old labels.
+        relabel = name == "id2label" and value is not None and self.__dict__.get("_post_init_done", False)
+        if relabel:
+            value = _checked_id2label(value)
+        super().__setattr__(name, value)
+        if relabel:
+            self._labels_changed()
+
+    def _labels_changed(self) -> None:
+        """The one rule for the label-dependent fields when `id2label` changes on a built config: `label2id` is rebuilt
+        from it (a `label2id` given with it is set after it, as `from_pretrained` does), and a palette whose length no
+        longer matches is dropped (one of the right length is kept). A palette given to the constructor with
+        `id2label` is checked instead (`validate_architecture`): a mismatch there is the caller's error."""
+        self.label2id = {label: index for index, label in self.id2label.items()}
+        if self.palette is not None and len(self.palette) != len(self.id2label):
+            logger.info(
+                f"id2label now has {len(self.id2label)} labels: dropping the palette of {len(self.palette)} colours."
+            )
+            self.palette = None
 
     @property
     def image_grid(self) -> tuple[int, int]:

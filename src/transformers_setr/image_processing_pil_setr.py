@@ -339,7 +339,10 @@ def to_channels_first_rgb(
 ) -> np.ndarray | torch.Tensor:
     """
     Validate one image and return it as a 3-channel channels-first array: `np.ndarray` for PIL / numpy input,
-    `torch.Tensor` (same device) for tensor input. Never modifies the caller's data.
+    `torch.Tensor` (same device) for tensor input. Never modifies the caller's data. Grey is repeated to 3 channels;
+    with `do_convert_rgb` RGBA is composited onto white and other channel counts are refused, without it arrays of
+    other channel counts (RGBA included) pass through as they are (give `input_data_format` for counts other than
+    1, 3 or 4, and `image_mean` / `image_std` with one value per channel).
 
     `alpha_white` is white for float RGBA input (255 for 0-255 values, 1 when `do_rescale=False`); uint8 uses 255.
     """
@@ -360,7 +363,8 @@ def to_channels_first_rgb(
         channel_axis = _channel_axis(shape, input_data_format)
         height, width = (shape[1], shape[2]) if channel_axis == 0 else (shape[0], shape[1])
         num_channels = shape[channel_axis]
-        if num_channels not in (1, 3, 4):
+        # transformers' contract: without RGB conversion, other channel counts pass through unchanged.
+        if do_convert_rgb and num_channels not in (1, 3, 4):
             raise ValueError(
                 f"Image of shape {shape} has {num_channels} channels (input_data_format={input_data_format!r}); "
                 "expected 1 (grey), 3 (RGB) or 4 (RGBA)."
@@ -375,12 +379,7 @@ def to_channels_first_rgb(
         x = x[None] if channel_axis is None else (x.permute(2, 0, 1) if channel_axis == 2 else x)
         if x.shape[0] == 1:
             x = x.expand(3, -1, -1)
-        elif x.shape[0] == 4:
-            if not do_convert_rgb:
-                raise ValueError(
-                    "4-channel (RGBA) image given with `do_convert_rgb=False`; pass `do_convert_rgb=True` to "
-                    "composite the alpha channel onto white, or drop it yourself."
-                )
+        elif x.shape[0] == 4 and do_convert_rgb:
             x = _composite_on_white(x, alpha_white)
         x = x.contiguous()
         # Always a new tensor: later steps never write into the caller's data.
@@ -392,15 +391,22 @@ def to_channels_first_rgb(
     x = x[None] if channel_axis is None else (np.moveaxis(x, 2, 0) if channel_axis == 2 else x)
     if x.shape[0] == 1:
         x = np.repeat(x, 3, axis=0)
-    elif x.shape[0] == 4:
-        if not do_convert_rgb:
-            raise ValueError(
-                "4-channel (RGBA) image given with `do_convert_rgb=False`; pass `do_convert_rgb=True` to composite "
-                "the alpha channel onto white, or drop it yourself."
-            )
+    elif x.shape[0] == 4 and do_convert_rgb:
         x = _composite_on_white(x, alpha_white)
     # Always a new contiguous array: later steps never write into the caller's data.
     return np.array(x, copy=True, order="C") if np.may_share_memory(x, image) else np.ascontiguousarray(x)
+
+
+def _check_normalisation_channels(images: list[np.ndarray | torch.Tensor], image_mean: Any, image_std: Any) -> None:
+    """Images that kept another channel count (`do_convert_rgb=False`) need one mean and std value per channel."""
+    for name, values in (("image_mean", image_mean), ("image_std", image_std)):
+        count = np.size(values)
+        for index, image in enumerate(images):
+            if count != 1 and count != image.shape[0]:
+                raise ValueError(
+                    f"Image {index} has {image.shape[0]} channels but {name} has {count} values; give one value per "
+                    "channel (or pass `do_convert_rgb=True` to convert the image to RGB)."
+                )
 
 
 def to_label_map(segmentation_map: Any, index: int = 0) -> np.ndarray | torch.Tensor:
@@ -638,6 +644,8 @@ class SetrImageProcessingMixin:
             alpha_white=alpha_white,
         )
         _check_float_images(images, bool(kwargs.get("do_rescale")))
+        if kwargs.get("do_normalize"):
+            _check_normalisation_channels(images, kwargs.get("image_mean"), kwargs.get("image_std"))
 
         label_maps = None
         if segmentation_maps is not None:

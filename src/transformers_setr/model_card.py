@@ -570,6 +570,29 @@ def build_model_card(
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
 
 
+# The end of the trained and converted cards: the pipeline snippet, trust_remote_code, the citation.
+SHORT_USAGE_AND_CITATION = """## How to use
+
+```python
+from transformers import pipeline
+
+import transformers_setr  # noqa: F401  (registers SETR)
+
+segmenter = pipeline("image-segmentation", model="$repo_id")
+for segment in segmenter("image.jpg"):
+    print(segment["label"], segment["mask"].size)
+```
+
+Without the package, `trust_remote_code=True` loads the modelling and processing code shipped in this repository.
+
+## Citation
+
+```bibtex
+$citation
+```
+"""
+
+
 TRAINED_CARD_TEMPLATE = Template(
     """
 # $title
@@ -599,26 +622,8 @@ $per_class
 
 </details>
 
-## How to use
-
-```python
-from transformers import pipeline
-
-import transformers_setr  # noqa: F401  (registers SETR)
-
-segmenter = pipeline("image-segmentation", model="$repo_id")
-for segment in segmenter("image.jpg"):
-    print(segment["label"], segment["mask"].size)
-```
-
-Without the package, `trust_remote_code=True` loads the modelling and processing code shipped in this repository.
-
-## Citation
-
-```bibtex
-$citation
-```
 """
+    + SHORT_USAGE_AND_CITATION
 )
 
 EVAL_MODE_PROTOCOLS = {"slide": "slide", "whole": "whole", "ms_flip": "ms+flip"}
@@ -754,26 +759,8 @@ mmsegmentation's model-zoo numbers do not apply to it.
 
 No results are reported for this checkpoint: it has not been evaluated.
 
-## How to use
-
-```python
-from transformers import pipeline
-
-import transformers_setr  # noqa: F401  (registers SETR)
-
-segmenter = pipeline("image-segmentation", model="$repo_id")
-for segment in segmenter("image.jpg"):
-    print(segment["label"], segment["mask"].size)
-```
-
-Without the package, `trust_remote_code=True` loads the modelling and processing code shipped in this repository.
-
-## Citation
-
-```bibtex
-$citation
-```
 """
+    + SHORT_USAGE_AND_CITATION
 )
 
 

@@ -509,6 +509,12 @@ class SetrPreTrainedModel(PreTrainedModel):
     _can_record_outputs = {"hidden_states": SetrLayer, "attentions": SetrAttention}
     _input_embed_layer = "patch_embeddings"
 
+    def __init__(self, config: SetrConfig, *inputs, **kwargs):
+        # `from_pretrained` applies its keyword arguments (`palette=...`) to the built config by setattr, past the
+        # config's own checks: check again, so that a bad combination fails here rather than at `save_pretrained`.
+        config.validate()
+        super().__init__(config, *inputs, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -663,13 +669,27 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
         return self.decode_head(features[self.config.decoder_in_index])
 
     def _encode_decode(
-        self, pixel_values: torch.Tensor, output_hidden_states: bool | list[int] | None, **kwargs
+        self, pixel_values: torch.Tensor, output_hidden_states: bool | int | list[int] | None, **kwargs
     ) -> tuple[torch.Tensor, list[torch.Tensor], BaseModelOutput]:
-        # Capture only the layers the decoder reads unless the caller asked for all hidden states.
-        wanted = output_hidden_states if output_hidden_states else [i + 1 for i in self.config.out_indices]
-        outputs = self.setr(pixel_values, output_hidden_states=wanted, return_dict=True, **kwargs)
+        # The decoder reads the `out_indices` layers whatever the caller asked for: capture those too, then return
+        # only the hidden states asked for (all of them for `True`; the selected indices, others None, for a list).
+        needed = {i + 1 for i in self.config.out_indices}
+        count = self.config.num_hidden_layers + 1
+        requested = None  # indices into all hidden states (negative ones count from the end), as capture_outputs
+        if isinstance(output_hidden_states, int) and not isinstance(output_hidden_states, bool):
+            output_hidden_states = [output_hidden_states]
+        if isinstance(output_hidden_states, (list, tuple)):
+            requested = {i % count for i in output_hidden_states if -count <= i < count}
+        capture = True if output_hidden_states is True else sorted(needed | (requested or set()))
+        outputs = self.setr(pixel_values, output_hidden_states=capture, return_dict=True, **kwargs)
         grid = patch_grid_size(*pixel_values.shape[-2:], self.config.patch_size)
         features = self.feature_maps(outputs.hidden_states, grid)
+        if requested is not None:
+            outputs.hidden_states = tuple(
+                state if index in requested else None for index, state in enumerate(outputs.hidden_states)
+            )
+        elif capture is not True:
+            outputs.hidden_states = None  # captured for the decoder only
         return self.decode(features), features, outputs
 
     def slide_inference(
@@ -787,7 +807,7 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
         return SetrSemanticSegmenterOutput(
             loss=loss,
             logits=logits,
-            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             auxiliary_logits=auxiliary_logits,
         )

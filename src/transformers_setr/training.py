@@ -73,6 +73,8 @@ def build_poly_scheduler(
         raise ValueError(f"the poly schedule needs a positive number of steps, got {total_steps}")
 
     def factor_for(base_lr: float) -> Callable[[int], float]:
+        if base_lr == 0:  # a frozen group (learning rate 0) stays frozen; a multiplicative schedule cannot lift it
+            return lambda step: 0.0
         return lambda step: poly_learning_rate(base_lr, step, total_steps, power, min_lr) / base_lr
 
     for group in optimizer.param_groups:

@@ -393,7 +393,6 @@ def build_model(
             model = SetrForSemanticSegmentation.from_pretrained(
                 model_args.model_name_or_path,
                 id2label=data.id2label,
-                label2id={name: index for index, name in data.id2label.items()},
                 palette=palette,
                 ignore_mismatched_sizes=True,
             )
