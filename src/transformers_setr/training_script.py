@@ -22,7 +22,13 @@ from transformers import HfArgumentParser, set_seed
 from .augmentation import SetrTrainAugmentation
 from .configuration_setr import SetrConfig, default_slide_stride
 from .convert_mmseg import processor_for, push_folder_to_hub
-from .data import DEFAULT_TRAIN_VAL_SPLIT, DatasetFormatError, SegmentationData, load_segmentation_data
+from .data import (
+    DEFAULT_TRAIN_VAL_SPLIT,
+    DatasetFormatError,
+    SegmentationData,
+    _normalise_split,
+    load_segmentation_data,
+)
 from .evaluation import SegmentationEvalDataset, eval_collate, needs_cpu_process_group
 from .label_tables import DATASETS
 from .modeling_setr import SetrForSemanticSegmentation
@@ -455,20 +461,26 @@ def build_trainer(
     data: SegmentationData,
     training_args: SetrTrainingArguments,
     data_args: DataArguments | None = None,
+    *,
+    train: bool | None = None,
+    evaluate: bool | None = None,
 ) -> SetrTrainer:
     """A `SetrTrainer` for `data` with SETR's augmentation, evaluation protocol and metric (what `scripts/train.py`
-    runs; `data_args` gives the crop, scale, splits and sample limits, default `DataArguments()`)."""
+    runs; `data_args` gives the crop, scale, splits and sample limits, default `DataArguments()`). `train` /
+    `evaluate`: whether to give it the training / evaluation split (default: when `data` has that split)."""
     from .metrics import trainer_compute_metrics
 
     data_args = data_args or DataArguments()
+    if train is None:
+        train = _normalise_split(data_args.train_split) in data.splits
+    if evaluate is None:
+        evaluate = _normalise_split(data_args.eval_split) in data.splits
     return SetrTrainer(
         model=model,
         args=training_args,
-        train_dataset=build_train_dataset(data, data_args, model, processor, training_args.seed)
-        if training_args.do_train
-        else None,
+        train_dataset=build_train_dataset(data, data_args, model, processor, training_args.seed) if train else None,
         eval_dataset=build_eval_dataset(data, data_args, processor, keep_images=training_args.eval_mode == "ms_flip")
-        if training_args.do_eval
+        if evaluate
         else None,
         data_collator=eval_collate,  # stacks fixed-size training crops too
         processing_class=processor,
@@ -533,7 +545,9 @@ def main_trainer(argv: list[str] | None = None) -> int:
     )
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # we push once, with our card
 
-    trainer = build_trainer(model, processor, data, training_args, data_args)
+    trainer = build_trainer(
+        model, processor, data, training_args, data_args, train=training_args.do_train, evaluate=training_args.do_eval
+    )
     training: dict[str, Any] = {
         "preset": preset.name,
         "data": data.source,
