@@ -464,3 +464,24 @@ def test_readme_python_api_snippet_runs(tiny_ade20k_model, tmp_path, monkeypatch
     model = SetrForSemanticSegmentation.from_pretrained(tmp_path / "setr-pets")
     assert model.config.id2label == THREE_CLASSES and len(model.config.palette) == 3
     assert (tmp_path / "setr-pets" / "preprocessor_config.json").is_file()
+
+
+def test_accelerate_loop_trains_on_custom_data(layouts, tmp_path):
+    import os
+    import subprocess
+
+    from test_train_script import PYTHON, ROOT, SCRIPT_ENV
+
+    output_dir = tmp_path / "loop"
+    command = [PYTHON, "scripts/train_no_trainer.py", *cli(data=layouts["saved"], do_reduce_labels="true")]
+    command += cli(**RUN, output_dir=output_dir, checkpointing_steps=1000)
+    result = subprocess.run(
+        command, cwd=ROOT, env={**os.environ, **SCRIPT_ENV}, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((output_dir / "eval_results.json").read_text())
+    data = load_segmentation_data(layouts["saved"], reduce_labels=True)
+    assert set(results["per_class_iou"]) == set(data.id2label.values()) and results["mIoU"] > 2 * chance_miou(data)
+    losses = json.loads((output_dir / "train_losses.json").read_text())["losses"]
+    assert losses[-1] < 0.75 * losses[0]
+    assert "- Classes: flat-road, flat-sidewalk" in (output_dir / "README.md").read_text()
