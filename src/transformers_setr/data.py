@@ -70,6 +70,7 @@ CUSTOM_LABEL_FORMAT = "custom"  # the user's classes: mask values are the keys o
 CUSTOM_DATASET = "custom"
 IGNORE_INDEX = 255
 ID2LABEL_FILE = "id2label.json"
+IN_MEMORY_SOURCE = "in-memory dataset"  # the `source` of a `datasets` object passed in
 DEFAULT_TRAIN_VAL_SPLIT = 0.15  # the transformers example's default
 TRAIN_VAL_SPLIT_SEED = 0  # fixed: a resumed run must see the same split
 IMAGE_COLUMNS = ("image", "pixel_values")
@@ -680,7 +681,8 @@ def _from_table(
     columns = next(iter(by_name.values())).column_names if by_name else []
     if stored_id2label is None:
         cityscapes_mirror = "image" in columns and "semantic_segmentation" in columns and "label" not in columns
-        if cityscapes_mirror and options.image_column is None and options.label_column is None:
+        said_nothing = options.image_column is None and options.label_column is None and options.reduce_labels is None
+        if cityscapes_mirror and said_nothing:
             logger.info("%s: image + semantic_segmentation columns and no id2label: a Cityscapes mirror", source)
             return _from_parquet(by_name, "cityscapes", wanted, max_samples, source)
         raise _undeclared_classes_error(source, columns)
@@ -901,8 +903,7 @@ def load_segmentation_data(
         raise ValueError(f"dataset={dataset!r} has its own classes; id2label / reduce_labels are for custom data")
 
     if isinstance(source, datasets.Dataset | datasets.DatasetDict):
-        name = "in-memory dataset"
-        return _from_table(source, dataset, splits, max_samples, name, options)
+        return _from_table(source, dataset, splits, max_samples, IN_MEMORY_SOURCE, options)
 
     folder = _local_folder(source)
     if folder is None:  # a Hub id

@@ -645,6 +645,8 @@ def build_trained_model_card(
     `metrics` is `metrics.summarize_areas` output (fractions) plus `"mode"` (`whole` / `slide` / `ms_flip`); its mIoU,
     mAcc and aAcc go into the `model-index` (in percent) as measured results. `data` is the `SegmentationData` used.
     """
+    from .data import IN_MEMORY_SOURCE  # here: the card module does not otherwise need `datasets`
+
     decoder = DECODER_NAMES[config.decoder_type]
     name = repo_id.split("/")[-1] if repo_id else f"setr-{config.decoder_type}-{data.dataset}-trained"
     custom = getattr(data, "is_custom", False)
@@ -708,7 +710,8 @@ def build_trained_model_card(
         license=MMSEG_CODE_LICENSE,
         tags=["vision", "image-segmentation", "semantic-segmentation", "setr", "vit"]
         + ([] if custom else [data.dataset]),
-        datasets=[dataset_type] if local_folder is None else None,
+        # only Hub ids: not a local folder, nor a `datasets` object passed in
+        datasets=[dataset_type] if local_folder is None and data.source != IN_MEMORY_SOURCE else None,
         metrics=[METRIC_TYPE],
         base_model=base_model,
         eval_results=eval_results or None,
