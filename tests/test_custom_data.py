@@ -485,3 +485,22 @@ def test_accelerate_loop_trains_on_custom_data(layouts, tmp_path):
     losses = json.loads((output_dir / "train_losses.json").read_text())["losses"]
     assert losses[-1] < 0.75 * losses[0]
     assert "- Classes: flat-road, flat-sidewalk" in (output_dir / "README.md").read_text()
+
+
+def test_ignore_index_option_of_the_training_commands(layouts, tmp_path):
+    """--ignore_index: the mask value of custom data that is not a class (nor scored, nor a training target)."""
+    from transformers_setr.presets import PRESETS
+    from transformers_setr.training_script import CommandLineError, DataArguments, build_model, load_data
+
+    preset = PRESETS["setr-naive-vit-large-ade20k-512"]
+    classes = tmp_path / "classes.json"
+    classes.write_text(json.dumps({str(i): name for i, name in enumerate(SIDEWALK_CLASSES[:34])}))
+    data_args = DataArguments(data=str(layouts["folder"]), id2label=str(classes), ignore_index=34, crop_size=32)
+    data = load_data(preset, data_args)
+    assert data.ignore_index == 34 and data.num_labels == 34
+    from transformers_setr.training_script import ModelArguments
+
+    model, _ = build_model(ModelArguments(preset=preset.name, config_overrides=TINY, backbone="none"), data_args, data)
+    assert model.config.semantic_loss_ignore_index == 34
+    with pytest.raises(CommandLineError, match="the ignore index 34 is also a class .'void-unclear'."):
+        load_data(preset, DataArguments(data=str(layouts["folder"]), ignore_index=34))

@@ -24,6 +24,7 @@ from .configuration_setr import SetrConfig, default_slide_stride
 from .convert_mmseg import processor_for, push_folder_to_hub
 from .data import (
     DEFAULT_TRAIN_VAL_SPLIT,
+    IGNORE_INDEX,
     DatasetFormatError,
     SegmentationData,
     _normalise_split,
@@ -121,6 +122,10 @@ class DataArguments:
     train_val_split: float = field(
         default=DEFAULT_TRAIN_VAL_SPLIT,
         metadata={"help": "custom data without a validation split: the fraction of train that becomes one"},
+    )
+    ignore_index: int = field(
+        default=IGNORE_INDEX,
+        metadata={"help": "custom data: the mask value that is not a class and not scored (above 255: 16-bit masks)"},
     )
     train_split: str = field(default="train")
     eval_split: str = field(default="validation")
@@ -245,6 +250,7 @@ def load_data(preset: CheckpointPreset, data_args: DataArguments) -> Segmentatio
             image_column=data_args.image_column,
             label_column=data_args.label_column,
             train_val_split=data_args.train_val_split,
+            ignore_index=data_args.ignore_index,
         )
     except (DatasetFormatError, FileNotFoundError) as error:
         raise CommandLineError(str(error)) from None
