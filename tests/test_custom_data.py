@@ -504,3 +504,22 @@ def test_ignore_index_option_of_the_training_commands(layouts, tmp_path):
     assert model.config.semantic_loss_ignore_index == 34
     with pytest.raises(CommandLineError, match="the ignore index 34 is also a class .'void-unclear'."):
         load_data(preset, DataArguments(data=str(layouts["folder"]), ignore_index=34))
+
+
+def test_hub_id2label_lookup_stays_offline_when_offline(monkeypatch, tmp_path):
+    """Offline, the repo's id2label.json comes from the cache only: no network attempt that has to time out."""
+    import huggingface_hub
+
+    calls = []
+
+    def hf_hub_download(repo_id, filename, **kwargs):
+        calls.append((repo_id, filename, kwargs))
+        path = tmp_path / "id2label.json"
+        path.write_text(json.dumps({"0": "background", "1": "cat", "2": "dog"}))
+        return str(path)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    assert data_module._hub_id2label("someone/pets", None) == {"0": "background", "1": "cat", "2": "dog"}
+    assert calls == [
+        ("someone/pets", "id2label.json", {"repo_type": "dataset", "revision": None, "local_files_only": True})
+    ]

@@ -509,10 +509,14 @@ class _CustomOptions:
 
 def _hub_id2label(repo_id: str, revision: str | None) -> dict | None:
     """The `id2label.json` of a Hub dataset repo, None when it has none or the Hub cannot be reached."""
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download
 
+    # Offline (either library's switch): the cache only, never a network attempt that has to time out.
+    offline = bool(datasets.config.HF_HUB_OFFLINE or constants.HF_HUB_OFFLINE)
     try:
-        path = hf_hub_download(repo_id, ID2LABEL_FILE, repo_type="dataset", revision=revision)
+        path = hf_hub_download(
+            repo_id, ID2LABEL_FILE, repo_type="dataset", revision=revision, local_files_only=offline
+        )
     except Exception:  # no such file, offline, no such repo: the refusal below says how to declare the classes
         return None
     try:
