@@ -523,3 +523,20 @@ def test_hub_id2label_lookup_stays_offline_when_offline(monkeypatch, tmp_path):
     assert calls == [
         ("someone/pets", "id2label.json", {"repo_type": "dataset", "revision": None, "local_files_only": True})
     ]
+
+
+def test_evaluate_script_refuses_undeclared_classes_in_one_line(tiny_ade20k_model, tmp_path):
+    import os
+    import subprocess
+
+    from test_train_script import PYTHON, ROOT, SCRIPT_ENV
+
+    folder = write_image_annotation_parquet(tmp_path / "pets")
+    command = [PYTHON, "scripts/evaluate.py", "--model", str(tiny_ade20k_model), "--data", str(folder)]
+    command += ["--cache_dir", str(tmp_path / "cache"), "--num_workers", "0", "--no_progress"]
+    result = subprocess.run(
+        command, cwd=ROOT, env={**os.environ, **SCRIPT_ENV}, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2
+    assert re.search(r"^evaluate\.py: error: \S*pets: not ADE20K or Cityscapes .*--id2label", result.stderr, re.M)
+    assert "Traceback" not in result.stderr
