@@ -27,6 +27,12 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 DTYPES = ("float32", "float16", "bfloat16")
 
 
+def _true_or_false(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in ("true", "1", "yes")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from transformers_setr.evaluation import EVAL_MODES
     from transformers_setr.label_tables import DATASETS
@@ -37,7 +43,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--data", required=True, help="dataset source: Hub id or local folder (see load_segmentation_data)"
     )
-    parser.add_argument("--dataset", choices=sorted(DATASETS), default=None, help="inferred when omitted")
+    parser.add_argument(
+        "--dataset", choices=sorted(DATASETS), default=None, help="ADE20K / Cityscapes; inferred from known sources"
+    )
+    parser.add_argument("--dataset_config_name", default=None, help="the Hub dataset's configuration")
+    parser.add_argument(
+        "--id2label",
+        default=None,
+        help="custom data: JSON file naming the stored mask values; default the data's id2label.json, else the "
+        "model's classes",
+    )
+    parser.add_argument(
+        "--do_reduce_labels",
+        type=_true_or_false,
+        default=None,
+        help="custom data: true when mask value 0 means unlabelled (value v is class v-1); default false",
+    )
+    parser.add_argument("--image_column", default=None, help="custom table data: the image column")
+    parser.add_argument("--label_column", default=None, help="custom table data: the mask column")
     parser.add_argument("--data_revision", default=None, help="dataset revision on the Hub")
     parser.add_argument("--cache_dir", default=None, help="datasets cache folder")
     parser.add_argument("--split", default="validation")
@@ -90,6 +113,17 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
+def _custom_classes_of(model, args: argparse.Namespace) -> dict[int, str] | None:
+    """The classes of a model trained on custom data (not ADE20K's or Cityscapes'), as the stored mask values of
+    its data (shifted by one under --do_reduce_labels true); None for a model of a preset dataset."""
+    from transformers_setr.label_tables import DATASETS, id2label_for
+
+    classes = {int(index): name for index, name in model.config.id2label.items()}
+    if args.dataset is not None or any(classes == id2label_for(name) for name in DATASETS):
+        return None
+    return {index + 1: name for index, name in classes.items()} if args.do_reduce_labels else classes
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
 
@@ -97,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
     import transformers_setr  # noqa: F401  (registers SETR with the Auto classes)
-    from transformers_setr.data import load_segmentation_data
+    from transformers_setr.data import UndeclaredClassesError, load_segmentation_data
     from transformers_setr.evaluation import evaluate_segmentation
 
     accelerator = None
@@ -120,14 +154,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model.config.slide_batch_size = args.batch_size
     model.to(device).eval()
 
-    data = load_segmentation_data(
-        args.data,
-        args.dataset,
-        splits=[args.split],
-        revision=args.data_revision,
-        cache_dir=args.cache_dir,
-        max_samples=args.max_samples,
-    )
+    def load(id2label):
+        return load_segmentation_data(
+            args.data,
+            args.dataset,
+            splits=[args.split],
+            revision=args.data_revision,
+            cache_dir=args.cache_dir,
+            max_samples=args.max_samples,
+            config_name=args.dataset_config_name,
+            id2label=id2label,
+            reduce_labels=args.do_reduce_labels,
+            image_column=args.image_column,
+            label_column=args.label_column,
+        )
+
+    try:
+        data = load(args.id2label)
+    except UndeclaredClassesError:
+        # Custom data without an id2label.json: the classes the model was trained on name its mask values.
+        model_classes = _custom_classes_of(model, args) if args.id2label is None else None
+        if model_classes is None:
+            raise
+        data = load(model_classes)
     results = evaluate_segmentation(
         model,
         image_processor,
@@ -157,4 +206,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from transformers_setr.data import DatasetFormatError
+
+    try:
+        main(sys.argv[1:])
+    except (DatasetFormatError, FileNotFoundError) as error:  # bad data: one line naming it, no traceback
+        print(f"evaluate.py: error: {' '.join(str(error).split())}", file=sys.stderr)
+        raise SystemExit(2) from None

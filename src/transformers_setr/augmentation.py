@@ -299,7 +299,13 @@ def _as_rgb_array(image: PIL.Image.Image | np.ndarray) -> np.ndarray:
     return image
 
 
-def _as_label_array(labels: np.ndarray) -> np.ndarray:
+def _as_label_array(labels: np.ndarray | PIL.Image.Image, max_value: int = 255) -> np.ndarray:
+    """Train ids in [0, max_value] as an integer array: uint8 when they fit, else int32 (16-bit masks of more than
+    255 classes). A PIL mask (L, P: the palette indices, I;16 / I) gives its stored values."""
+    if isinstance(labels, PIL.Image.Image):
+        if labels.mode not in ("L", "P", "I", "I;16", "I;16L", "I;16B"):
+            raise ValueError(f"`labels` image of mode {labels.mode!r} is not a label map (L, P, I;16 or I).")
+        labels = np.asarray(labels)
     if not isinstance(labels, np.ndarray):
         raise TypeError(f"`labels` must be a numpy array, got {type(labels).__name__}.")
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
@@ -307,11 +313,12 @@ def _as_label_array(labels: np.ndarray) -> np.ndarray:
             f"`labels` must be an integer (H, W) array, got dtype {labels.dtype} and shape {labels.shape}."
         )
     if labels.dtype != np.uint8:
-        if labels.size and (labels.min() < 0 or labels.max() > 255):
+        if labels.size and (labels.min() < 0 or labels.max() > max_value):
             raise ValueError(
-                f"`labels` values must be train ids in [0, 255] (255 = ignore), got [{labels.min()}, {labels.max()}]."
+                f"`labels` values must be train ids in [0, {max_value}] (the classes and the ignore index), got "
+                f"[{labels.min()}, {labels.max()}]."
             )
-        labels = labels.astype(np.uint8)
+        labels = labels.astype(np.uint8 if max_value <= 255 else np.int32)
     return labels
 
 
@@ -330,8 +337,9 @@ class SetrTrainAugmentation:
         photometric_distortion: whether to apply mmseg's `PhotoMetricDistortion`.
         image_mean, image_std: per-channel RGB mean/std on the 0-255 scale.
         ignore_index: label value that is ignored (not counted by `cat_max_ratio`, used for padding).
+        num_labels: the number of classes, needed only above 255 (train ids up to 254, and 255, are always allowed).
 
-    Call it with `(image, labels, generator)`: an RGB PIL image or `(H, W, 3)` uint8 array, an `(H, W)` integer array
+    Call it with `(image, labels, generator)`: an RGB PIL image or `(H, W, 3)` uint8 array, an `(H, W)` integer array (or L / P / 16-bit mask)
     of train ids and a CPU `torch.Generator`; it returns `pixel_values` float32 `(3, crop_h, crop_w)` and `labels`
     int64 `(crop_h, crop_w)`.
     """
@@ -347,6 +355,7 @@ class SetrTrainAugmentation:
         image_mean: tuple[float, float, float] = (123.675, 116.28, 103.53),
         image_std: tuple[float, float, float] = (58.395, 57.12, 57.375),
         ignore_index: int = 255,
+        num_labels: int | None = None,
     ) -> None:
         self.crop_size = _pair(crop_size, "crop_size")
         self.scale = _pair(scale, "scale")
@@ -369,9 +378,10 @@ class SetrTrainAugmentation:
             )
         self.image_mean = tuple(float(m) for m in image_mean)
         self.image_std = tuple(float(s) for s in image_std)
-        if not 0 <= ignore_index <= 255:
-            raise ValueError(f"`ignore_index` must be a label value in [0, 255], got {ignore_index!r}.")
+        if not isinstance(ignore_index, (int, np.integer)) or ignore_index < 0:
+            raise ValueError(f"`ignore_index` must be a non-negative label value, got {ignore_index!r}.")
         self.ignore_index = int(ignore_index)
+        self.max_label_value = max(255, self.ignore_index, (num_labels or 0) - 1)
         # float32 (3, 1, 1), as SegDataPreProcessor's buffers, so the normalisation is the same float32 arithmetic.
         self._mean = torch.tensor(self.image_mean, dtype=torch.float32).view(3, 1, 1)
         self._std = torch.tensor(self.image_std, dtype=torch.float32).view(3, 1, 1)
@@ -404,7 +414,7 @@ class SetrTrainAugmentation:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The augmentation with an explicit source of draws (`__call__` uses a `TorchRandomSource`)."""
         image = _as_rgb_array(image)
-        labels = _as_label_array(labels)
+        labels = _as_label_array(labels, self.max_label_value)
         if image.shape[:2] != labels.shape:
             raise ValueError(
                 f"`image` is {image.shape[0]}x{image.shape[1]} but `labels` is {labels.shape[0]}x{labels.shape[1]} "
@@ -449,8 +459,8 @@ class SetrTrainAugmentation:
         window = draw()
         if self.cat_max_ratio < 1.0:
             for _ in range(CAT_MAX_RATIO_RETRIES):
-                counts = np.bincount(resize_nearest(labels, resized_size, window).ravel(), minlength=256)
-                counts[self.ignore_index] = 0
+                crop = resize_nearest(labels, resized_size, window).ravel()
+                counts = np.bincount(crop[crop != self.ignore_index])
                 counts = counts[counts > 0]
                 if len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio:
                     break

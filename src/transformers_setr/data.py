@@ -1,7 +1,22 @@
-"""ADE20K and Cityscapes for semantic segmentation: from the Hub or local copies, as `datasets` splits of undecoded
-image / annotation files, plus a `decode` that yields an RGB image and a map of train ids.
+"""Semantic segmentation data: ADE20K, Cityscapes, or the user's own classes; from the Hub, local copies or
+`datasets` objects, as `datasets` splits of undecoded image / annotation files, plus a `decode` that yields an RGB
+image and a map of train ids.
 
-Sources understood (`load_segmentation_data`):
+ADE20K and Cityscapes are recognised only by their known sources and layouts (below) or when named with `dataset`.
+Anything else is custom data, whose classes must be declared: `id2label` (a dict or a JSON file), else an
+`id2label.json` in the dataset folder or Hub repo (the convention of transformers' semantic-segmentation example);
+without one the load is refused. The mask values of custom data are the keys of that `id2label` as stored; with
+`reduce_labels` (the user's choice, default off as in the transformers example) value 0 means "unlabelled": it
+becomes the ignore index, value v becomes class v - 1, and the entry 0 of `id2label` (if any) is dropped. The ignore
+index (default 255) is never a class. Any other value is an error naming the file (or split/row) and the values.
+
+Custom sources: a Hub id or local copy with an image and a mask column (`image` / `pixel_values`, `label` /
+`annotation` / `semantic_segmentation` by default, or named), a `save_to_disk` folder, a folder of image + mask
+files matched by stem (`images/` + `masks/` | `labels/` | `annotations/`, each optionally split into
+`train/`, `val/`..., or `train/images/` + `train/masks/`...), or a `datasets.Dataset` / `DatasetDict`. Without a
+validation split, `train_val_split` of the train split (default 0.15, fixed seed) becomes one.
+
+Preset sources understood:
 - the Hub's ADE20K `zhoubolei/scene_parse_150` (alias `scene_parse_150`). Its `main` branch is a loading script,
   which `datasets` 4+ refuses, so it is read from the Parquet export `refs/convert/parquet` with
   `data_dir="scene_parsing"`; without `data_dir` the `instance_segmentation` files land in the same splits and the
@@ -22,6 +37,8 @@ mmsegmentation does), then checks that image and annotation sizes agree.
 """
 
 import io
+import json
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -41,6 +58,7 @@ from .label_tables import (
     CITYSCAPES_NUM_LABEL_IDS,
     DATASETS,
     cityscapes_label_id_to_train_id,
+    generate_palette,
     id2label_for,
 )
 from .presets import HUB_DATASETS
@@ -48,7 +66,18 @@ from .presets import HUB_DATASETS
 logger = logging.get_logger(__name__)
 
 LABEL_FORMATS = ("ade20k", "cityscapes-train-ids", "cityscapes-label-ids")
+CUSTOM_LABEL_FORMAT = "custom"  # the user's classes: mask values are the keys of `id2label` (see the docstring)
+CUSTOM_DATASET = "custom"
 IGNORE_INDEX = 255
+ID2LABEL_FILE = "id2label.json"
+IN_MEMORY_SOURCE = "in-memory dataset"  # the `source` of a `datasets` object passed in
+DEFAULT_TRAIN_VAL_SPLIT = 0.15  # the transformers example's default
+TRAIN_VAL_SPLIT_SEED = 0  # fixed: a resumed run must see the same split
+IMAGE_COLUMNS = ("image", "pixel_values")
+LABEL_COLUMNS = ("label", "annotation", "semantic_segmentation")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")  # lossless only
+MASK_FOLDERS = ("masks", "labels", "annotations")
 ADE20K_HUB_ID = HUB_DATASETS["ade20k"].hub_id
 ADE20K_HUB_ALIASES = ("scene_parse_150", ADE20K_HUB_ID)
 # The parquet-converter bot's branch: the only form of the dataset `datasets` >= 4 can load.
@@ -82,6 +111,10 @@ class DatasetFormatError(ValueError):
     """A dataset source or file without the expected layout or content; the message names the file and the problem."""
 
 
+class UndeclaredClassesError(DatasetFormatError):
+    """Custom data (not ADE20K or Cityscapes by its source or layout) without a declaration of its classes."""
+
+
 @dataclass
 class SegmentationExample:
     image: Image.Image  # RGB, EXIF orientation applied
@@ -110,6 +143,72 @@ _ALLOWED_VALUES = {
     "cityscapes-label-ids": f"Cityscapes label ids 0..{CITYSCAPES_NUM_LABEL_IDS - 1}",
     "cityscapes-train-ids": f"Cityscapes train ids 0..{len(CITYSCAPES_CLASSES) - 1} and {IGNORE_INDEX}",
 }
+
+
+DATASETS_PRETTY_NAMES = {"ade20k": "ADE20K", "cityscapes": "Cityscapes"}
+
+
+def _custom_lookup_table(num_labels: int, reduce_labels: bool, ignore_index: int) -> np.ndarray:
+    """`stored value -> train id` of custom data (int32, -1 where not allowed); see the module docstring."""
+    size = max(256, num_labels + 1 + int(reduce_labels), ignore_index + 1)
+    table = np.full(size, -1, dtype=np.int32)
+    if reduce_labels:
+        table[0] = ignore_index
+        table[1 : num_labels + 1] = np.arange(num_labels)
+    else:
+        table[:num_labels] = np.arange(num_labels)
+    table[ignore_index] = ignore_index
+    return table
+
+
+def checked_id2label(id2label: Any, origin: str, *, contiguous: bool = True) -> dict[int, str]:
+    """`id2label` (keys int or digit strings, names strings), with keys 0..N-1 when `contiguous`; `origin` names it
+    in errors."""
+    if not isinstance(id2label, dict) or not id2label:
+        raise DatasetFormatError(f'{origin}: id2label must be a non-empty JSON object {{"0": "name", ...}}')
+    checked = {}
+    for key, value in id2label.items():
+        try:
+            class_id = int(key)
+        except (TypeError, ValueError):
+            raise DatasetFormatError(f"{origin}: id2label key {key!r} is not an integer class id") from None
+        if not isinstance(value, str) or not value.strip():
+            raise DatasetFormatError(f"{origin}: id2label[{key!r}] must be a class name, got {value!r}")
+        checked[class_id] = value
+    if contiguous and sorted(checked) != list(range(len(checked))):
+        raise DatasetFormatError(
+            f"{origin}: id2label keys must be the class ids 0..{len(checked) - 1} without gaps, got "
+            f"{sorted(checked)[:10]}{'...' if len(checked) > 10 else ''}"
+        )
+    return dict(sorted(checked.items()))
+
+
+def read_id2label(path: str | os.PathLike) -> dict[int, str]:
+    """An `id2label.json` file (`{"0": "name", ...}`), checked."""
+    try:
+        loaded = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DatasetFormatError(f"{path}: no such id2label file") from None
+    except (OSError, ValueError) as error:
+        raise DatasetFormatError(f"{path}: cannot read id2label JSON: {error}") from None
+    return checked_id2label(loaded, str(path))
+
+
+def classes_for(stored_id2label: dict[int, str], reduce_labels: bool, origin: str) -> dict[int, str]:
+    """The classes (train ids) that an `id2label` of stored mask values gives: with `reduce_labels` the entry 0
+    (the "unlabelled" value, ignored) is dropped and the others move down by one."""
+    stored = checked_id2label(stored_id2label, origin, contiguous=not reduce_labels)
+    if not reduce_labels:
+        return stored
+    shifted = {}
+    for key, value in stored.items():
+        if key != 0:
+            shifted[key - 1] = value
+        else:
+            logger.info(
+                "%s: reduce_labels: value 0 (%r) is unlabelled (ignored), the other ids move down", origin, value
+            )
+    return checked_id2label(shifted, f"{origin} (after reduce_labels dropped value 0)")
 
 
 def _describe(value: Any, fallback: str) -> str:
@@ -157,31 +256,64 @@ def _read_mask(value: Any, name: str) -> np.ndarray:
 
 @dataclass
 class SegmentationData:
-    dataset: str  # "ade20k" | "cityscapes" (a key of label_tables.DATASETS)
-    label_format: str  # one of LABEL_FORMATS
+    dataset: str  # "ade20k" | "cityscapes" (a key of label_tables.DATASETS) | "custom" (the user's classes)
+    label_format: str  # one of LABEL_FORMATS, or CUSTOM_LABEL_FORMAT for custom data
     splits: datasets.DatasetDict  # "train"/"validation"(/"test"): image, annotation (Image(decode=False)), file_name
     source: str  # what was loaded (Hub id or local path), for logs and model cards
+    # Custom data only: the classes (train id -> name, ids 0..N-1), whether stored 0 means "unlabelled" (value v is
+    # class v - 1), the palette (generated when None) and the ignore index.
+    classes: dict[int, str] | None = None
+    reduce_labels: bool = False
+    custom_palette: Sequence[Sequence[int]] | None = None
+    ignore_index: int = IGNORE_INDEX
+    name: str | None = None  # custom data: what to call it in cards and logs (the Hub id or folder name)
 
     def __post_init__(self) -> None:
+        if self.label_format == CUSTOM_LABEL_FORMAT:
+            if self.dataset != CUSTOM_DATASET:
+                raise ValueError(f"custom label format for dataset {self.dataset!r}: use dataset={CUSTOM_DATASET!r}")
+            if not self.classes:
+                raise ValueError("custom data needs its classes (id2label)")
+            self.classes = checked_id2label(self.classes, "id2label")
+            if self.ignore_index in self.classes:
+                raise ValueError(
+                    f"the ignore index {self.ignore_index} is also a class ({self.classes[self.ignore_index]!r})"
+                )
+            if self.custom_palette is not None and len(self.custom_palette) != len(self.classes):
+                raise ValueError(f"palette of {len(self.custom_palette)} colours for {len(self.classes)} classes")
+            self._lookup = _custom_lookup_table(len(self.classes), self.reduce_labels, self.ignore_index)
+            self.name = self.name or Path(str(self.source)).name or str(self.source)
+            return
         if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; known: {sorted(DATASETS)}")
+            raise ValueError(f"unknown dataset {self.dataset!r}; known: {sorted(DATASETS)} or {CUSTOM_DATASET!r}")
         if self.label_format not in LABEL_FORMATS:
             raise ValueError(f"unknown label format {self.label_format!r}; known: {LABEL_FORMATS}")
         if (self.dataset == "ade20k") != (self.label_format == "ade20k"):
             raise ValueError(f"label format {self.label_format!r} does not belong to dataset {self.dataset!r}")
+        if self.ignore_index != IGNORE_INDEX:
+            raise ValueError(f"{self.dataset} uses the ignore index {IGNORE_INDEX}")
         self._lookup = _lookup_table(self.label_format)
+        self.name = self.name or DATASETS_PRETTY_NAMES[self.dataset]
+
+    @property
+    def is_custom(self) -> bool:
+        return self.label_format == CUSTOM_LABEL_FORMAT
 
     @property
     def num_labels(self) -> int:
-        return len(DATASETS[self.dataset]["classes"])
+        return len(self.id2label)
 
     @property
     def id2label(self) -> dict[int, str]:
-        return id2label_for(self.dataset)
+        return dict(self.classes) if self.is_custom else id2label_for(self.dataset)
 
     @property
     def palette(self) -> tuple[tuple[int, int, int], ...]:
-        return DATASETS[self.dataset]["palette"]
+        if not self.is_custom:
+            return DATASETS[self.dataset]["palette"]
+        if self.custom_palette is not None:
+            return tuple(tuple(int(c) for c in colour) for colour in self.custom_palette)
+        return generate_palette(self.num_labels)
 
     def decode(self, row: dict) -> SegmentationExample:
         """One row of a split -> RGB image (EXIF orientation applied) and train ids, checked against each other."""
@@ -206,19 +338,34 @@ class SegmentationData:
         return SegmentationExample(image=image, labels=self.to_train_ids(values, mask_name), file_name=file_name)
 
     def to_train_ids(self, values: np.ndarray, name: str = "annotation") -> np.ndarray:
-        """Stored label values (this data's `label_format`) -> uint8 train ids, 255 = ignore; `name` is for errors."""
+        """Stored label values (this data's `label_format`) -> train ids (uint8 unless a class id or the ignore
+        index exceeds 255: then int32), `ignore_index` = ignore; `name` is for errors."""
         values = np.asarray(values)
-        in_range = (values >= 0) & (values <= 255)
-        train_ids = np.where(in_range, self._lookup[np.clip(values, 0, 255).astype(np.intp)], -1)
+        top = len(self._lookup) - 1
+        in_range = (values >= 0) & (values <= top)
+        train_ids = np.where(in_range, self._lookup[np.clip(values, 0, top).astype(np.intp)], -1)
         invalid = train_ids < 0
         if invalid.any():
             unexpected = np.unique(values[invalid])
             shown = ", ".join(str(int(v)) for v in unexpected[:10]) + (", ..." if len(unexpected) > 10 else "")
             raise DatasetFormatError(
-                f"{name}: unexpected label values {shown} ({int(invalid.sum())} pixels); "
-                f"expected {_ALLOWED_VALUES[self.label_format]}"
+                f"{name}: unexpected label values {shown} ({int(invalid.sum())} pixels); expected {self._allowed()}"
             )
-        return train_ids.astype(np.uint8)
+        return train_ids.astype(np.uint8 if top <= 255 and self._lookup.max() <= 255 else np.int32)
+
+    def _allowed(self) -> str:
+        if not self.is_custom:
+            return _ALLOWED_VALUES[self.label_format]
+        count = len(self.classes)
+        if self.reduce_labels:
+            return (
+                f"the values 1..{count} of the {count} classes (reduce_labels: 0 = unlabelled) and the ignore index "
+                f"{self.ignore_index}; declare every class in id2label"
+            )
+        return (
+            f"the class ids 0..{count - 1} of id2label and the ignore index {self.ignore_index}; declare every class "
+            "in id2label (or pass reduce_labels / --do_reduce_labels true if 0 means unlabelled)"
+        )
 
     def example(self, split: str, index: int) -> SegmentationExample:
         return self.decode(self.splits[_normalise_split(split)][index])
@@ -331,6 +478,165 @@ def _file_names(split: datasets.Dataset, split_name: str) -> list[str]:
     return [path or f"{split_name}/{index}" for index, path in enumerate(paths)]
 
 
+@dataclass
+class _CustomOptions:
+    """What the caller said about custom data (None: not said)."""
+
+    id2label: dict[int, str] | str | os.PathLike | None = None  # of the stored mask values, or a JSON file
+    reduce_labels: bool | None = None
+    image_column: str | None = None
+    label_column: str | None = None
+    train_val_split: float | None = DEFAULT_TRAIN_VAL_SPLIT
+    ignore_index: int = IGNORE_INDEX
+    palette: Sequence[Sequence[int]] | None = None
+
+    def declared_id2label(self, folder: Path | None, hub_id: str | None, revision: str | None):
+        """(id2label of the stored values, where it came from), or (None, None) when nothing declares classes."""
+        if isinstance(self.id2label, dict):
+            return checked_id2label(self.id2label, "id2label", contiguous=False), "id2label argument"
+        if self.id2label is not None:
+            return read_id2label(self.id2label), str(self.id2label)
+        if folder is not None and (folder / ID2LABEL_FILE).is_file():
+            return read_id2label(folder / ID2LABEL_FILE), str(folder / ID2LABEL_FILE)
+        if hub_id is not None:
+            found = _hub_id2label(hub_id, revision)
+            if found is not None:
+                return checked_id2label(
+                    found, f"{hub_id}/{ID2LABEL_FILE}", contiguous=False
+                ), f"{hub_id}/{ID2LABEL_FILE}"
+        return None, None
+
+
+def _hub_id2label(repo_id: str, revision: str | None) -> dict | None:
+    """The `id2label.json` of a Hub dataset repo, None when it has none or the Hub cannot be reached."""
+    from huggingface_hub import constants, hf_hub_download
+
+    # Offline (either library's switch): the cache only, never a network attempt that has to time out.
+    offline = bool(datasets.config.HF_HUB_OFFLINE or constants.HF_HUB_OFFLINE)
+    try:
+        path = hf_hub_download(
+            repo_id, ID2LABEL_FILE, repo_type="dataset", revision=revision, local_files_only=offline
+        )
+    except Exception:  # no such file, offline, no such repo: the refusal below says how to declare the classes
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except ValueError as error:
+        raise DatasetFormatError(f"{repo_id}/{ID2LABEL_FILE}: not JSON: {error}") from None
+
+
+def _undeclared_classes_error(source: str, columns: Sequence[str] | None) -> UndeclaredClassesError:
+    found = f" (columns {list(columns)})" if columns is not None else ""
+    return UndeclaredClassesError(
+        f"{source}: not ADE20K or Cityscapes by its source or layout{found}, so it is read as custom data, whose "
+        f"classes must be declared: pass --id2label FILE.json (Python: id2label={{0: 'name', ...}}) or put an "
+        f'{ID2LABEL_FILE} ({{"0": "name", ...}}, the mask values as stored) next to the data; pass '
+        "--dataset ade20k / cityscapes if it really is one of those"
+    )
+
+
+def _by_split_name(loaded: datasets.Dataset | datasets.DatasetDict, source: str) -> dict[str, datasets.Dataset]:
+    if isinstance(loaded, datasets.Dataset):
+        loaded = datasets.DatasetDict({"train": loaded})
+    if not isinstance(loaded, datasets.DatasetDict | dict):
+        raise TypeError(f"{source}: expected a datasets.Dataset or DatasetDict, got {type(loaded).__name__}")
+    by_name: dict[str, datasets.Dataset] = {}
+    for name, split in loaded.items():
+        normalised = _normalise_split(name)
+        if normalised in by_name:
+            raise DatasetFormatError(f"{source}: splits {sorted(loaded)} give {normalised!r} twice")
+        by_name[normalised] = split
+    return by_name
+
+
+def _with_validation_split(
+    by_name: dict[str, datasets.Dataset], wanted: Sequence[str] | None, fraction: float | None, source: str
+) -> dict[str, datasets.Dataset]:
+    """Carve a validation split out of train (fixed seed) when there is none and it is wanted."""
+    wants_validation = wanted is None or "validation" in [_normalise_split(split) for split in wanted]
+    if "validation" in by_name or "train" not in by_name or not fraction or not wants_validation:
+        return by_name
+    if not 0 < fraction < 1:
+        raise ValueError(f"train_val_split must be a fraction in (0, 1), got {fraction}")
+    train = by_name["train"]
+    num_validation = math.ceil(fraction * len(train))  # as `train_test_split`
+    if num_validation >= len(train):
+        raise DatasetFormatError(f"{source}: {len(train)} training image(s), too few to split off a validation set")
+    # Without `train_test_split`: it writes index files next to the data of a `save_to_disk` folder.
+    order = np.random.default_rng(TRAIN_VAL_SPLIT_SEED).permutation(len(train))
+    validation_rows, train_rows = sorted(order[:num_validation].tolist()), sorted(order[num_validation:].tolist())
+    logger.info(
+        "%s: no validation split; %d of the %d training images (train_val_split=%s) are the validation split",
+        source,
+        num_validation,
+        len(train),
+        fraction,
+    )
+    return {
+        **by_name,
+        "train": train.select(train_rows, keep_in_memory=True),
+        "validation": train.select(validation_rows, keep_in_memory=True),
+    }
+
+
+def _first_rows(splits: dict[str, datasets.Dataset], chosen: Sequence[str], max_samples: int | None):
+    return datasets.DatasetDict(
+        {
+            name: splits[name].select(range(max_samples), keep_in_memory=True)
+            if max_samples is not None and max_samples < len(splits[name])
+            else splits[name]
+            for name in chosen
+        }
+    )
+
+
+def _pick_column(columns: Sequence[str], asked: str | None, candidates: Sequence[str], what: str, source: str) -> str:
+    if asked is not None:
+        if asked not in columns:
+            raise DatasetFormatError(f"{source}: no {what} column {asked!r}; columns: {list(columns)}")
+        return asked
+    found = next((column for column in candidates if column in columns), None)
+    if found is None:
+        raise DatasetFormatError(
+            f"{source}: no {what} column (looked for {list(candidates)}), found columns {list(columns)}; name it with "
+            f"--{what}_column"
+        )
+    return found
+
+
+def _normalised_splits(
+    by_name: dict[str, datasets.Dataset],
+    chosen: Sequence[str],
+    image_column: str,
+    label_column: str,
+    max_samples: int | None,
+    source: str,
+) -> datasets.DatasetDict:
+    """The chosen splits as `image`, `annotation` (both `Image(decode=False)`) and `file_name` columns."""
+    splits = {}
+    for name in chosen:
+        split = by_name[name]
+        if label_column not in split.column_names or image_column not in split.column_names:
+            raise DatasetFormatError(f"{source}: split {name!r} has columns {split.column_names}")
+        for column, what in ((image_column, "image"), (label_column, "label")):
+            feature = split.features[column]
+            if not isinstance(feature, datasets.Image) and feature != datasets.Value("string"):
+                raise DatasetFormatError(
+                    f"{source}: the {what} column {column!r} holds {feature}, not images; name the right one with "
+                    f"--{what}_column"
+                )
+        split = split.select_columns([image_column, label_column])
+        if image_column != "image":
+            split = split.rename_column(image_column, "image")
+        if label_column != "annotation":
+            split = split.rename_column(label_column, "annotation")
+        split = split.cast_column("image", datasets.Image(decode=False))
+        split = split.cast_column("annotation", datasets.Image(decode=False))
+        split = split.add_column("file_name", _file_names(split, name), feature=datasets.Value("string"))
+        splits[name] = split
+    return _first_rows(splits, chosen, max_samples)
+
+
 def _from_parquet(
     loaded: datasets.DatasetDict,
     dataset: str | None,
@@ -338,15 +644,8 @@ def _from_parquet(
     max_samples: int | None,
     source: str,
 ) -> SegmentationData:
-    """Normalise what `datasets.load_dataset` returned for a Parquet source (Hub or local)."""
-    if isinstance(loaded, datasets.Dataset):
-        loaded = datasets.DatasetDict({"train": loaded})
-    by_name: dict[str, datasets.Dataset] = {}
-    for name, split in loaded.items():
-        normalised = _normalise_split(name)
-        if normalised in by_name:
-            raise DatasetFormatError(f"{source}: splits {sorted(loaded)} give {normalised!r} twice")
-        by_name[normalised] = split
+    """Normalise what `datasets.load_dataset` returned for a Parquet source of ADE20K or Cityscapes."""
+    by_name = _by_split_name(loaded, source)
     chosen = _choose_splits(wanted, list(by_name), source)
 
     columns = by_name[chosen[0]].column_names
@@ -360,29 +659,170 @@ def _from_parquet(
         raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
     # Parquet copies of Cityscapes (the Hub mirrors) store label ids, never train ids.
     label_format = "ade20k" if dataset == "ade20k" else "cityscapes-label-ids"
+    splits = _normalised_splits(by_name, chosen, "image", annotation_column, max_samples, source)
+    return SegmentationData(dataset, label_format, splits, source)
 
-    splits = {}
-    for name in chosen:
-        split = by_name[name]
-        if annotation_column not in split.column_names or "image" not in split.column_names:
-            raise DatasetFormatError(f"{source}: split {name!r} has columns {split.column_names}")
-        split = split.select_columns(["image", annotation_column])
-        if annotation_column != "annotation":
-            split = split.rename_column(annotation_column, "annotation")
-        split = split.cast_column("image", datasets.Image(decode=False))
-        split = split.cast_column("annotation", datasets.Image(decode=False))
-        split = split.add_column("file_name", _file_names(split, name), feature=datasets.Value("string"))
-        if max_samples is not None and max_samples < len(split):
-            split = split.select(range(max_samples))
-        splits[name] = split
-    return SegmentationData(dataset, label_format, datasets.DatasetDict(splits), source)
+
+def _from_table(
+    loaded: datasets.Dataset | datasets.DatasetDict,
+    dataset: str | None,
+    wanted: Sequence[str] | None,
+    max_samples: int | None,
+    source: str,
+    options: _CustomOptions,
+    *,
+    folder: Path | None = None,
+    hub_id: str | None = None,
+    revision: str | None = None,
+) -> SegmentationData:
+    """A table source that is not a known ADE20K layout: ADE20K / Cityscapes when named with `dataset`, a
+    Cityscapes mirror (`image` + `semantic_segmentation`, label ids) when no classes are declared, else custom data
+    with declared classes; refused otherwise."""
+    by_name = _by_split_name(loaded, source)
+    if dataset in DATASETS:
+        return _from_parquet(by_name, dataset, wanted, max_samples, source)
+    stored_id2label, origin = options.declared_id2label(folder, hub_id, revision)
+    columns = next(iter(by_name.values())).column_names if by_name else []
+    if stored_id2label is None:
+        cityscapes_mirror = "image" in columns and "semantic_segmentation" in columns and "label" not in columns
+        said_nothing = options.image_column is None and options.label_column is None and options.reduce_labels is None
+        if cityscapes_mirror and said_nothing:
+            logger.info("%s: image + semantic_segmentation columns and no id2label: a Cityscapes mirror", source)
+            return _from_parquet(by_name, "cityscapes", wanted, max_samples, source)
+        raise _undeclared_classes_error(source, columns)
+    columns = by_name["train"].column_names if "train" in by_name else columns
+    image_column = _pick_column(columns, options.image_column, IMAGE_COLUMNS, "image", source)
+    label_column = _pick_column(columns, options.label_column, LABEL_COLUMNS, "label", source)
+    asked = [_normalise_split(split) for split in wanted] if wanted is not None else list(DEFAULT_SPLITS)
+    wanted_now = [split for split in by_name if split in ("train", *asked)] or list(by_name)
+    normalised = _normalised_splits(by_name, wanted_now, image_column, label_column, None, source)
+    by_name = _with_validation_split(dict(normalised), wanted, options.train_val_split, source)
+    chosen = _choose_splits(wanted, list(by_name), source)
+    splits = _first_rows(by_name, chosen, max_samples)
+    return _custom_data(
+        splits, source, stored_id2label, origin, options, name=hub_id or (folder.name if folder else None)
+    )
+
+
+def _custom_data(
+    splits: datasets.DatasetDict,
+    source: str,
+    stored_id2label: dict[int, str],
+    origin: str,
+    options: _CustomOptions,
+    name: str | None,
+) -> SegmentationData:
+    reduce_labels = bool(options.reduce_labels)
+    classes = classes_for(stored_id2label, reduce_labels, origin)
+    logger.info(
+        "%s: custom data, %d classes from %s, reduce_labels=%s, ignore index %d",
+        source,
+        len(classes),
+        origin,
+        reduce_labels,
+        options.ignore_index,
+    )
+    return SegmentationData(
+        CUSTOM_DATASET,
+        CUSTOM_LABEL_FORMAT,
+        splits,
+        source,
+        classes=classes,
+        reduce_labels=reduce_labels,
+        custom_palette=options.palette,
+        ignore_index=options.ignore_index,
+        name=name,
+    )
+
+
+def _pair_folders(root: Path) -> dict[str, tuple[Path, Path]] | None:
+    """split -> (image folder, mask folder) of a folder of image + mask files, None when it is not one."""
+
+    def mask_folder(parent: Path) -> Path | None:
+        return next((parent / name for name in MASK_FOLDERS if (parent / name).is_dir()), None)
+
+    known = {"train", "validation", "test"}
+    per_split = {}
+    for child in sorted(root.iterdir()):  # train/images + train/masks, val/images + val/masks
+        if child.is_dir() and _normalise_split(child.name) in known and (child / "images").is_dir():
+            masks = mask_folder(child)
+            if masks is not None:
+                per_split[_normalise_split(child.name)] = (child / "images", masks)
+    if per_split:
+        return per_split
+    masks = mask_folder(root)
+    if not (root / "images").is_dir() or masks is None:
+        return None
+    for child in sorted((root / "images").iterdir()):  # images/train + masks/train
+        if child.is_dir() and _normalise_split(child.name) in known and (masks / child.name).is_dir():
+            per_split[_normalise_split(child.name)] = (child, masks / child.name)
+    return per_split or {"train": (root / "images", masks)}
+
+
+def _files_by_stem(folder: Path, suffixes: Sequence[str], what: str) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for path in sorted(folder.rglob("*"), key=lambda path: path.as_posix()):
+        if path.is_file() and path.suffix.lower() in suffixes:
+            stem = path.relative_to(folder).with_suffix("").as_posix()
+            if stem in files:
+                raise DatasetFormatError(f"{folder}: two {what} files for {stem!r}: {files[stem].name}, {path.name}")
+            files[stem] = path
+    return files
+
+
+def _load_pair_folder(
+    root: Path,
+    layout: dict[str, tuple[Path, Path]],
+    wanted: Sequence[str] | None,
+    options: _CustomOptions,
+    max_samples: int | None,
+) -> SegmentationData:
+    stored_id2label, origin = options.declared_id2label(root, None, None)
+    if stored_id2label is None:
+        raise _undeclared_classes_error(str(root), None)
+    by_name = {}
+    for split, (image_folder, mask_folder) in layout.items():
+        images = _files_by_stem(image_folder, IMAGE_SUFFIXES, "image")
+        masks = _files_by_stem(mask_folder, MASK_SUFFIXES, "mask")
+        if not images:
+            raise DatasetFormatError(f"{image_folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        missing = [stem for stem in images if stem not in masks]
+        if missing:
+            raise DatasetFormatError(
+                f"{images[missing[0]]}: no mask {mask_folder / missing[0]}.png (masks are matched by file stem; "
+                f"{len(missing)} of {len(images)} images have none)"
+            )
+        unmatched = [stem for stem in masks if stem not in images]
+        if unmatched:
+            logger.warning(
+                "%s: %d masks without an image (e.g. %s), not used", mask_folder, len(unmatched), unmatched[0]
+            )
+        stems = list(images)
+        by_name[split] = _split_from_files([images[s] for s in stems], [masks[s] for s in stems], root)
+    by_name = _with_validation_split(by_name, wanted, options.train_val_split, str(root))
+    chosen = _choose_splits(wanted, list(by_name), str(root))
+    splits = _first_rows(by_name, chosen, max_samples)
+    return _custom_data(splits, str(root), stored_id2label, origin, options, name=root.name)
+
+
+def _is_saved_dataset(folder: Path) -> bool:
+    """A `save_to_disk` folder: of a DatasetDict, or of a single Dataset."""
+    return (folder / "dataset_dict.json").is_file() or (
+        (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file()
+    )
 
 
 def _load_parquet(
-    path_or_id: str, *, data_dir: str | None, revision: str | None, cache_dir: str | None
+    path_or_id: str,
+    *,
+    data_dir: str | None,
+    revision: str | None,
+    cache_dir: str | None,
+    name: str | None = None,
 ) -> datasets.DatasetDict:
     # Looked up on the module at call time (tests replace it to check the arguments of Hub loads).
-    return datasets.load_dataset(path_or_id, data_dir=data_dir, revision=revision, cache_dir=cache_dir)
+    config = {"name": name} if name else {}
+    return datasets.load_dataset(path_or_id, **config, data_dir=data_dir, revision=revision, cache_dir=cache_dir)
 
 
 def _load_hub(source: str, hub_id: str, **kwargs: Any) -> datasets.DatasetDict:
@@ -415,24 +855,42 @@ def _local_folder(source: str | os.PathLike) -> Path | None:
 
 
 def load_segmentation_data(
-    source: str | os.PathLike,
+    source: str | os.PathLike | datasets.Dataset | datasets.DatasetDict,
     dataset: str | None = None,
     *,
     splits: Sequence[str] | None = None,
     revision: str | None = None,
     cache_dir: str | None = None,
     max_samples: int | None = None,
+    config_name: str | None = None,
+    id2label: dict[int, str] | str | os.PathLike | None = None,
+    reduce_labels: bool | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    train_val_split: float | None = DEFAULT_TRAIN_VAL_SPLIT,
+    ignore_index: int = IGNORE_INDEX,
+    palette: Sequence[Sequence[int]] | None = None,
 ) -> SegmentationData:
-    """Load ADE20K or Cityscapes from a Hub id or a local folder (see the module docstring for the layouts).
+    """Load ADE20K, Cityscapes or custom data (see the module docstring for the sources and rules).
 
     Args:
         source: Hub id (`zhoubolei/scene_parse_150`, `scene_parse_150`, a Cityscapes mirror such as
-            `Chris1/cityscapes`) or local folder.
-        dataset: "ade20k" or "cityscapes"; inferred from the layout / columns when None, checked when given.
+            `Chris1/cityscapes`, any dataset with image and mask columns), local folder, or a `datasets.Dataset` /
+            `DatasetDict`.
+        dataset: "ade20k" or "cityscapes"; inferred from the known sources / layouts when None, checked when given.
         splits: split names to keep ("val" means "validation"); default train and validation where present.
         revision: Hub revision; for ADE20K the default is the Parquet export `refs/convert/parquet`.
         cache_dir: `datasets` cache for Hub and local Parquet sources (raw trees are read in place).
         max_samples: keep only the first `max_samples` rows of each split.
+        config_name: the Hub dataset's configuration.
+        id2label: custom data: names of the stored mask values (a dict or an `id2label.json` path); default the
+            `id2label.json` of the dataset folder or Hub repo.
+        reduce_labels: custom data: stored 0 means "unlabelled" (ignored) and value v is class v - 1. Default off.
+        image_column, label_column: custom table data: the columns (default: the first of `IMAGE_COLUMNS` /
+            `LABEL_COLUMNS` present).
+        train_val_split: custom data without a validation split: this fraction of train becomes it (fixed seed).
+        ignore_index: custom data: the mask value that is not scored (default 255).
+        palette: custom data: one RGB colour per class; default `label_tables.generate_palette`.
     """
     if dataset is not None and dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
@@ -441,11 +899,22 @@ def load_segmentation_data(
     if isinstance(splits, str):
         splits = [splits]
     cache_dir = str(cache_dir) if cache_dir is not None else None
+    options = _CustomOptions(
+        id2label, reduce_labels, image_column, label_column, train_val_split, int(ignore_index), palette
+    )
+    declared = id2label is not None or reduce_labels is not None
+    if dataset is not None and declared:
+        raise ValueError(f"dataset={dataset!r} has its own classes; id2label / reduce_labels are for custom data")
+
+    if isinstance(source, datasets.Dataset | datasets.DatasetDict):
+        return _from_table(source, dataset, splits, max_samples, IN_MEMORY_SOURCE, options)
 
     folder = _local_folder(source)
     if folder is None:  # a Hub id
         if str(source) in ADE20K_HUB_ALIASES:
             _check_dataset("ade20k", dataset, str(source))
+            if declared:
+                raise ValueError(f"{source} is ADE20K, with its own classes; id2label / reduce_labels do not apply")
             loaded = _load_hub(
                 str(source),
                 ADE20K_HUB_ID,
@@ -454,23 +923,40 @@ def load_segmentation_data(
                 cache_dir=cache_dir,
             )
             return _from_parquet(loaded, "ade20k", splits, max_samples, ADE20K_HUB_ID)
-        loaded = _load_hub(str(source), str(source), data_dir=None, revision=revision, cache_dir=cache_dir)
-        return _from_parquet(loaded, dataset, splits, max_samples, str(source))
+        loaded = _load_hub(
+            str(source), str(source), data_dir=None, revision=revision, cache_dir=cache_dir, name=config_name
+        )
+        return _from_table(
+            loaded, dataset, splits, max_samples, str(source), options, hub_id=str(source), revision=revision
+        )
 
-    for ade_root in (folder, folder / "ADEChallengeData2016"):
-        if (ade_root / "images").is_dir() and (ade_root / "annotations").is_dir():
-            return _load_ade20k_raw(ade_root, dataset, splits, max_samples)
-    if (folder / "leftImg8bit").is_dir() and (folder / "gtFine").is_dir():
-        return _load_cityscapes_raw(folder, dataset, splits, max_samples)
-    if (folder / ADE20K_PARQUET_DATA_DIR).is_dir():  # a copy of the ADE20K Parquet export
-        _check_dataset("ade20k", dataset, str(folder))
-        loaded = _load_parquet(str(folder), data_dir=ADE20K_PARQUET_DATA_DIR, revision=None, cache_dir=cache_dir)
-        return _from_parquet(loaded, "ade20k", splits, max_samples, str(folder))
+    # The preset trees, unless the caller declared the folder's classes (or an id2label.json does).
+    custom = declared or (dataset is None and (folder / ID2LABEL_FILE).is_file())
+    if not custom:
+        for ade_root in (folder, folder / "ADEChallengeData2016"):
+            has_splits = any((ade_root / "images" / split).is_dir() for split in ("training", "validation"))
+            if has_splits and (ade_root / "annotations").is_dir():
+                return _load_ade20k_raw(ade_root, dataset, splits, max_samples)
+        if (folder / "leftImg8bit").is_dir() and (folder / "gtFine").is_dir():
+            return _load_cityscapes_raw(folder, dataset, splits, max_samples)
+        if (folder / ADE20K_PARQUET_DATA_DIR).is_dir():  # a copy of the ADE20K Parquet export
+            _check_dataset("ade20k", dataset, str(folder))
+            loaded = _load_parquet(str(folder), data_dir=ADE20K_PARQUET_DATA_DIR, revision=None, cache_dir=cache_dir)
+            return _from_parquet(loaded, "ade20k", splits, max_samples, str(folder))
+    if _is_saved_dataset(folder):
+        loaded = datasets.load_from_disk(str(folder))
+        return _from_table(loaded, dataset, splits, max_samples, str(folder), options, folder=folder)
     if next(folder.rglob("*.parquet"), None) is not None:
         loaded = _load_parquet(str(folder), data_dir=None, revision=None, cache_dir=cache_dir)
-        return _from_parquet(loaded, dataset, splits, max_samples, str(folder))
+        return _from_table(loaded, dataset, splits, max_samples, str(folder), options, folder=folder)
+    layout = _pair_folders(folder)
+    if layout is not None:
+        if dataset is not None:
+            raise DatasetFormatError(f"{folder}: a folder of image + mask pairs is custom data, not {dataset}")
+        return _load_pair_folder(folder, layout, splits, options, max_samples)
     raise DatasetFormatError(
         f"{folder}: not a known segmentation layout; expected ADEChallengeData2016/ (images/, annotations/), a "
-        f"Cityscapes root (leftImg8bit/, gtFine/), the scene_parse_150 Parquet export ({ADE20K_PARQUET_DATA_DIR}/) "
-        "or a folder of Parquet files with 'image' and 'annotation' / 'semantic_segmentation' columns"
+        f"Cityscapes root (leftImg8bit/, gtFine/), the scene_parse_150 Parquet export ({ADE20K_PARQUET_DATA_DIR}/), "
+        "a folder of Parquet files or a save_to_disk folder with image and mask columns, or image + mask files "
+        f"(images/ and one of {', '.join(f'{name}/' for name in MASK_FOLDERS)}, optionally per split)"
     )

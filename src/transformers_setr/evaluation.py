@@ -284,7 +284,9 @@ def evaluate_segmentation(
     model.eval()
     try:
         for batch in tqdm(loader, desc=f"evaluating {split} ({mode})", disable=not show):
-            metric.update_areas(batch_areas(model, batch, mode, num_labels, image_processor))
+            ignore_index = getattr(data, "ignore_index", IGNORE_INDEX)
+            areas = batch_areas(model, batch, mode, num_labels, image_processor, ignore_index=ignore_index)
+            metric.update_areas(areas)
             num_images += len(batch["labels"])
     finally:
         model.train(was_training)

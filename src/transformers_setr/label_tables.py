@@ -363,6 +363,20 @@ DATASETS: dict[str, dict[str, tuple]] = {
 }
 
 
+def generate_palette(num_labels: int) -> tuple[tuple[int, int, int], ...]:
+    """The palette of classes that come without one (the user's own): distinct, deterministic colours, hues spaced
+    by the golden angle with three alternating brightness levels."""
+    import colorsys
+
+    palette = []
+    for index in range(num_labels):
+        hue = (index * 0.618033988749895) % 1.0
+        value = (1.0, 0.75, 0.55)[index % 3]
+        saturation = (0.85, 0.65)[(index // 3) % 2]
+        palette.append(tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(hue, saturation, value)))
+    return tuple(palette)
+
+
 def id2label_for(dataset: str) -> dict[int, str]:
     """`id2label` for a dataset name (`"ade20k"` or `"cityscapes"`)."""
     if dataset not in DATASETS:

@@ -602,7 +602,7 @@ reproduction of the mmsegmentation recipe ($recipe_name): SGD (momentum 0.9, no 
 auxiliary heads at 10× the base learning rate, poly decay (power 0.9) to 1e-4, random resize (0.5–2.0) / crop \
 (`cat_max_ratio` 0.75) / flip / photometric distortion.
 
-- Encoder: ViT, $encoder; $num_labels classes; training crop $crop×$crop.
+- Encoder: ViT, $encoder; $num_labels classes; training crop $crop×$crop.$classes
 - Training data: $data_source ($train_split split).
 - Training: $steps steps, global batch $global_batch, base learning rate $learning_rate$train_loss.
 - Initialised from: $init.
@@ -645,12 +645,21 @@ def build_trained_model_card(
     `metrics` is `metrics.summarize_areas` output (fractions) plus `"mode"` (`whole` / `slide` / `ms_flip`); its mIoU,
     mAcc and aAcc go into the `model-index` (in percent) as measured results. `data` is the `SegmentationData` used.
     """
+    from .data import IN_MEMORY_SOURCE  # here: the card module does not otherwise need `datasets`
+
     decoder = DECODER_NAMES[config.decoder_type]
     name = repo_id.split("/")[-1] if repo_id else f"setr-{config.decoder_type}-{data.dataset}-trained"
-    hub_dataset = HUB_DATASETS.get(data.dataset)
+    custom = getattr(data, "is_custom", False)
+    hub_dataset = None if custom else HUB_DATASETS.get(data.dataset)
     layout = hub_dataset.pretty_name if hub_dataset else data.dataset
     local_folder = Path(str(data.source)).name if Path(str(data.source)).exists() else None
-    if local_folder is not None:
+    if custom:
+        # The user's data and classes: named as the user named them, never as ADE20K / Cityscapes.
+        dataset_type = local_folder or str(data.source)
+        dataset_name, dataset_config = data.name, None
+        data_source = f"a local folder `{local_folder}`" if local_folder else f"`{data.source}`"
+        data_source += f" (custom data, {data.num_labels} classes{', labels reduced' if data.reduce_labels else ''})"
+    elif local_folder is not None:
         # Local data is not known to be the real dataset (it may be a subset or synthetic): say what it was, and
         # keep machine paths out of a card meant for the Hub.
         dataset_type, dataset_name, dataset_config = local_folder, f"local data in the {layout} layout", None
@@ -699,8 +708,10 @@ def build_trained_model_card(
         library_name="transformers",
         pipeline_tag=TASK_TYPE,
         license=MMSEG_CODE_LICENSE,
-        tags=["vision", "image-segmentation", "semantic-segmentation", "setr", "vit", data.dataset],
-        datasets=[dataset_type] if local_folder is None else None,
+        tags=["vision", "image-segmentation", "semantic-segmentation", "setr", "vit"]
+        + ([] if custom else [data.dataset]),
+        # only Hub ids: not a local folder, nor a `datasets` object passed in
+        datasets=[dataset_type] if local_folder is None and data.source != IN_MEMORY_SOURCE else None,
         metrics=[METRIC_TYPE],
         base_model=base_model,
         eval_results=eval_results or None,
@@ -711,11 +722,13 @@ def build_trained_model_card(
     )
     train_loss = training.get("train_loss")
     body = TRAINED_CARD_TEMPLATE.substitute(
-        title=f"SETR-{decoder} trained on {layout if local_folder is None else f'{layout}-layout data'}",
+        title=f"SETR-{decoder} trained on "
+        + (data.name if custom else layout if local_folder is None else f"{layout}-layout data"),
         decoder=decoder,
         recipe_name=f"preset `{preset.name}`",
         encoder=encoder,
         num_labels=config.num_labels,
+        classes=f"\n- Classes: {', '.join(config.id2label[i] for i in range(config.num_labels))}." if custom else "",
         crop=training.get("crop", config.slide_window[0][0]),
         data_source=data_source,
         train_split=training.get("train_split", "train"),

@@ -449,3 +449,127 @@ def make_synthetic_cityscapes(
                     folder / "data" / f"{split}-00000-of-00001.parquet",
                 )
     return Path(root)
+
+
+CUSTOM_LAYOUTS = ("parquet", "folder", "saved")
+# The classes of `segments/sidewalk-semantic` (id2label.json of that repo): 35, and 0 = "unlabeled".
+SIDEWALK_CLASSES = (
+    "unlabeled",
+    "flat-road",
+    "flat-sidewalk",
+    "flat-crosswalk",
+    "flat-cyclinglane",
+    "flat-parkingdriveway",
+    "flat-railtrack",
+    "flat-curb",
+    "human-person",
+    "human-rider",
+    "vehicle-car",
+    "vehicle-truck",
+    "vehicle-bus",
+    "vehicle-tramtrain",
+    "vehicle-motorcycle",
+    "vehicle-bicycle",
+    "vehicle-caravan",
+    "vehicle-cartrailer",
+    "construction-building",
+    "construction-door",
+    "construction-wall",
+    "construction-fenceguardrail",
+    "construction-bridge",
+    "construction-tunnel",
+    "construction-stairs",
+    "object-pole",
+    "object-trafficsign",
+    "object-trafficlight",
+    "nature-vegetation",
+    "nature-terrain",
+    "sky",
+    "void-ground",
+    "void-dynamic",
+    "void-static",
+    "void-unclear",
+)
+_SIDEWALK_ROLE_CLASSES = {
+    "sky": "sky",
+    "building": "construction-building",
+    "tree": "nature-vegetation",
+    "road": "flat-road",
+    "sidewalk": "flat-sidewalk",
+    "grass": "nature-terrain",
+    "car": "vehicle-car",
+    "person": "human-person",
+    "other": "unlabeled",
+}
+
+
+def make_synthetic_custom(
+    root: str | os.PathLike,
+    *,
+    layout: str = "parquet",
+    num_train: int = 16,
+    num_validation: int = 8,
+    image_size: tuple[int, int] = (64, 96),
+    seed: int = 0,
+) -> Path:
+    """Write a small dataset of the user's own classes, in the style of `segments/sidewalk-semantic` (35 classes,
+    mask value 0 = "unlabeled", the others the class ids of `id2label.json`), at `root`; return `root`.
+
+    layout "parquet": the `push_to_hub` layout of that repo, `data/{train,validation}-00000-of-00001.parquet` with
+    `pixel_values` (JPEG) and `label` (8-bit L PNG) columns, and `id2label.json` at the top.
+    layout "folder": `images/{train,val}/<stem>.jpg` and `masks/{train,val}/<stem>.png` (P mode, the palette
+    indices are the labels), `id2label.json` at the top.
+    layout "saved": `DatasetDict.save_to_disk` with `image` and `annotation` columns (the ADE20K column names, on
+    data that is not ADE20K) and `id2label.json` in the folder.
+    """
+    _check_arguments(layout, CUSTOM_LAYOUTS, num_train, num_validation, image_size)
+    import json
+
+    import datasets
+
+    height, width = image_size
+    value_of_role = np.zeros(len(_ROLES), dtype=np.uint8)
+    for role, name in _SIDEWALK_ROLE_CLASSES.items():
+        value_of_role[_ROLES.index(role)] = SIDEWALK_CLASSES.index(name)
+    mask_palette = [channel for index in range(256) for channel in ((index * 37) % 256, (index * 91) % 256, index)]
+    id2label = json.dumps({str(index): name for index, name in enumerate(SIDEWALK_CLASSES)}, indent=1)
+
+    with _atomic_directory(Path(root)) as folder:
+        tables = {}
+        for split, count in (("train", num_train), ("validation", num_validation)):
+            rows: dict[str, list] = {"image": [], "label": []}
+            for index in range(count):
+                image, roles, _ = _render_scene(_scene_rng(seed, split, index), height, width, void_roles=False)
+                values = value_of_role[roles]
+                stem = f"{split}_{index:04d}"
+                if layout == "folder":
+                    directory = "train" if split == "train" else "val"
+                    (folder / "images" / directory).mkdir(parents=True, exist_ok=True)
+                    (folder / "masks" / directory).mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(image).save(folder / "images" / directory / f"{stem}.jpg", quality=95)
+                    mask = Image.fromarray(values, mode="L").convert("P")
+                    mask.putpalette(mask_palette)
+                    mask.save(folder / "masks" / directory / f"{stem}.png")
+                    continue
+                rows["image"].append({"bytes": _encode(image, "JPEG", quality=95), "path": f"{stem}.jpg"})
+                rows["label"].append({"bytes": _encode(values, "PNG"), "path": f"{stem}.png"})
+            tables[split] = rows
+        if layout == "parquet":
+            for split, rows in tables.items():
+                _write_parquet(
+                    {"pixel_values": rows["image"], "label": rows["label"]},
+                    {"pixel_values": datasets.Image(), "label": datasets.Image()},
+                    folder / "data" / f"{split}-00000-of-00001.parquet",
+                )
+        elif layout == "saved":
+            features = datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()})
+            splits = {
+                split: datasets.Dataset.from_dict({"image": rows["image"], "annotation": rows["label"]}, features)
+                for split, rows in tables.items()
+            }
+            datasets.DatasetDict(splits).save_to_disk(str(folder / "saved"))
+            for path in (folder / "saved").iterdir():  # save_to_disk wants a new folder: move its content up
+                path.rename(folder / path.name)
+            (folder / "saved").rmdir()
+        (folder / "id2label.json").write_text(id2label + "\n")
+    return Path(root)

@@ -324,6 +324,7 @@ class SetrTrainer(Trainer):
             getattr(self.args, "eval_mode", "slide"),
             unwrapped.config.num_labels,
             image_processor=self.processing_class,
+            ignore_index=unwrapped.config.semantic_loss_ignore_index,
         )
         # The Trainer only calls compute_metrics when labels are not None; the areas already hold the ground truth.
         return None, areas, torch.zeros(areas.shape[0], device=areas.device)

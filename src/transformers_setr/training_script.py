@@ -22,8 +22,16 @@ from transformers import HfArgumentParser, set_seed
 from .augmentation import SetrTrainAugmentation
 from .configuration_setr import SetrConfig, default_slide_stride
 from .convert_mmseg import processor_for, push_folder_to_hub
-from .data import SegmentationData, load_segmentation_data
+from .data import (
+    DEFAULT_TRAIN_VAL_SPLIT,
+    IGNORE_INDEX,
+    DatasetFormatError,
+    SegmentationData,
+    _normalise_split,
+    load_segmentation_data,
+)
 from .evaluation import SegmentationEvalDataset, eval_collate, needs_cpu_process_group
+from .label_tables import DATASETS
 from .modeling_setr import SetrForSemanticSegmentation
 from .presets import HUB_DATASETS, PRESETS, CheckpointPreset
 from .training import (
@@ -74,8 +82,50 @@ class DataArguments:
         default=None,
         metadata={
             "help": "data source: a Hub dataset id or a local folder (raw ADEChallengeData2016 / Cityscapes tree, "
-            "parquet export). Default: the preset's Hub dataset (ADE20K only)"
+            "parquet export, save_to_disk folder, images/ + masks/ files). Default: the preset's Hub dataset "
+            "(ADE20K only)"
         },
+    )
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "the same as --data (the transformers examples' name)"}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "the Hub dataset's configuration"})
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "say that the data is ADE20K or Cityscapes (recognised from their known sources and layouts "
+            "otherwise); anything else is custom data with declared classes",
+            "choices": sorted(DATASETS),
+        },
+    )
+    id2label: str | None = field(
+        default=None,
+        metadata={
+            "help": 'custom data: a JSON file {"0": "name", ...} naming the mask values as stored. Default: the '
+            "id2label.json of the dataset folder or Hub repo"
+        },
+    )
+    do_reduce_labels: bool | None = field(
+        default=None,
+        metadata={
+            "help": "custom data: true when mask value 0 means unlabelled (ignored; value v is class v-1, id2label's "
+            "entry 0 dropped). Default false, as in the transformers example (0 is a class). ADE20K always reduces"
+        },
+    )
+    image_column: str | None = field(
+        default=None, metadata={"help": "custom table data: the image column (default: image, pixel_values)"}
+    )
+    label_column: str | None = field(
+        default=None,
+        metadata={"help": "custom table data: the mask column (default: label, annotation, semantic_segmentation)"},
+    )
+    train_val_split: float = field(
+        default=DEFAULT_TRAIN_VAL_SPLIT,
+        metadata={"help": "custom data without a validation split: the fraction of train that becomes one"},
+    )
+    ignore_index: int = field(
+        default=IGNORE_INDEX,
+        metadata={"help": "custom data: the mask value that is not a class and not scored (above 255: 16-bit masks)"},
     )
     train_split: str = field(default="train")
     eval_split: str = field(default="validation")
@@ -173,14 +223,39 @@ def _describe_preset_values(parser, preset: CheckpointPreset) -> None:
 
 
 def data_source_for(preset: CheckpointPreset, data_args: DataArguments) -> str:
-    if data_args.data:
-        return data_args.data
+    if data_args.data and data_args.dataset_name and data_args.data != data_args.dataset_name:
+        raise CommandLineError(f"--data {data_args.data} and --dataset_name {data_args.dataset_name} disagree")
+    if data_args.data or data_args.dataset_name:
+        return data_args.data or data_args.dataset_name
     if preset.dataset == "ade20k":
         return HUB_DATASETS["ade20k"].hub_id
-    raise ValueError(
+    raise CommandLineError(
         "Cityscapes cannot be downloaded from the Hub under its licence: pass --data with a local Cityscapes root "
         "(leftImg8bit/ + gtFine/) or a Hub mirror id"
     )
+
+
+def load_data(preset: CheckpointPreset, data_args: DataArguments) -> SegmentationData:
+    """The data of both training commands; a bad source or class declaration is a `CommandLineError`."""
+    try:
+        source = data_source_for(preset, data_args)
+        default_data = not (data_args.data or data_args.dataset_name)
+        return load_segmentation_data(
+            source,
+            data_args.dataset or (preset.dataset if default_data else None),
+            cache_dir=data_args.data_cache_dir,
+            config_name=data_args.dataset_config_name,
+            id2label=data_args.id2label,
+            reduce_labels=data_args.do_reduce_labels,
+            image_column=data_args.image_column,
+            label_column=data_args.label_column,
+            train_val_split=data_args.train_val_split,
+            ignore_index=data_args.ignore_index,
+        )
+    except (DatasetFormatError, FileNotFoundError) as error:
+        raise CommandLineError(str(error)) from None
+    except ValueError as error:  # bad argument combinations of load_segmentation_data
+        raise CommandLineError(str(error)) from None
 
 
 class CommandLineError(ValueError):
@@ -315,14 +390,22 @@ def build_model(
 ) -> tuple[SetrForSemanticSegmentation, Any]:
     """A model for `data` and the image processor of its test pipeline."""
     preset = PRESETS[model_args.preset]
+    palette = [list(colour) for colour in data.palette]
     if model_args.model_name_or_path:
         model = SetrForSemanticSegmentation.from_pretrained(model_args.model_name_or_path)
-        if model.config.num_labels != data.num_labels:
-            logger.info("new classifier: %d classes instead of %d", data.num_labels, model.config.num_labels)
+        if {int(k): v for k, v in model.config.id2label.items()} != data.id2label:
+            # The user's classes: a new classifier (the main and auxiliary heads' last convolutions, whose shapes
+            # change), every other weight kept.
+            logger.info(
+                "new classifier for the %d classes of %s (the model had %d)",
+                data.num_labels,
+                data.name,
+                model.config.num_labels,
+            )
             model = SetrForSemanticSegmentation.from_pretrained(
                 model_args.model_name_or_path,
                 id2label=data.id2label,
-                palette=[list(colour) for colour in data.palette],
+                palette=palette,
                 ignore_mismatched_sizes=True,
             )
     else:
@@ -333,7 +416,7 @@ def build_model(
             overrides.setdefault("slide_stride", default_slide_stride(data_args.crop_size))
         if data.dataset != preset.dataset or data.num_labels != preset.num_labels:
             overrides.setdefault("id2label", data.id2label)
-            overrides.setdefault("palette", [list(colour) for colour in data.palette])
+            overrides.setdefault("palette", palette)
         model = SetrForSemanticSegmentation(config_for_preset(preset, **overrides))
         backbone = model_args.backbone or (TIMM_BACKBONE_DEFAULT if _is_vit_large(model.config) else "none")
         if backbone != "none":
@@ -344,7 +427,12 @@ def build_model(
             except (OSError, ValueError) as error:  # a missing, unreadable or mismatched file, a failed download
                 raise CommandLineError(f"--backbone {backbone}: {error}") from None
             logger.info("encoder initialised from %s: %s", backbone, report)
-    processor = processor_for(preset if data.dataset == preset.dataset else None, model.config)
+    model.config.semantic_loss_ignore_index = data.ignore_index
+    processor = processor_for(
+        preset if data.dataset == preset.dataset else None,
+        model.config,
+        reduce_labels=data.reduce_labels if data.is_custom else None,
+    )
     if data_args.scale:
         longest, shortest = _int_pair(data_args.scale, "--scale")
         processor.size = {"shortest_edge": shortest, "longest_edge": longest}
@@ -357,13 +445,52 @@ def build_train_dataset(
     crop = data_args.crop_size or model.config.slide_window[0][0]
     scale = (processor.size["longest_edge"], processor.size["shortest_edge"])
     low, high = (float(value) for value in data_args.ratio_range.split(","))
-    augmentation = SetrTrainAugmentation(crop_size=(crop, crop), scale=scale, ratio_range=(low, high))
+    augmentation = SetrTrainAugmentation(
+        crop_size=(crop, crop),
+        scale=scale,
+        ratio_range=(low, high),
+        ignore_index=data.ignore_index,
+        num_labels=data.num_labels,
+    )
     return SegmentationTrainDataset(data, data_args.train_split, augmentation, seed, data_args.max_train_samples)
 
 
 def build_eval_dataset(data: SegmentationData, data_args: DataArguments, processor, keep_images: bool = False):
     return SegmentationEvalDataset(
         data, processor, split=data_args.eval_split, keep_images=keep_images, max_samples=data_args.max_eval_samples
+    )
+
+
+def build_trainer(
+    model: SetrForSemanticSegmentation,
+    processor,
+    data: SegmentationData,
+    training_args: SetrTrainingArguments,
+    data_args: DataArguments | None = None,
+    *,
+    train: bool | None = None,
+    evaluate: bool | None = None,
+) -> SetrTrainer:
+    """A `SetrTrainer` for `data` with SETR's augmentation, evaluation protocol and metric (what `scripts/train.py`
+    runs; `data_args` gives the crop, scale, splits and sample limits, default `DataArguments()`). `train` /
+    `evaluate`: whether to give it the training / evaluation split (default: when `data` has that split)."""
+    from .metrics import trainer_compute_metrics
+
+    data_args = data_args or DataArguments()
+    if train is None:
+        train = _normalise_split(data_args.train_split) in data.splits
+    if evaluate is None:
+        evaluate = _normalise_split(data_args.eval_split) in data.splits
+    return SetrTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=build_train_dataset(data, data_args, model, processor, training_args.seed) if train else None,
+        eval_dataset=build_eval_dataset(data, data_args, processor, keep_images=training_args.eval_mode == "ms_flip")
+        if evaluate
+        else None,
+        data_collator=eval_collate,  # stacks fixed-size training crops too
+        processing_class=processor,
+        compute_metrics=trainer_compute_metrics(model.config.num_labels, model.config.id2label),
     )
 
 
@@ -412,12 +539,8 @@ def main_trainer(argv: list[str] | None = None) -> int:
         exit_with_error(str(error))
     set_seed(training_args.seed)
     preset = PRESETS[model_args.preset]
-    data = load_segmentation_data(
-        data_source_for(preset, data_args),
-        preset.dataset if not data_args.data else None,
-        cache_dir=data_args.data_cache_dir,
-    )
     try:
+        data = load_data(preset, data_args)
         model, processor = build_model(model_args, data_args, data)
     except CommandLineError as error:
         exit_with_error(str(error))
@@ -428,20 +551,8 @@ def main_trainer(argv: list[str] | None = None) -> int:
     )
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # we push once, with our card
 
-    from .metrics import trainer_compute_metrics
-
-    trainer = SetrTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=build_train_dataset(data, data_args, model, processor, training_args.seed)
-        if training_args.do_train
-        else None,
-        eval_dataset=build_eval_dataset(data, data_args, processor, keep_images=training_args.eval_mode == "ms_flip")
-        if training_args.do_eval
-        else None,
-        data_collator=eval_collate,  # stacks fixed-size training crops too
-        processing_class=processor,
-        compute_metrics=trainer_compute_metrics(model.config.num_labels, model.config.id2label),
+    trainer = build_trainer(
+        model, processor, data, training_args, data_args, train=training_args.do_train, evaluate=training_args.do_eval
     )
     training: dict[str, Any] = {
         "preset": preset.name,
@@ -589,12 +700,8 @@ def main_no_trainer(argv: list[str] | None = None) -> int:
         )
     set_seed(args.seed)
     preset = PRESETS[model_args.preset]
-    data = load_segmentation_data(
-        data_source_for(preset, data_args),
-        preset.dataset if not data_args.data else None,
-        cache_dir=data_args.data_cache_dir,
-    )
     try:
+        data = load_data(preset, data_args)
         model, processor = build_model(model_args, data_args, data)
     except CommandLineError as error:
         exit_with_error(str(error))
