@@ -517,9 +517,7 @@ def write_model_card(
         base_model=model_args.model_name_or_path,
     )
     path = Path(output_dir) / "README.md"
-    tmp = path.with_name(f".README.md.{os.getpid()}.tmp")  # per process: never two writers on one temporary file
-    card.save(tmp)
-    tmp.replace(path)
+    write_text_atomically(path, str(card))
     return path
 
 
@@ -619,15 +617,20 @@ def push_trained_folder(folder: str | Path, repo_id: str, token: str | None = No
     return push_folder_to_hub(folder, repo_id, token=token, ignore_patterns=HUB_PUSH_IGNORE)
 
 
-def save_json_atomically(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write `payload` to a temporary name unique to this process, then rename it to `path`."""
+def write_text_atomically(path: str | Path, text: str) -> None:
+    """Write `text` to a temporary name unique to this process (never two writers on one temporary file), then
+    rename it to `path`; a failed write leaves no temporary file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float) + "\n")
+        tmp.write_text(text, encoding="utf-8", newline="")
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def save_json_atomically(path: str | Path, payload: dict[str, Any]) -> None:
+    write_text_atomically(path, json.dumps(payload, indent=2, sort_keys=True, default=float) + "\n")
 
 
 @dataclass
@@ -694,8 +697,8 @@ def main_no_trainer(argv: list[str] | None = None) -> int:
     )
     launched = os.environ.get("WORLD_SIZE")  # set by torchrun / `accelerate launch`
     if launched is not None and int(launched) != accelerator.num_processes:
-        raise SystemExit(
-            f"error: launched as {launched} processes but Accelerate formed a group of {accelerator.num_processes} "
+        exit_with_error(
+            f"launched as {launched} processes but Accelerate formed a group of {accelerator.num_processes} "
             f"on {accelerator.device.type}: the processes would train separately"
         )
     set_seed(args.seed)
