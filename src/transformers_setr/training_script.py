@@ -595,6 +595,10 @@ def main_trainer(argv: list[str] | None = None) -> int:
         )
         if push_to_hub:
             push_trained_folder(training_args.output_dir, push_repo, training_args.hub_token)
+    # Every process leaves together, after the process group is torn down: a rank that exits while rank 0 is still
+    # writing, with the group alive, can abort in gloo's teardown ("terminate called without an active exception").
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
     return 0
 
 
