@@ -709,50 +709,13 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
         """
         check_pixel_values(pixel_values, self.config, check_values=True)
         default_crop, default_stride = self.config.slide_window
-        # Without autograd the windows run under inference_mode (no version counters or view tracking); the sums are
-        # kept outside it, so the caller gets an ordinary tensor. (Not under torch.compile, whose graphs take the
-        # caller's mode.)
-        eager_no_grad = not (torch.is_grad_enabled() or torch.compiler.is_compiling())
-        window_context = torch.inference_mode() if eager_no_grad else contextlib.nullcontext()
-        crop, stride = check_slide_window(
-            default_crop if crop_size is None else crop_size, default_stride if stride is None else stride
+        return slide_window_logits(
+            pixel_values,
+            lambda windows: self._encode_decode(windows, None)[0],
+            default_crop if crop_size is None else crop_size,
+            default_stride if stride is None else stride,
+            self.config.slide_batch_size if batch_size is None else batch_size,
         )
-        batch_size = self.config.slide_batch_size if batch_size is None else batch_size
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"sliding-window batch_size must be a positive int, got {batch_size!r}")
-        images, _, height, width = pixel_values.shape
-        windows = slide_windows(height, width, crop, stride)
-        window_height, window_width = min(crop[0], height), min(crop[1], width)
-        logits_sum = count = None
-        # Window-major order: the windows of one image stay together for the accumulation below.
-        crops = [(w, i) for w in range(len(windows)) for i in range(images)]
-        for start in range(0, len(crops), batch_size):
-            chunk = crops[start : start + batch_size]
-            with window_context:
-                batch = torch.stack(
-                    [
-                        pixel_values[i, :, windows[w][0] : windows[w][1], windows[w][2] : windows[w][3]]
-                        for w, i in chunk
-                    ]
-                )
-                logits, _, _ = self._encode_decode(batch, None)
-                # Accumulate in float32 even under autocast: the average of overlapping windows is taken in full
-                # precision (a no-op for a float32 model).
-                logits = F.interpolate(
-                    logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits,
-                    size=(window_height, window_width),
-                    mode="bilinear",
-                    align_corners=False,
-                )
-            if logits_sum is None:
-                logits_sum = logits.new_zeros((images, logits.shape[1], height, width))
-                count = logits.new_zeros((1, 1, height, width))
-            for (w, i), window_logits in zip(chunk, logits):
-                y1, y2, x1, x2 = windows[w]
-                logits_sum[i, :, y1:y2, x1:x2] += window_logits
-        for y1, y2, x1, x2 in windows:
-            count[..., y1:y2, x1:x2] += 1
-        return logits_sum / count
 
     @can_return_tuple
     def forward(
@@ -825,6 +788,59 @@ def slide_windows(
             y2, x2 = min(row * stride[0] + crop[0], height), min(column * stride[1] + crop[1], width)
             windows.append((max(y2 - crop[0], 0), y2, max(x2 - crop[1], 0), x2))
     return windows
+
+
+def slide_window_logits(
+    pixel_values: torch.Tensor,
+    window_logits: Callable[[torch.Tensor], torch.Tensor],
+    crop_size: int | tuple[int, int],
+    stride: int | tuple[int, int],
+    batch_size: int,
+) -> torch.Tensor:
+    """mmsegmentation's sliding-window averaging around any per-window forward (the model's own, or an exported
+    graph's): `window_logits` maps a (n, C, h, w) batch of windows to their (n, num_labels, h', w') logits.
+
+    Windows of `crop_size` every `stride` (`slide_windows`), each window's logits resized bilinearly to the window,
+    summed into place in float32 and divided by the number of windows covering each pixel.
+    """
+    # Without autograd the windows run under inference_mode (no version counters or view tracking); the sums are
+    # kept outside it, so the caller gets an ordinary tensor. (Not under torch.compile, whose graphs take the
+    # caller's mode.)
+    eager_no_grad = not (torch.is_grad_enabled() or torch.compiler.is_compiling())
+    window_context = torch.inference_mode() if eager_no_grad else contextlib.nullcontext()
+    crop, stride = check_slide_window(crop_size, stride)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"sliding-window batch_size must be a positive int, got {batch_size!r}")
+    images, _, height, width = pixel_values.shape
+    windows = slide_windows(height, width, crop, stride)
+    window_height, window_width = min(crop[0], height), min(crop[1], width)
+    logits_sum = count = None
+    # Window-major order: the windows of one image stay together for the accumulation below.
+    crops = [(w, i) for w in range(len(windows)) for i in range(images)]
+    for start in range(0, len(crops), batch_size):
+        chunk = crops[start : start + batch_size]
+        with window_context:
+            batch = torch.stack(
+                [pixel_values[i, :, windows[w][0] : windows[w][1], windows[w][2] : windows[w][3]] for w, i in chunk]
+            )
+            logits = window_logits(batch)
+            # Accumulate in float32 even under autocast: the average of overlapping windows is taken in full
+            # precision (a no-op for a float32 model).
+            logits = F.interpolate(
+                logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits,
+                size=(window_height, window_width),
+                mode="bilinear",
+                align_corners=False,
+            )
+        if logits_sum is None:
+            logits_sum = logits.new_zeros((images, logits.shape[1], height, width))
+            count = logits.new_zeros((1, 1, height, width))
+        for (w, i), one_window in zip(chunk, logits):
+            y1, y2, x1, x2 = windows[w]
+            logits_sum[i, :, y1:y2, x1:x2] += one_window
+    for y1, y2, x1, x2 in windows:
+        count[..., y1:y2, x1:x2] += 1
+    return logits_sum / count
 
 
 def check_labels(labels: torch.Tensor, pixel_values: torch.Tensor, config: SetrConfig) -> None:
