@@ -30,9 +30,16 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 
 # A small encoder (4 layers, width 96) and 64×64 crops: a few minutes of CPU training; the rest is the ADE20K recipe.
-TINY_ENCODER = (
-    "hidden_size=96,num_hidden_layers=4,num_attention_heads=4,intermediate_size=192,out_indices=[0, 1, 2, 3],"
-    "decoder_channels=64,auxiliary_channels=32"
+TINY_ENCODER = json.dumps(
+    {
+        "hidden_size": 96,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "intermediate_size": 192,
+        "out_indices": [0, 1, 2, 3],
+        "decoder_channels": 64,
+        "auxiliary_channels": 32,
+    }
 )
 # Marks an output folder as the main job's: only such a folder's data/ and model/ are replaced by a new run.
 OUTPUT_MARKER = ".setr-main-job"

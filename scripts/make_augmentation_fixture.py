@@ -23,11 +23,10 @@ renamed): per case ``i``: ``image_{i}`` (H, W, 3) uint8 RGB, ``labels_{i}`` (H, 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
-import sys
 import tempfile
-import types
 import warnings
 from pathlib import Path
 
@@ -40,23 +39,20 @@ from mmengine.config import Config
 from mmengine.dataset import Compose
 
 
-def _stub_mmcv_ops() -> None:
-    # mmcv-lite has no compiled ops, but mmseg imports some eagerly; the data pipeline uses none of them.
-    def unavailable(name: str):
-        if name.startswith("__"):
-            raise AttributeError(name)
-
-        def raise_on_use(*args, **kwargs):
-            raise RuntimeError(f"mmcv.ops.{name} is a stub (mmcv-lite has no compiled ops)")
-
-        return type(name, (), {"__new__": raise_on_use})
-
-    module = types.ModuleType("mmcv.ops")
-    module.__getattr__ = unavailable
-    sys.modules.setdefault("mmcv.ops", module)
+def _load_reference_helpers():
+    """`transformers_setr/conversion/mmseg_reference.py` by path: the one mmcv.ops stub and numpy allow-list (this
+    script runs where transformers_setr is not installed)."""
+    path = Path(__file__).resolve().parents[1] / "src" / "transformers_setr" / "conversion" / "mmseg_reference.py"
+    spec = importlib.util.spec_from_file_location("setr_mmseg_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-_stub_mmcv_ops()
+mmseg_reference = _load_reference_helpers()
+
+
+mmseg_reference.install_mmcv_ops_stub()
 warnings.filterwarnings("ignore", category=UserWarning, module=r"(mmcv|mmseg|mmengine)(\.|$)")
 import mmseg  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402

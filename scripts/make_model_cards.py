@@ -1,82 +1,18 @@
 #!/usr/bin/env python3
-"""Write the Hub model cards of the seven SETR checkpoints to `model_cards/{preset}.md`, or check them.
+"""`setr cards` from a checkout, on the checkout's `model_cards/`: see `setr cards --help`."""
 
-    python scripts/make_model_cards.py            # (re)write every card (atomically: temporary file, then rename)
-    python scripts/make_model_cards.py --check    # exit 1 if a committed card is missing or differs
-
-The cards come from `transformers_setr.model_card.build_model_card` (no measured results); edit that module or
-`presets.py`, never the generated files.
-"""
-
-import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
-from transformers_setr.model_card import build_model_card
-from transformers_setr.presets import PRESETS
+from transformers_setr.cards.command import expected_cards, stale_cards, write_atomically  # noqa: F401
+from transformers_setr.cards.command import main as cards_main
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "model_cards"
 
 
-def expected_cards() -> dict[str, str]:
-    """File name -> the card text the generator produces now."""
-    return {f"{name}.md": str(build_model_card(preset)) for name, preset in PRESETS.items()}
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the card normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def stale_cards(directory: Path) -> list[str]:
-    """Cards in `directory` that are missing, differ from the generated ones, or belong to no preset."""
-    expected = expected_cards()
-    stale = []
-    for file_name, text in expected.items():
-        path = directory / file_name
-        if not path.is_file() or path.read_text(encoding="utf-8") != text:
-            stale.append(file_name)
-    stale += sorted(f"{path.name} (no such preset)" for path in directory.glob("*.md") if path.name not in expected)
-    return stale
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="only check that the cards are up to date")
-    parser.add_argument("--output-dir", type=Path, default=DEFAULT_DIR, help=f"default: {DEFAULT_DIR}")
-    args = parser.parse_args(argv)
-    if args.check:
-        stale = stale_cards(args.output_dir)
-        if stale:
-            print(
-                f"stale or missing model cards in {args.output_dir}: {', '.join(stale)}\n"
-                "regenerate them with: python scripts/make_model_cards.py",
-                file=sys.stderr,
-            )
-            return 1
-        print(f"{len(PRESETS)} model cards up to date")
-        return 0
-    for file_name, text in expected_cards().items():
-        write_atomically(args.output_dir / file_name, text)
-        print(f"wrote {args.output_dir / file_name}")
-    return 0
+    return cards_main(argv, default_dir=DEFAULT_DIR)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

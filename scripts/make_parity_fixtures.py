@@ -116,38 +116,21 @@ HARD_MAX_FILE_BYTES = 2 * 1024 * 1024
 # ---------------------------------------------------------------------------
 # mmseg import (mmcv-lite has no compiled ops)
 # ---------------------------------------------------------------------------
-def _install_mmcv_ops_stub() -> None:
-    """Put a stand-in ``mmcv.ops`` into ``sys.modules``.
+def _load_reference_helpers():
+    """`transformers_setr/conversion/mmseg_reference.py` by path: the one mmcv.ops stub and numpy allow-list (this
+    script runs where transformers_setr is not installed)."""
+    path = Path(__file__).resolve().parents[1] / "src" / "transformers_setr" / "conversion" / "mmseg_reference.py"
+    spec = importlib.util.spec_from_file_location("setr_mmseg_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    mmseg imports a few names from ``mmcv.ops`` at import time (point_sample,
-    sigmoid_focal_loss, ...), but mmcv-lite ships no compiled ops. SETR uses
-    none of them. Every requested name resolves to a placeholder *class*
-    (so ``isinstance`` checks keep working) that raises when instantiated or
-    called.
-    """
-    if "mmcv.ops" in sys.modules:
-        return
-    stub = types.ModuleType("mmcv.ops")
-    stub.__doc__ = "Stand-in for mmcv.ops (mmcv-lite has no compiled ops)."
-    cache: dict[str, type] = {}
 
-    def _getattr(name: str):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        if name not in cache:
-
-            def _unavailable(*args, _name=name, **kwargs):
-                raise RuntimeError(f"mmcv.ops.{_name} is not available (mmcv-lite stub)")
-
-            cache[name] = type(name, (), {"__new__": _unavailable, "__module__": "mmcv.ops"})
-        return cache[name]
-
-    stub.__getattr__ = _getattr  # PEP 562
-    sys.modules["mmcv.ops"] = stub
+mmseg_reference = _load_reference_helpers()
 
 
 def _import_mmseg():
-    _install_mmcv_ops_stub()
+    mmseg_reference.install_mmcv_ops_stub()
     # mmcv-lite / mmseg deprecation and "missing op" chatter is irrelevant here.
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(mmcv|mmseg|mmengine)(\.|$)")
     import mmseg
@@ -470,14 +453,7 @@ def _save_io(path: Path, record: dict) -> None:
 
 def _check_checkpoint_loads(path: Path, model) -> None:
     """Self-check: the file loads with weights_only=True once numpy is allow-listed."""
-    np_safe = [
-        (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
-        np.dtype,
-        type(np.dtype("float32")),
-        type(np.dtype("float64")),
-        type(np.dtype("int64")),
-    ]
-    with torch.serialization.safe_globals(np_safe):
+    with torch.serialization.safe_globals(mmseg_reference.numpy_safe_globals()):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     ref = model.state_dict()
     assert list(ckpt["state_dict"]) == list(ref)

@@ -17,9 +17,9 @@ from test_train_script import run_train_script
 from test_training import TINY, common_args, step_losses
 
 from transformers_setr import SetrForSemanticSegmentation
-from transformers_setr import data as data_module
 from transformers_setr.augmentation import SetrTrainAugmentation
 from transformers_setr.data import DatasetFormatError, load_segmentation_data
+from transformers_setr.data import loading as data_module
 from transformers_setr.label_tables import ADE20K_CLASSES, generate_palette
 from transformers_setr.synthetic import SIDEWALK_CLASSES, make_synthetic_custom
 from transformers_setr.training_script import main_trainer

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_training import PYTHON, ROOT, TINY, common_args, step_losses
+from test_training import PYTHON, ROOT, TINY, TINY_FIELDS, common_args, step_losses
 
 from transformers_setr import SetrForSemanticSegmentation
 from transformers_setr.presets import PRESETS, TIMM_VIT_LARGE_URL
@@ -19,7 +19,7 @@ from transformers_setr.training import SetrTrainingArguments
 from transformers_setr.training_script import main_trainer
 
 # TINY plus the MLA widths (decoder_channels = 4 feature levels x mla_channels), so one string fits all seven presets.
-TINY_ANY_DECODER = TINY + ",mla_channels=4,mla_neck_channels=8"
+TINY_ANY_DECODER = json.dumps({**TINY_FIELDS, "mla_channels": 4, "mla_neck_channels": 8})
 SCRIPT_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "400"}
 
 

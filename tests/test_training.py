@@ -40,10 +40,16 @@ def free_port() -> str:
         return str(sock.getsockname()[1])
 
 
-TINY = (
-    "hidden_size=32,num_hidden_layers=4,num_attention_heads=2,intermediate_size=64,out_indices=[0, 1, 2, 3],"
-    "decoder_channels=16,auxiliary_channels=8"
-)
+TINY_FIELDS = {
+    "hidden_size": 32,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "out_indices": [0, 1, 2, 3],
+    "decoder_channels": 16,
+    "auxiliary_channels": 8,
+}
+TINY = json.dumps(TINY_FIELDS)
 
 
 @pytest.fixture(scope="module")
@@ -308,16 +314,19 @@ def test_push_to_hub_uploads_the_final_folder_once_with_our_card(ade_root, tmp_p
     assert "me/setr-x" in card and "mean_iou" in card
 
 
-def test_config_overrides_parse_literals_and_reject_unknown_fields():
-    assert parse_config_overrides("hidden_size=64,out_indices=[0, 1, 2, 3],decoder_type=mla") == {
+def test_config_overrides_parse_json_and_reject_unknown_fields():
+    assert parse_config_overrides('{"hidden_size": 64, "out_indices": [0, 1, 2, 3], "decoder_type": "mla"}') == {
         "hidden_size": 64,
         "out_indices": [0, 1, 2, 3],
         "decoder_type": "mla",
     }
-    with pytest.raises(ValueError, match="not a SetrConfig field"):
-        parse_config_overrides("hidden_sise=64")
-    with pytest.raises(ValueError, match="name=value"):
-        parse_config_overrides("hidden_size")
+    with pytest.raises(ValueError, match="not SetrConfig fields"):
+        parse_config_overrides('{"hidden_sise": 64}')
+    with pytest.raises(ValueError, match="JSON object"):
+        parse_config_overrides('["hidden_size"]')
+    # the old name=value list is refused, with the JSON to write instead
+    with pytest.raises(ValueError, match='must be a JSON object.*"hidden_size": ...'):
+        parse_config_overrides("hidden_size=64,decoder_type=mla")
 
 
 def test_sync_batch_norm_only_for_several_gpu_processes_and_reverted_for_saving():

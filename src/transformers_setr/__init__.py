@@ -1,15 +1,17 @@
 """SETR semantic segmentation for Hugging Face transformers.
 
 Importing the package registers SETR with the Auto classes (`AutoConfig`, `AutoModel`,
-`AutoModelForSemanticSegmentation`, `AutoImageProcessor`) and with `pipeline("image-segmentation")`.
+`AutoModelForSemanticSegmentation`, `AutoImageProcessor`) and with `pipeline("image-segmentation")`. The model code
+is in `models/setr/`; the rooms around it (`inference`, `conversion`, `data`, `training`, `evaluation`, `cards`) are
+imported when first used, and the training ones need the `[train]` extra.
 """
 
 from transformers.utils import is_torchvision_available
 
-from .configuration_setr import SetrConfig
-from .image_processing_pil_setr import SetrImageProcessorPil
-from .metrics import MeanIoU, evaluate_metric_path
-from .modeling_setr import (
+from ._imports import install_moved_module_finder, lazy_exports
+from .models.setr.configuration_setr import SetrConfig
+from .models.setr.image_processing_pil_setr import SetrImageProcessorPil
+from .models.setr.modeling_setr import (
     SetrForSemanticSegmentation,
     SetrModel,
     SetrPreTrainedModel,
@@ -18,16 +20,26 @@ from .modeling_setr import (
 from .registration import register_auto_classes
 
 if is_torchvision_available():
-    from .image_processing_setr import SetrImageProcessor
+    from .models.setr.image_processing_setr import SetrImageProcessor
 else:  # transformers' own convention: the processor name falls back to the PIL backend
     SetrImageProcessor = SetrImageProcessorPil
 
+__version__ = "0.2.0"
+
+install_moved_module_finder()
 register_auto_classes()
 
-__version__ = "0.1.0"
+_getattr, __dir__, _lazy_names = lazy_exports(
+    __name__,
+    {
+        "evaluation.metrics": ("MeanIoU", "evaluate_metric_path"),
+        "inference": ("INFERENCE_MODES", "predict_labels", "multi_scale_flip_segmentation"),
+        "inference.visualize": ("overlay_with_legend",),
+    },
+)
+__getattr__ = _getattr
 
 __all__ = [
-    "MeanIoU",
     "SetrConfig",
     "SetrForSemanticSegmentation",
     "SetrImageProcessor",
@@ -35,5 +47,5 @@ __all__ = [
     "SetrModel",
     "SetrPreTrainedModel",
     "SetrSemanticSegmenterOutput",
-    "evaluate_metric_path",
+    *_lazy_names,
 ]

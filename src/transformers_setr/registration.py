@@ -5,10 +5,10 @@ from transformers.models.auto import modeling_auto
 from transformers.pipelines import PIPELINE_REGISTRY, ImageSegmentationPipeline
 from transformers.utils import is_torchvision_available, logging
 
-from .configuration_setr import SetrConfig
-from .image_processing_pil_setr import SetrImageProcessorPil
-from .modeling_setr import SetrForSemanticSegmentation, SetrModel
-from .segmentation_pipeline import SetrImageSegmentationPipeline
+from .inference.pipeline import SetrImageSegmentationPipeline
+from .models.setr.configuration_setr import SetrConfig
+from .models.setr.image_processing_pil_setr import SetrImageProcessorPil
+from .models.setr.modeling_setr import SetrForSemanticSegmentation, SetrModel
 
 logger = logging.get_logger(__name__)
 
@@ -20,7 +20,7 @@ def register_auto_classes() -> None:
     AutoModelForSemanticSegmentation.register(SetrConfig, SetrForSemanticSegmentation, exist_ok=True)
     processors = {"pil": SetrImageProcessorPil}
     if is_torchvision_available():
-        from .image_processing_setr import SetrImageProcessor
+        from .models.setr.image_processing_setr import SetrImageProcessor
 
         processors["torchvision"] = SetrImageProcessor
     AutoImageProcessor.register(SetrConfig, image_processor_classes=processors, exist_ok=True)
@@ -45,7 +45,7 @@ def register_pipeline() -> None:
         logger.warning(
             f"pipeline('image-segmentation') is already implemented by {impl}; SETR images of different sizes cannot "
             "be batched there and 16-bit images are clipped to 8 bits: pass "
-            "pipeline_class=transformers_setr.segmentation_pipeline.SetrImageSegmentationPipeline."
+            "pipeline_class=transformers_setr.inference.pipeline.SetrImageSegmentationPipeline."
         )
         return
     # Not `register_pipeline`: it warns about overwriting, and would mark the class for `save_pretrained` to write a

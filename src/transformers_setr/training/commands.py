@@ -5,7 +5,6 @@ way: evaluation with SETR's protocol, a transformers folder with a model card ca
 optional push to the Hub.
 """
 
-import ast
 import json
 import logging
 import os
@@ -19,10 +18,11 @@ from typing import Any, NoReturn
 import torch
 from transformers import HfArgumentParser, set_seed
 
-from .augmentation import SetrTrainAugmentation
-from .configuration_setr import SetrConfig, default_slide_stride
-from .convert_mmseg import processor_for, push_folder_to_hub
-from .data import (
+from ..cli import parse_config_overrides
+from ..conversion.from_mmseg import processor_for, push_folder_to_hub
+from ..conversion.presets import HUB_DATASETS, PRESETS, CheckpointPreset
+from ..data.label_tables import DATASETS
+from ..data.loading import (
     DEFAULT_TRAIN_VAL_SPLIT,
     IGNORE_INDEX,
     DatasetFormatError,
@@ -30,11 +30,12 @@ from .data import (
     _normalise_split,
     load_segmentation_data,
 )
-from .evaluation import SegmentationEvalDataset, eval_collate, needs_cpu_process_group
-from .label_tables import DATASETS
-from .modeling_setr import SetrForSemanticSegmentation
-from .presets import HUB_DATASETS, PRESETS, CheckpointPreset
-from .training import (
+from ..evaluation.protocol import SegmentationEvalDataset, eval_collate, needs_cpu_process_group
+from ..files import save_json_atomically, write_text_atomically
+from ..models.setr.configuration_setr import SetrConfig, default_slide_stride
+from ..models.setr.modeling_setr import SetrForSemanticSegmentation
+from .augmentation import SetrTrainAugmentation
+from .recipe import (
     SegmentationTrainDataset,
     SetrTrainer,
     SetrTrainingArguments,
@@ -72,7 +73,9 @@ class ModelArguments:
     )
     config_overrides: str | None = field(
         default=None,
-        metadata={"help": "SetrConfig fields for a fresh model, e.g. 'hidden_size=64,num_hidden_layers=4,...'"},
+        metadata={
+            "help": 'SetrConfig fields for a fresh model, as a JSON object: \'{"hidden_size": 64, "num_hidden_layers": 4}\''
+        },
     )
 
 
@@ -144,34 +147,6 @@ def _int_pair(text: str, what: str) -> tuple[int, int]:
     if len(parts) != 2 or not all(part.isdigit() for part in parts):
         raise ValueError(f"{what} must be two integers 'a,b', got {text!r}")
     return int(parts[0]), int(parts[1])
-
-
-def parse_config_overrides(text: str | None) -> dict[str, Any]:
-    """'a=1,b=[1, 2],c=mla' -> {'a': 1, 'b': [1, 2], 'c': 'mla'} (values as Python literals, else strings)."""
-    if not text:
-        return {}
-    overrides, depth, current = {}, 0, ""
-    items = []
-    for char in text:  # split on commas outside brackets
-        depth += char in "[(" and 1 or 0
-        depth -= char in "])" and 1 or 0
-        if char == "," and depth == 0:
-            items.append(current)
-            current = ""
-        else:
-            current += char
-    items.append(current)
-    for item in filter(str.strip, items):
-        if "=" not in item:
-            raise ValueError(f"config override {item!r} is not 'name=value'")
-        name, value = (part.strip() for part in item.split("=", 1))
-        if name not in SetrConfig.__dataclass_fields__:
-            raise ValueError(f"config override {name!r} is not a SetrConfig field")
-        try:
-            overrides[name] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            overrides[name] = value
-    return overrides
 
 
 def parse_arguments(argv: list[str], extra=()) -> tuple:
@@ -409,7 +384,10 @@ def build_model(
                 ignore_mismatched_sizes=True,
             )
     else:
-        overrides = parse_config_overrides(model_args.config_overrides)
+        try:
+            overrides = parse_config_overrides(model_args.config_overrides)
+        except ValueError as error:
+            raise CommandLineError(f"--config_overrides: {error}") from None
         if data_args.crop_size:
             overrides.setdefault("image_size", data_args.crop_size)
             overrides.setdefault("slide_crop_size", data_args.crop_size)
@@ -420,7 +398,7 @@ def build_model(
         model = SetrForSemanticSegmentation(config_for_preset(preset, **overrides))
         backbone = model_args.backbone or (TIMM_BACKBONE_DEFAULT if _is_vit_large(model.config) else "none")
         if backbone != "none":
-            from .convert_timm import load_timm_vit_pretrain
+            from ..conversion.from_timm import load_timm_vit_pretrain
 
             try:
                 report = load_timm_vit_pretrain(model, backbone)
@@ -474,7 +452,7 @@ def build_trainer(
     """A `SetrTrainer` for `data` with SETR's augmentation, evaluation protocol and metric (what `scripts/train.py`
     runs; `data_args` gives the crop, scale, splits and sample limits, default `DataArguments()`). `train` /
     `evaluate`: whether to give it the training / evaluation split (default: when `data` has that split)."""
-    from .metrics import trainer_compute_metrics
+    from ..evaluation.metrics import trainer_compute_metrics
 
     data_args = data_args or DataArguments()
     if train is None:
@@ -504,7 +482,7 @@ def write_model_card(
     training: dict[str, Any],
     repo_id: str | None = None,
 ) -> Path:
-    from .model_card import build_trained_model_card
+    from ..cards.model_card import build_trained_model_card
 
     card = build_trained_model_card(
         model.config,
@@ -521,47 +499,90 @@ def write_model_card(
     return path
 
 
-def main_trainer(argv: list[str] | None = None) -> int:
-    """`scripts/train.py`: the Trainer path."""
-    model_args, data_args, training_args = parse_arguments(
-        list(sys.argv[1:] if argv is None else argv), (SetrTrainingArguments,)
-    )
+def _start_command(argv: list[str] | None, arguments_class: type, resume: Any) -> tuple:
+    """What both training commands do first: parse the arguments, set up logging and check the output folder
+    before any process writes (so the checks see it as the user left it)."""
+    model_args, data_args, args = parse_arguments(list(sys.argv[1:] if argv is None else argv), (arguments_class,))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
-        resume = training_args.resume_from_checkpoint if training_args.do_train else None
-        check_output_dir(training_args.output_dir, overwrite=training_args.overwrite_output_dir, resume=bool(resume))
-        resume = resolve_resume_checkpoint(
-            resume, training_args.output_dir, overwrite=training_args.overwrite_output_dir
-        )
+        check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, resume=bool(resume(args)))
     except CommandLineError as error:
         exit_with_error(str(error))
-    set_seed(training_args.seed)
+    return model_args, data_args, args
+
+
+def _load_data_and_model(
+    model_args: "ModelArguments", data_args: "DataArguments", seed: int
+) -> tuple[CheckpointPreset, SegmentationData, SetrForSemanticSegmentation, Any]:
+    set_seed(seed)
     preset = PRESETS[model_args.preset]
     try:
         data = load_data(preset, data_args)
         model, processor = build_model(model_args, data_args, data)
     except CommandLineError as error:
         exit_with_error(str(error))
+    return preset, data, model, processor
+
+
+def _training_record(
+    preset: CheckpointPreset,
+    data: SegmentationData,
+    data_args: "DataArguments",
+    config: SetrConfig,
+    *,
+    steps: int,
+    per_device_batch: int,
+    num_processes: int,
+    accumulation: int,
+    learning_rate: float,
+) -> dict[str, Any]:
+    """What the model card says of a training run (both commands)."""
+    return {
+        "preset": preset.name,
+        "data": data.source,
+        "steps": steps,
+        "global_batch": per_device_batch * num_processes * accumulation,
+        "learning_rate": learning_rate,
+        "crop": data_args.crop_size or config.slide_window[0][0],
+    }
+
+
+def _push_repo_id(hub_model_id: str | None, push_to_hub: bool, output_dir: str | os.PathLike) -> str | None:
+    return hub_model_id or (Path(output_dir).name if push_to_hub else None)
+
+
+def main_trainer(argv: list[str] | None = None) -> int:
+    """`setr train` (`scripts/train.py`): the Trainer path."""
+    model_args, data_args, training_args = _start_command(
+        argv, SetrTrainingArguments, lambda args: args.resume_from_checkpoint if args.do_train else None
+    )
+    try:
+        resume = training_args.resume_from_checkpoint if training_args.do_train else None
+        resume = resolve_resume_checkpoint(
+            resume, training_args.output_dir, overwrite=training_args.overwrite_output_dir
+        )
+    except CommandLineError as error:
+        exit_with_error(str(error))
+    preset, data, model, processor = _load_data_and_model(model_args, data_args, training_args.seed)
     if uses_sync_batch_norm(training_args):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    push_repo = training_args.hub_model_id or (
-        Path(training_args.output_dir).name if training_args.push_to_hub else None
-    )
+    push_repo = _push_repo_id(training_args.hub_model_id, training_args.push_to_hub, training_args.output_dir)
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # we push once, with our card
 
     trainer = build_trainer(
         model, processor, data, training_args, data_args, train=training_args.do_train, evaluate=training_args.do_eval
     )
-    training: dict[str, Any] = {
-        "preset": preset.name,
-        "data": data.source,
-        "steps": training_args.max_steps,
-        "global_batch": training_args.per_device_train_batch_size
-        * training_args.world_size
-        * training_args.gradient_accumulation_steps,
-        "learning_rate": training_args.learning_rate,
-        "crop": data_args.crop_size or model.config.slide_window[0][0],
-    }
+    training = _training_record(
+        preset,
+        data,
+        data_args,
+        model.config,
+        steps=training_args.max_steps,
+        per_device_batch=training_args.per_device_train_batch_size,
+        num_processes=training_args.world_size,
+        accumulation=training_args.gradient_accumulation_steps,
+        learning_rate=training_args.learning_rate,
+    )
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=resume)
         trainer.save_model()
@@ -621,22 +642,6 @@ def push_trained_folder(folder: str | Path, repo_id: str, token: str | None = No
     return push_folder_to_hub(folder, repo_id, token=token, ignore_patterns=HUB_PUSH_IGNORE)
 
 
-def write_text_atomically(path: str | Path, text: str) -> None:
-    """Write `text` to a temporary name unique to this process (never two writers on one temporary file), then
-    rename it to `path`; a failed write leaves no temporary file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8", newline="")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def save_json_atomically(path: str | Path, payload: dict[str, Any]) -> None:
-    write_text_atomically(path, json.dumps(payload, indent=2, sort_keys=True, default=float) + "\n")
-
-
 @dataclass
 class LoopArguments:
     """Arguments of the plain Accelerate loop (`scripts/train_no_trainer.py`)."""
@@ -677,22 +682,15 @@ def _last_step_folder(output_dir: Path) -> Path | None:
 
 
 def main_no_trainer(argv: list[str] | None = None) -> int:
-    """`scripts/train_no_trainer.py`: the same recipe as a plain Accelerate loop."""
+    """`setr train-loop` (`scripts/train_no_trainer.py`): the same recipe as a plain Accelerate loop."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
     from tqdm.auto import tqdm
 
-    from .evaluation import evaluate_segmentation
-    from .training import build_poly_scheduler, build_sgd_optimizer
+    from ..evaluation.protocol import evaluate_segmentation
+    from .recipe import build_poly_scheduler, build_sgd_optimizer
 
-    model_args, data_args, args = parse_arguments(list(sys.argv[1:] if argv is None else argv), (LoopArguments,))
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    try:  # before any process writes: the checks see the folder as the user left it
-        check_output_dir(
-            args.output_dir, overwrite=args.overwrite_output_dir, resume=bool(args.resume_from_checkpoint)
-        )
-    except CommandLineError as error:
-        exit_with_error(str(error))
+    model_args, data_args, args = _start_command(argv, LoopArguments, lambda args: args.resume_from_checkpoint)
     accelerator = Accelerator(
         cpu=needs_cpu_process_group(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -705,13 +703,7 @@ def main_no_trainer(argv: list[str] | None = None) -> int:
             f"launched as {launched} processes but Accelerate formed a group of {accelerator.num_processes} "
             f"on {accelerator.device.type}: the processes would train separately"
         )
-    set_seed(args.seed)
-    preset = PRESETS[model_args.preset]
-    try:
-        data = load_data(preset, data_args)
-        model, processor = build_model(model_args, data_args, data)
-    except CommandLineError as error:
-        exit_with_error(str(error))
+    preset, data, model, processor = _load_data_and_model(model_args, data_args, args.seed)
     if args.activation_checkpointing:
         model.activation_checkpointing_enable()
     if accelerator.num_processes > 1 and accelerator.device.type in ("cuda", "xpu"):
@@ -809,16 +801,18 @@ def main_no_trainer(argv: list[str] | None = None) -> int:
             unwrapped = _revert_sync_batch_norm(unwrapped)
         unwrapped.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
-        training = {
-            "preset": preset.name,
-            "steps": args.max_steps,
-            "global_batch": args.per_device_train_batch_size
-            * accelerator.num_processes
-            * args.gradient_accumulation_steps,
-            "learning_rate": args.learning_rate,
-            "crop": data_args.crop_size or unwrapped.config.slide_window[0][0],
-            "train_loss": sum(losses) / len(losses) if losses else None,
-        }
+        training = _training_record(
+            preset,
+            data,
+            data_args,
+            unwrapped.config,
+            steps=args.max_steps,
+            per_device_batch=args.per_device_train_batch_size,
+            num_processes=accelerator.num_processes,
+            accumulation=args.gradient_accumulation_steps,
+            learning_rate=args.learning_rate,
+        )
+        training["train_loss"] = sum(losses) / len(losses) if losses else None
         if metrics is not None:
             metrics = {**metrics, "mode": args.eval_mode}
             save_json_atomically(output_dir / "eval_results.json", metrics)
@@ -826,7 +820,7 @@ def main_no_trainer(argv: list[str] | None = None) -> int:
             output_dir / "train_losses.json",
             {"losses": losses, "first_step": step - len(losses) + 1, "num_processes": accelerator.num_processes},
         )
-        repo_id = args.hub_model_id or (output_dir.name if args.push_to_hub else None)
+        repo_id = _push_repo_id(args.hub_model_id, args.push_to_hub, output_dir)
         write_model_card(output_dir, unwrapped, model_args, data, data_args, metrics, training, repo_id=repo_id)
         if args.push_to_hub:
             push_trained_folder(output_dir, repo_id, args.hub_token)

@@ -33,10 +33,11 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .image_processing_pil_setr import get_setr_resize_output_size, nearest_source_indices
+from ..models.setr.configuration_setr import IGNORE_INDEX, int_pair
+from ..models.setr.image_processing_base_setr import get_setr_resize_output_size, nearest_source_indices
 
 if TYPE_CHECKING:
-    from .presets import CheckpointPreset
+    from ..conversion.presets import CheckpointPreset
 
 __all__ = [
     "PhotometricDistortionParameters",
@@ -279,13 +280,6 @@ def photometric_distortion(image: np.ndarray, parameters: PhotometricDistortionP
 # The pipeline
 
 
-def _pair(value: tuple[int, int] | int, name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in pair):
-        raise ValueError(f"`{name}` must be two positive integers, got {value!r}.")
-    return int(pair[0]), int(pair[1])
-
-
 def _as_rgb_array(image: PIL.Image.Image | np.ndarray) -> np.ndarray:
     if isinstance(image, PIL.Image.Image):
         # cv2.imread(IMREAD_COLOR), what mmseg loads with, also drops alpha and expands grey/palette images.
@@ -354,11 +348,11 @@ class SetrTrainAugmentation:
         photometric_distortion: bool = True,
         image_mean: tuple[float, float, float] = (123.675, 116.28, 103.53),
         image_std: tuple[float, float, float] = (58.395, 57.12, 57.375),
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         num_labels: int | None = None,
     ) -> None:
-        self.crop_size = _pair(crop_size, "crop_size")
-        self.scale = _pair(scale, "scale")
+        self.crop_size = int_pair(crop_size, "crop_size", positive=True)
+        self.scale = int_pair(scale, "scale", positive=True)
         low, high = (float(r) for r in ratio_range)
         if not 0 < low <= high:
             raise ValueError(f"`ratio_range` must be (low, high) with 0 < low <= high, got {ratio_range!r}.")

@@ -1,7 +1,7 @@
 """mmsegmentation's mean IoU as an `evaluate` metric, loadable offline.
 
     import evaluate
-    from transformers_setr.metrics import evaluate_metric_path
+    from transformers_setr.evaluation.metrics import evaluate_metric_path
 
     metric = evaluate.load(evaluate_metric_path())
     metric.compute(predictions=[...], references=[...], num_labels=150, ignore_index=255)
@@ -20,7 +20,7 @@ import datasets
 import evaluate
 import numpy as np
 
-from transformers_setr.metrics import intersect_and_union, summarize_areas
+from transformers_setr.evaluation.metrics import intersect_and_union, summarize_areas
 
 _DESCRIPTION = """
 Mean Intersection-over-Union as mmsegmentation (and SETR) report it: per-class intersections and unions summed over

@@ -52,6 +52,8 @@ import pyarrow.compute as pc
 from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers.utils import logging
 
+from ..conversion.presets import HUB_DATASETS
+from ..models.setr.configuration_setr import IGNORE_INDEX
 from .label_tables import (
     ADE20K_CLASSES,
     CITYSCAPES_CLASSES,
@@ -61,14 +63,12 @@ from .label_tables import (
     generate_palette,
     id2label_for,
 )
-from .presets import HUB_DATASETS
 
 logger = logging.get_logger(__name__)
 
 LABEL_FORMATS = ("ade20k", "cityscapes-train-ids", "cityscapes-label-ids")
 CUSTOM_LABEL_FORMAT = "custom"  # the user's classes: mask values are the keys of `id2label` (see the docstring)
 CUSTOM_DATASET = "custom"
-IGNORE_INDEX = 255
 ID2LABEL_FILE = "id2label.json"
 IN_MEMORY_SOURCE = "in-memory dataset"  # the `source` of a `datasets` object passed in
 DEFAULT_TRAIN_VAL_SPLIT = 0.15  # the transformers example's default

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..models.setr.configuration_setr import IGNORE_INDEX
+
 AREA_ROWS = ("intersection", "union", "prediction", "label")
 EVALUATE_METRIC_NAME = "setr_mean_iou"
 # Largest joint histogram (ground-truth values x prediction codes) counted in one bincount; wider inputs (only
@@ -48,7 +50,7 @@ def intersect_and_union(
     predictions: torch.Tensor | np.ndarray,
     labels: torch.Tensor | np.ndarray,
     num_labels: int,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> torch.Tensor:
     """
     Per-class areas of one or several segmentation maps, summed over all their pixels.
@@ -237,7 +239,9 @@ class MeanIoU:
         >>> metric.compute()["mIoU"]  # doctest: +SKIP
     """
 
-    def __init__(self, num_labels: int, ignore_index: int = 255, id2label: Mapping[int, str] | None = None) -> None:
+    def __init__(
+        self, num_labels: int, ignore_index: int = IGNORE_INDEX, id2label: Mapping[int, str] | None = None
+    ) -> None:
         if num_labels < 1:
             raise ValueError(f"num_labels must be positive, got {num_labels}")
         self.num_labels = num_labels

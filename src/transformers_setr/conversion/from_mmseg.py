@@ -28,11 +28,11 @@ from urllib.parse import urlparse
 
 import torch
 
-from .configuration_setr import SetrConfig
-from .conversion import default_cache_dir, download_cached, load_checkpoint_file, load_mmseg_state_dict
-from .image_processing_pil_setr import SetrImageProcessorPil
-from .label_tables import DATASETS
-from .modeling_setr import SetrForSemanticSegmentation
+from ..data.label_tables import DATASETS
+from ..models.setr.configuration_setr import SetrConfig
+from ..models.setr.image_processing_pil_setr import SetrImageProcessorPil
+from ..models.setr.modeling_setr import SetrForSemanticSegmentation
+from .checkpoints import default_cache_dir, download_cached, load_checkpoint_file, load_mmseg_state_dict
 from .presets import PRESETS, RELEASED_ENCODER, CheckpointPreset
 
 logger = logging.getLogger(__name__)
@@ -606,11 +606,11 @@ def convert_checkpoint(
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
         if preset is not None:
-            from .model_card import build_model_card
+            from ..cards.model_card import build_model_card
 
             card = build_model_card(preset, repo_id=push_to_hub)
         else:
-            from .model_card import build_converted_model_card
+            from ..cards.model_card import build_converted_model_card
 
             card = build_converted_model_card(model.config, checkpoint_name=path.name, repo_id=push_to_hub)
         card.save(folder / "README.md")
@@ -657,7 +657,7 @@ def find_mmseg_python(explicit: str | None = None) -> str | None:
         return explicit
     if importlib.util.find_spec("mmseg") is not None:
         return sys.executable
-    candidate = Path(__file__).resolve().parents[2] / ".venv-mmseg" / "bin" / "python"
+    candidate = Path(__file__).resolve().parents[3] / ".venv-mmseg" / "bin" / "python"
     return str(candidate) if candidate.exists() else None
 
 

@@ -19,7 +19,7 @@ This file is shipped next to the weights for `trust_remote_code` users: it impor
 
 from collections.abc import Sequence
 from numbers import Integral
-from typing import Literal
+from typing import Literal, get_args
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
@@ -66,15 +66,25 @@ _DECODER_DEFAULTS: dict[str, dict] = {
 }
 
 DEFAULT_NUM_LABELS = 150  # ADE20K, the dataset of the default (PUP) checkpoint
+IGNORE_INDEX = 255  # the label of unscored pixels, in the loss, the metric, the processors and the datasets
+
+# What `forward` does without labels in eval mode (`config.inference_mode`); the package adds multi-scale + flip.
+InferenceMode = Literal["whole", "slide"]
+MODEL_INFERENCE_MODES: tuple[str, ...] = get_args(InferenceMode)
 
 
-def _window_pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+def int_pair(value: int | Sequence[int], name: str, positive: bool = False) -> tuple[int, int]:
+    """An int (both sides) or a pair of ints as (height, width), or a `ValueError` naming `name`. The one reader of
+    size pairs: the sliding window here, the training augmentation's crop and scale."""
+
     def is_int(v: object) -> bool:
         return isinstance(v, Integral) and not isinstance(v, bool)
 
     values = [value] * 2 if is_int(value) else value
     if not isinstance(values, Sequence) or len(values) != 2 or not all(is_int(v) for v in values):
-        raise ValueError(f"sliding-window {name} must be an int or a pair of ints (height, width), got {value!r}")
+        raise ValueError(f"{name} must be an int or a pair of ints (height, width), got {value!r}")
+    if positive and min(values) < 1:
+        raise ValueError(f"{name} must be positive, got {value!r}")
     return int(values[0]), int(values[1])
 
 
@@ -86,7 +96,7 @@ def check_slide_window(
     The stride may not exceed the crop: larger steps leave pixels no window covers (mmsegmentation asserts full
     coverage), whose average would be 0 / 0.
     """
-    crop, step = _window_pair(crop_size, "crop size"), _window_pair(stride, "stride")
+    crop, step = int_pair(crop_size, "sliding-window crop size"), int_pair(stride, "sliding-window stride")
     if min(crop) < 1 or min(step) < 1:
         raise ValueError(f"sliding-window crop size {crop} and stride {step} must be positive")
     if step[0] > crop[0] or step[1] > crop[1]:
@@ -118,49 +128,112 @@ def _checked_id2label(id2label: dict) -> dict[int, str]:
 @strict
 class SetrConfig(PreTrainedConfig):
     r"""
-    Configuration of a SETR model (Zheng et al., CVPR 2021) as implemented in mmsegmentation: a plain ViT encoder
-    and a Naive, PUP or MLA decoder. The defaults give the released ADE20K SETR-PUP model (ViT-L/16, 512x512, 150
+    Configuration of a SETR model (Zheng et al., CVPR 2021) as implemented in mmsegmentation: a plain ViT encoder and
+    a Naive, PUP or MLA decoder. The defaults give the released ADE20K SETR-PUP model (ViT-L/16, 512x512, 150
     classes).
 
-    Encoder:
-        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, hidden_act, layer_norm_eps,
-        qkv_bias: the ViT. SETR uses LayerNorm eps 1e-6, exact GELU and no final LayerNorm.
-        image_size (`int` or `[height, width]`): the training crop; it fixes the position-embedding grid
-            (`image_size // patch_size`). Other input sizes resize the table bilinearly, as mmsegmentation does.
-        patch_size, num_channels, patch_embeddings_bias: the patch embedding (a strided convolution; the released
-            checkpoints carry its bias).
-        use_cls_token (`bool`, *optional*): whether the cls token passes through the encoder layers. Naive and PUP:
-            `True`; MLA drops it after the position embedding is added (`False`).
-        out_indices (`list[int]`, *optional*): 0-based encoder layers whose outputs feed the decoder and the
-            auxiliary heads. Naive/PUP: `[9, 14, 19, 23]`; MLA: `[5, 11, 17, 23]`.
+    The decoder-dependent fields (marked "decoder default") may be left `None`: they take the chosen decoder's value
+    from the released configs, at construction and again whenever `decoder_type` is changed on a built config (a
+    field still at the old decoder's value moves to the new one's; a value set by hand is kept).
 
-    Decoder (`decoder_type` is `"naive"`, `"pup"` or `"mla"`; `None` fields take that decoder's default):
-        decoder_in_index: which of `out_indices` feeds the Naive/PUP head (the last one).
-        decoder_channels: conv width of the Naive/PUP head (256); the MLA head's concatenated width (512).
-        decoder_num_convs, decoder_kernel_size, decoder_up_scale: Naive 1/1/4, PUP 4/3/2 (conv, BN, ReLU then
-            bilinear up-sampling per stage). MLA: 2 convs (k=3) per branch, then x4.
-        mla_channels: channels of each MLA branch (128; `decoder_channels == len(out_indices) * mla_channels`).
-        mla_neck_channels: output channels of the MLA neck (256).
+    Args:
+        hidden_size (`int`, *optional*, defaults to 1024):
+            Width of the ViT encoder (ViT-L: 1024).
+        num_hidden_layers (`int`, *optional*, defaults to 24):
+            Number of encoder layers.
+        num_attention_heads (`int`, *optional*, defaults to 16):
+            Attention heads per encoder layer; must divide `hidden_size`.
+        intermediate_size (`int`, *optional*, defaults to 4096):
+            Width of the encoder MLPs.
+        hidden_act (`str`, *optional*, defaults to `"gelu"`):
+            Activation of the encoder MLPs (exact GELU, as mmsegmentation).
+        hidden_dropout_prob (`float`, *optional*, defaults to 0.0):
+            Dropout after the attention projection and the MLP.
+        attention_probs_dropout_prob (`float`, *optional*, defaults to 0.0):
+            Dropout on the attention weights.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the truncated normal initialisation of linear layers and embeddings.
+        layer_norm_eps (`float`, *optional*, defaults to 1e-6):
+            Epsilon of the encoder LayerNorms (SETR has no final LayerNorm).
+        image_size (`int` or `[height, width]`, *optional*, defaults to 512):
+            The training crop. It fixes the position-embedding grid (`image_size // patch_size`); other input sizes
+            resize the table bilinearly, as mmsegmentation does.
+        patch_size (`int`, *optional*, defaults to 16):
+            Side of the square patches (a strided convolution).
+        num_channels (`int`, *optional*, defaults to 3):
+            Channels of the input images.
+        qkv_bias (`bool`, *optional*, defaults to `True`):
+            Whether the query, key and value projections have a bias.
+        patch_embeddings_bias (`bool`, *optional*, defaults to `True`):
+            Whether the patch embedding has a bias (the released checkpoints carry one).
+        use_cls_token (`bool`, *optional*, decoder default):
+            Whether the cls token passes through the encoder layers: Naive and PUP `True`; MLA `False` (dropped after
+            the position embedding is added).
+        out_indices (`list[int]`, *optional*, decoder default):
+            0-based encoder layers whose outputs feed the decoder and the auxiliary heads: Naive/PUP `[9, 14, 19,
+            23]`, MLA `[5, 11, 17, 23]`.
+        decoder_type (`str`, *optional*, defaults to `"pup"`):
+            `"naive"`, `"pup"` or `"mla"`.
+        decoder_in_index (`int`, *optional*, defaults to -1):
+            Which of `out_indices` feeds the Naive/PUP head (the last one).
+        decoder_channels (`int`, *optional*, decoder default):
+            Convolution width of the Naive/PUP head (256); the MLA head's concatenated width (512).
+        decoder_num_convs (`int`, *optional*, decoder default):
+            Conv-BN-ReLU stages of the head: Naive 1, PUP 4, MLA 2 per branch.
+        decoder_kernel_size (`int`, *optional*, decoder default):
+            Kernel size of those convolutions: Naive 1, PUP 3, MLA 3.
+        decoder_up_scale (`int`, *optional*, decoder default):
+            Bilinear up-sampling after each stage: Naive 4, PUP 2, MLA 4 (once).
+        mla_channels (`int`, *optional*, defaults to 128):
+            Channels of each MLA branch (`decoder_channels == len(out_indices) * mla_channels`).
+        mla_neck_channels (`int`, *optional*, defaults to 256):
+            Output channels of the MLA neck.
+        batch_norm_eps (`float`, *optional*, defaults to 1e-5):
+            Epsilon of the decoders' BatchNorms.
+        use_auxiliary_head (`bool`, *optional*, defaults to `True`):
+            Whether to build the auxiliary heads (training only: they cost nothing at inference).
+        auxiliary_in_indices (`list[int]`, *optional*, decoder default):
+            Indices into `out_indices` (MLA: into the neck outputs) read by the auxiliary heads: Naive/PUP `[0, 1,
+            2]`, MLA `[0, 1, 2, 3]`.
+        auxiliary_channels (`int`, *optional*, defaults to 256):
+            Convolution width of the auxiliary heads.
+        auxiliary_num_convs (`int`, *optional*, decoder default):
+            Convolutions per auxiliary head: Naive/PUP 2, MLA 0 (an FCN head straight on the neck output).
+        auxiliary_kernel_size (`int`, *optional*, decoder default):
+            Kernel size of those convolutions: Naive 1, PUP 3, MLA 1.
+        auxiliary_up_scale (`int`, *optional*, defaults to 4):
+            Up-sampling of the Naive/PUP auxiliary heads.
+        auxiliary_loss_weight (`float`, *optional*, defaults to 0.4):
+            Weight of each auxiliary head's loss, as mmsegmentation.
+        semantic_loss_ignore_index (`int`, *optional*, defaults to 255):
+            Label of the pixels the loss ignores.
+        inference_mode (`str`, *optional*, defaults to `"whole"`):
+            What `forward` does without `labels` in eval mode. `"whole"` returns logits at the decoder's resolution
+            (transformers' convention); `"slide"` runs mmsegmentation's sliding-window inference and returns logits at
+            the input resolution (the converted checkpoints use it, as they were evaluated that way).
+        slide_crop_size (`int` or `[h, w]`, *optional*):
+            Window of sliding-window inference; defaults to `image_size`.
+        slide_stride (`int` or `[h, w]`, *optional*):
+            Window stride, at most the window (larger steps would leave gaps); defaults to two thirds of the window,
+            rounded down (341 for 512, 512 for 768, as the released configs).
+        slide_batch_size (`int`, *optional*, defaults to 4):
+            Windows run through the model at once (bounds memory on large images).
+        palette (`list[[r, g, b]]`, *optional*):
+            A colour per label for visualisations (the dataset's, for converted checkpoints). Setting a new
+            `id2label` on a built config (`from_pretrained(..., id2label=...)`) drops a palette that no longer has one
+            colour per label.
+        kwargs (*optional*):
+            The common [`PreTrainedConfig`] arguments (`id2label`, `label2id`, `num_labels`, ...). `num_labels`
+            defaults to 150 (ADE20K).
 
-    Auxiliary heads (training only; they cost nothing at inference):
-        use_auxiliary_head, auxiliary_in_indices (indices into `out_indices`, or into the MLA neck outputs),
-        auxiliary_channels, auxiliary_num_convs, auxiliary_kernel_size, auxiliary_up_scale,
-        auxiliary_loss_weight (0.4 each, as mmsegmentation).
+    Example:
 
-    Loss: `semantic_loss_ignore_index` (255).
+    ```python
+    >>> from transformers_setr import SetrConfig, SetrForSemanticSegmentation
 
-    palette (`list[[r, g, b]]`, *optional*): a colour per label for visualisations (the dataset's, for converted
-        checkpoints). Setting a new `id2label` on a built config (`from_pretrained(..., id2label=...)`) drops a
-        palette that no longer has one colour per label.
-
-    Inference protocol (what `forward` does without `labels` in eval mode):
-        inference_mode (`"whole"` or `"slide"`): `"whole"` returns logits at the decoder's resolution (transformers'
-            convention). `"slide"` runs mmsegmentation's sliding-window inference and returns logits at the input
-            resolution; the converted checkpoints use it, as they were evaluated that way.
-        slide_crop_size (`int` or `[h, w]`, *optional*): window size; defaults to `image_size`.
-        slide_stride (`int` or `[h, w]`, *optional*): window stride, at most the window (larger steps would leave
-            gaps); defaults to two thirds of the window (341 for 512, 512 for 768, as the released configs).
-        slide_batch_size: windows run through the model at once (bounds memory on large images).
+    >>> config = SetrConfig(decoder_type="mla", num_labels=19)  # the MLA decoder's defaults fill the `None` fields
+    >>> model = SetrForSemanticSegmentation(config)  # random weights
+    ```
     """
 
     model_type = "setr"
@@ -203,9 +276,9 @@ class SetrConfig(PreTrainedConfig):
     auxiliary_up_scale: int = 4
     auxiliary_loss_weight: float = 0.4
 
-    semantic_loss_ignore_index: int = 255
+    semantic_loss_ignore_index: int = IGNORE_INDEX
 
-    inference_mode: Literal["whole", "slide"] = "whole"
+    inference_mode: InferenceMode = "whole"
     slide_crop_size: int | list[int] | tuple[int, int] | None = None
     slide_stride: int | list[int] | tuple[int, int] | None = None
     slide_batch_size: int = 4
@@ -248,15 +321,30 @@ class SetrConfig(PreTrainedConfig):
             kwargs["num_labels"] = DEFAULT_NUM_LABELS if num_labels is None else num_labels
 
     def __setattr__(self, name: str, value) -> None:
+        built = self.__dict__.get("_post_init_done", False)
+        if name == "decoder_type" and built and value != self.__dict__.get("decoder_type"):
+            previous = _DECODER_DEFAULTS.get(self.decoder_type, {})
+            super().__setattr__(name, value)  # validated here: an unknown decoder raises before anything changes
+            self._decoder_changed(previous)
+            return
         # After construction, a new `id2label` (`config.num_labels = n`, or `from_pretrained(..., id2label=...)`, which
         # transformers applies by setattr once the saved config is built) replaces the label set: the old `label2id`
         # and palette described the old labels.
-        relabel = name == "id2label" and value is not None and self.__dict__.get("_post_init_done", False)
+        relabel = name == "id2label" and value is not None and built
         if relabel:
             value = _checked_id2label(value)
         super().__setattr__(name, value)
         if relabel:
             self._labels_changed()
+
+    def _decoder_changed(self, previous_defaults: dict) -> None:
+        """The one rule for the decoder-dependent fields when `decoder_type` changes on a built config (including
+        `from_pretrained(..., decoder_type=...)`): a field equal to the previous decoder's default takes the new
+        decoder's; a value set by hand is kept (`validate` reports a combination the model cannot build)."""
+        for name, default in _DECODER_DEFAULTS[self.decoder_type].items():
+            current = getattr(self, name)
+            if current is None or current == previous_defaults.get(name):
+                setattr(self, name, list(default) if isinstance(default, list) else default)
 
     def _labels_changed(self) -> None:
         """The one rule for the label-dependent fields when `id2label` changes on a built config: `label2id` is rebuilt
@@ -369,4 +457,11 @@ class SetrConfig(PreTrainedConfig):
             raise ValueError("Invalid SetrConfig: " + "; ".join(errors) + ".")
 
 
-__all__ = ["SetrConfig", "check_slide_window", "default_slide_stride"]
+__all__ = [
+    "IGNORE_INDEX",
+    "MODEL_INFERENCE_MODES",
+    "SetrConfig",
+    "check_slide_window",
+    "default_slide_stride",
+    "int_pair",
+]

@@ -22,41 +22,28 @@ from torchvision.transforms.v2 import functional as tvF
 from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_transforms import group_images_by_shape, reorder_images
 from transformers.image_utils import ChannelDimension, ImageInput, PILImageResampling, SizeDict
-from transformers.processing_utils import Unpack
 
-from .image_processing_pil_setr import (
+from .image_processing_base_setr import (
     SetrImageProcessingMixin,
     SetrImageProcessorKwargs,
-    _resample_mode,
     get_setr_resize_output_size,
     nearest_source_indices,
+    processor_docstring,
+    resample_mode,
     to_channels_first_rgb,
 )
 
-__all__ = ["SetrImageProcessor"]
+# transformers looks for `<Processor>Kwargs` in the module of each processor class.
+__all__ = ["SetrImageProcessor", "SetrImageProcessorKwargs"]
 
 
 class SetrImageProcessor(SetrImageProcessingMixin, TorchvisionBackend):
-    r"""
-    SETR image processor (torchvision backend). Reproduces mmsegmentation's SETR test pipeline: keep-ratio resize
-    (mmcv `imrescale`, cv2 `INTER_LINEAR` without antialias, on 0-255 values rounded back to uint8), then mean/std
-    normalisation. Same defaults and outputs as [`SetrImageProcessorPil`].
-
-    Args:
-        size (`dict[str, int]`, *optional*, defaults to `{"shortest_edge": 512, "longest_edge": 2048}`):
-            Keep-ratio target: mmseg `Resize(scale=(longest_edge, shortest_edge), keep_ratio=True)`. ADE20K uses
-            512/2048, Cityscapes 1025/2049. `{"height": h, "width": w}` resizes to exactly that size.
-        do_reduce_labels (`bool`, *optional*, defaults to `False`):
-            Apply mmseg's `reduce_zero_label` to segmentation maps (ADE20K): 0 -> 255, v -> v - 1, 255 stays 255.
-        do_pad (`bool`, *optional*, defaults to `False`):
-            Pad bottom/right to `pad_size` (or to the largest image) with 0 (pixels, normalised space) and 255
-            (labels).
-        Other arguments (`do_resize`, `resample`, `do_rescale`, `rescale_factor`, `do_normalize`, `image_mean`,
-        `image_std`, `do_convert_rgb`, `device`, `disable_grouping`) are the usual transformers ones.
-    """
-
-    def __init__(self, **kwargs: Unpack[SetrImageProcessorKwargs]) -> None:
-        super().__init__(**kwargs)
+    __doc__ = processor_docstring(
+        "torchvision backend, batched, optionally on GPU",
+        "on 0-255 values rounded back to uint8",
+        "`do_resize`, `resample`, `do_rescale`, `rescale_factor`, `do_normalize`, `image_mean`, `image_std`, "
+        "`do_convert_rgb`, `device`, `disable_grouping`",
+    )
 
     def process_image(
         self,
@@ -84,7 +71,7 @@ class SetrImageProcessor(SetrImageProcessingMixin, TorchvisionBackend):
         output_size = get_setr_resize_output_size(image.shape[-2:], size)
         if output_size == tuple(image.shape[-2:]):
             return image
-        if _resample_mode(PILImageResampling.BILINEAR if resample is None else resample) == "nearest":
+        if resample_mode(PILImageResampling.BILINEAR if resample is None else resample) == "nearest":
             return self._resize_label_map(image, output_size)  # cv2 INTER_NEAREST source pixels, as the PIL backend
         if image.dtype != torch.uint8:
             return tvF.resize(image, list(output_size), interpolation=tvF.InterpolationMode.BILINEAR, antialias=False)
@@ -129,12 +116,6 @@ class SetrImageProcessor(SetrImageProcessingMixin, TorchvisionBackend):
         rows = torch.from_numpy(nearest_source_indices(label_map.shape[-2], output_size[0])).to(label_map.device)
         cols = torch.from_numpy(nearest_source_indices(label_map.shape[-1], output_size[1])).to(label_map.device)
         return label_map.index_select(-2, rows).index_select(-1, cols)
-
-    def _pad_arrays(self, arrays: list[torch.Tensor], pad_size: SizeDict, fill_value: int) -> list[torch.Tensor]:
-        if arrays[0].ndim == 3:
-            return self.pad(arrays, pad_size=pad_size, fill_value=fill_value)
-        padded = self.pad([a[None] for a in arrays], pad_size=pad_size, fill_value=fill_value)
-        return [a[0] for a in padded]
 
 
 SetrImageProcessor.register_for_auto_class("AutoImageProcessor")

@@ -1,9 +1,17 @@
-"""Reference logits from mmsegmentation itself, for `convert_mmseg_to_hf.py --verify`.
+"""The reference side: what runs with mmsegmentation itself, in its own interpreter.
 
-Run by file path with an interpreter that has mmsegmentation 1.2.x (see DEVELOPERS.md); it imports neither
-transformers nor transformers_setr:
+- `install_mmcv_ops_stub()`: the one stand-in for `mmcv.ops` (mmcv-lite has no compiled ops and mmseg imports them
+  eagerly; SETR uses none). `scripts/make_parity_fixtures.py`, `scripts/make_augmentation_fixture.py` and
+  `benchmarks/mmseg_worker.py` load this file by path
+  (`importlib.util.spec_from_file_location`).
+- `numpy_safe_globals()`: the numpy objects released mmseg checkpoints carry in `meta`, allowed by
+  `torch.load(weights_only=True)`; the converter uses the same list.
+- Run as a script: reference logits for `setr convert --verify`.
 
-    .venv-mmseg/bin/python src/transformers_setr/mmseg_reference.py --config NAME_OR_PATH --checkpoint FILE.pth \
+It imports only the standard library at module level (numpy and torch inside functions), never transformers or
+transformers_setr:
+
+    .venv-mmseg/bin/python src/transformers_setr/conversion/mmseg_reference.py --config NAME_OR_PATH --checkpoint FILE.pth \
         --sizes 512x512 512x683 --mode slide --out reference.pt
 
 Inputs are regenerated from `numpy.random.default_rng(seed)` so that both sides see the same tensor.
@@ -22,20 +30,49 @@ def reference_inputs(height: int, width: int, seed: int):
     return torch.from_numpy(np.random.default_rng(seed).standard_normal((1, 3, height, width), dtype=np.float32))
 
 
-def _stub_mmcv_ops() -> None:
-    # mmcv-lite has no compiled ops and mmseg imports mmcv.ops eagerly; SETR uses none of them.
-    class _Placeholder:
-        def __init__(self, *args, **kwargs):
-            raise RuntimeError("mmcv.ops is a stub: compiled ops are unavailable")
+def install_mmcv_ops_stub() -> None:
+    """Put a stand-in `mmcv.ops` into `sys.modules` (unless one is there): every name it is asked for resolves to a
+    placeholder class (so `isinstance` checks keep working) that raises when instantiated."""
+    if "mmcv.ops" in sys.modules:
+        return
+    placeholders: dict[str, type] = {}
 
-    def placeholder(name: str):
+    def placeholder(name: str) -> type:
         if name.startswith("__"):
             raise AttributeError(name)
-        return _Placeholder
+        if name not in placeholders:
+
+            def unavailable(*args, _name=name, **kwargs):
+                raise RuntimeError(f"mmcv.ops.{_name} is a stub: mmcv-lite has no compiled ops")
+
+            placeholders[name] = type(name, (), {"__new__": unavailable, "__module__": "mmcv.ops"})
+        return placeholders[name]
 
     module = types.ModuleType("mmcv.ops")
-    module.__getattr__ = placeholder
+    module.__doc__ = "Stand-in for mmcv.ops (mmcv-lite has no compiled ops)."
+    module.__getattr__ = placeholder  # PEP 562
     sys.modules["mmcv.ops"] = module
+
+
+def numpy_safe_globals() -> list:
+    """What released mmseg checkpoints carry in `meta` besides plain containers: numpy scalars and dtypes.
+
+    Files pickled under numpy 1 name the scalar reconstructor `numpy.core.multiarray.scalar`, numpy 2 writes
+    `numpy._core.multiarray.scalar`; both names are allowed, pointing at the installed function.
+    """
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy 1
+        from numpy.core.multiarray import scalar
+    dtype_classes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
+    return [
+        (scalar, "numpy.core.multiarray.scalar"),
+        (scalar, "numpy._core.multiarray.scalar"),
+        np.dtype,
+        *dtype_classes,
+    ]
 
 
 def main() -> None:
@@ -48,7 +85,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
-    _stub_mmcv_ops()
+    install_mmcv_ops_stub()
     import mmseg
     import torch
     from mmengine.model import revert_sync_batchnorm
@@ -61,12 +98,7 @@ def main() -> None:
     model = revert_sync_batchnorm(model).eval()
     # mmengine's loader uses torch.load(weights_only=True), which rejects the numpy scalars of the released `meta`;
     # allow exactly those (never weights_only=False: the file may come from anywhere).
-    import numpy as np
-    from numpy._core.multiarray import scalar
-
-    dtypes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
-    allowed = [(scalar, "numpy.core.multiarray.scalar"), scalar, np.dtype, *dtypes]
-    with torch.serialization.safe_globals(allowed):
+    with torch.serialization.safe_globals(numpy_safe_globals()):
         checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     model.load_state_dict(checkpoint.get("state_dict", checkpoint), strict=True)
     torch.set_num_threads(1)

@@ -11,7 +11,10 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""SETR image processor, PIL/NumPy backend, plus the pieces shared with the torchvision backend.
+"""What the two SETR image processors share: mmcv's keep-ratio size rule, the cv2 nearest-neighbour source pixels,
+input validation (images, dtypes, alpha, segmentation maps), label reduction, padding, collation and
+`post_process_semantic_segmentation`. `image_processing_pil_setr.py` (PIL/NumPy) and `image_processing_setr.py`
+(torchvision) add the pixel work.
 
 Preprocessing reproduces mmsegmentation's SETR test pipeline:
 
@@ -34,7 +37,6 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_base import BatchFeature
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.image_transforms import convert_to_rgb
@@ -49,18 +51,21 @@ from transformers.image_utils import (
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import TensorType, logging
 
+from .configuration_setr import IGNORE_INDEX
+
 __all__ = [
-    "SetrImageProcessorKwargs",
     "SetrImageProcessingMixin",
-    "SetrImageProcessorPil",
+    "SetrImageProcessorKwargs",
     "get_setr_resize_output_size",
+    "nearest_source_indices",
+    "processor_docstring",
     "reduce_segmentation_labels",
 ]
 
 logger = logging.get_logger(__name__)
 
 # mmseg pads segmentation maps with 255 (`seg_pad_val`) and ignores that value in the loss.
-SEGMENTATION_IGNORE_INDEX = 255
+SEGMENTATION_IGNORE_INDEX = IGNORE_INDEX
 
 # Written into preprocessor_config.json so that `AutoImageProcessor` finds either backend for trust_remote_code users.
 SETR_IMAGE_PROCESSOR_AUTO_MAP = {
@@ -140,7 +145,7 @@ def _validate_size(size: SizeDict | dict[str, int] | None) -> None:
             raise ValueError(f"`size[{key!r}]` must be a positive integer, got {value!r}.")
 
 
-def _resample_mode(resample: Any) -> str:
+def resample_mode(resample: Any) -> str:
     """Map a PIL / torchvision resample value to "bilinear" or "nearest" (the only modes mmseg's pipeline uses)."""
     value = getattr(resample, "value", resample)  # torchvision InterpolationMode is a str Enum
     if value in (PILImageResampling.BILINEAR, int(PILImageResampling.BILINEAR), "bilinear"):
@@ -169,44 +174,6 @@ def nearest_source_indices(in_size: int, out_size: int) -> np.ndarray:
     inverse_scale = 1.0 / (out_size / in_size)  # cv2 `resizeNN`: ifx = 1. / fx, fx = out / in
     src = np.floor(np.arange(out_size, dtype=np.float64) * inverse_scale).astype(np.int64)
     return np.minimum(src, in_size - 1)
-
-
-def _linear_source_indices(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Indices and weights of bilinear interpolation with half-pixel centres (align_corners=False)."""
-    src = (np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5
-    src = np.maximum(src, 0.0)  # cv2 and torch clamp at the top/left border
-    low = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    high = np.minimum(low + 1, in_size - 1)
-    weight_high = (src - low).astype(np.float32)
-    return low, high, (1.0 - weight_high).astype(np.float32), weight_high
-
-
-def resize_bilinear_numpy(image: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
-    """
-    Bilinear resize of a channels-first `(C, H, W)` array without antialias (= cv2 INTER_LINEAR, = torch
-    `interpolate(mode="bilinear", align_corners=False, antialias=False)`). Computed in float32; uint8 input is rounded
-    half-up and clipped back to uint8 (what mmseg feeds to the normaliser), float input stays float32.
-    """
-    out_height, out_width = output_size
-    _, in_height, in_width = image.shape
-    if (out_height, out_width) == (in_height, in_width):
-        return image.copy()
-    x = image.astype(np.float32, copy=False)
-    # Separable: rows first, then columns (both are exact linear combinations, order only changes float rounding).
-    low, high, w_low, w_high = _linear_source_indices(in_height, out_height)
-    x = x[:, low, :] * w_low[None, :, None] + x[:, high, :] * w_high[None, :, None]
-    low, high, w_low, w_high = _linear_source_indices(in_width, out_width)
-    x = x[:, :, low] * w_low + x[:, :, high] * w_high
-    if image.dtype == np.uint8:
-        return np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)
-    return x
-
-
-def resize_nearest_numpy(array: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
-    """Nearest resize (cv2 INTER_NEAREST) of the last two axes; any dtype, values are only copied, never mixed."""
-    rows = nearest_source_indices(array.shape[-2], output_size[0])
-    cols = nearest_source_indices(array.shape[-1], output_size[1])
-    return array[..., rows[:, None], cols[None, :]]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -256,7 +223,7 @@ def _refuse_dtype(dtype_name: str, bits: int | None) -> ValueError:
     )
 
 
-def _check_image_dtype(image: np.ndarray | torch.Tensor) -> None:
+def check_image_dtype(image: np.ndarray | torch.Tensor) -> None:
     if isinstance(image, torch.Tensor):
         if image.dtype == torch.uint8 or image.is_floating_point():
             return
@@ -353,7 +320,7 @@ def to_channels_first_rgb(
             f"Unsupported image type {type(image).__name__}: expected a PIL.Image.Image, a numpy.ndarray or a "
             "torch.Tensor."
         )
-    _check_image_dtype(image)
+    check_image_dtype(image)
     shape = tuple(image.shape)
     if len(shape) not in (2, 3):
         raise ValueError(f"Expected a 2-D (H, W) or 3-D (C, H, W) / (H, W, C) image, got an array of shape {shape}.")
@@ -513,7 +480,7 @@ def _check_float_images(images: list[np.ndarray | torch.Tensor], do_rescale: boo
         )
 
 
-def _spatial_size(array: np.ndarray | torch.Tensor) -> tuple[int, int]:
+def spatial_size(array: np.ndarray | torch.Tensor) -> tuple[int, int]:
     return int(array.shape[-2]), int(array.shape[-1])
 
 
@@ -588,8 +555,9 @@ class SetrImageProcessingMixin:
             hub_kwargs = {name: kwargs.pop(name) for name in hub_names if name in kwargs}
         saved = super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
         if self._auto_class is not None:
-            for module_path in SETR_IMAGE_PROCESSOR_AUTO_MAP.values():
-                source = Path(__file__).with_name(module_path.split(".")[0] + ".py")
+            backends = [module_path.split(".")[0] + ".py" for module_path in SETR_IMAGE_PROCESSOR_AUTO_MAP.values()]
+            for name in [*backends, Path(__file__).name]:  # both backends import this file
+                source = Path(__file__).with_name(name)
                 target = Path(save_directory) / source.name
                 if source.exists() and not target.exists():
                     shutil.copyfile(source, target)
@@ -602,7 +570,7 @@ class SetrImageProcessingMixin:
         super()._validate_preprocess_kwargs(**kwargs)
         if kwargs.get("do_resize"):
             _validate_size(kwargs.get("size"))
-            _resample_mode(kwargs.get("resample"))
+            resample_mode(kwargs.get("resample"))
         if kwargs.get("do_center_crop"):
             raise ValueError("`do_center_crop` is not part of SETR preprocessing and is not supported.")
         pad_size = kwargs.get("pad_size")
@@ -663,8 +631,8 @@ class SetrImageProcessingMixin:
                     + read_as_batch
                 )
             for i, (image, label_map) in enumerate(zip(images, label_maps, strict=True)):
-                if _spatial_size(image) != _spatial_size(label_map):
-                    (ih, iw), (mh, mw) = _spatial_size(image), _spatial_size(label_map)
+                if spatial_size(image) != spatial_size(label_map):
+                    (ih, iw), (mh, mw) = spatial_size(image), spatial_size(label_map)
                     raise ValueError(
                         f"Segmentation map {i} has size {mh}x{mw} (HxW) but its image has size {ih}x{iw}; they "
                         "must match."
@@ -681,14 +649,14 @@ class SetrImageProcessingMixin:
                     except ValueError as error:
                         raise ValueError(f"Segmentation map {i}: {error}") from None
                 if kwargs.get("do_resize"):
-                    output_size = get_setr_resize_output_size(_spatial_size(label_map), kwargs["size"])
+                    output_size = get_setr_resize_output_size(spatial_size(label_map), kwargs["size"])
                     label_map = self._resize_label_map(label_map, output_size)
                 labels.append(label_map)
             data["labels"] = labels
 
         if do_pad:
             if pad_size is None:  # pad to the largest image of the batch
-                sizes = [_spatial_size(x) for x in pixel_values]
+                sizes = [spatial_size(x) for x in pixel_values]
                 pad_size = SizeDict(height=max(h for h, _ in sizes), width=max(w for _, w in sizes))
             data["pixel_values"] = self._pad_arrays(data["pixel_values"], pad_size, fill_value=0)
             if "labels" in data:
@@ -720,7 +688,11 @@ class SetrImageProcessingMixin:
     def _pad_arrays(
         self, arrays: list[np.ndarray | torch.Tensor], pad_size: SizeDict, fill_value: int
     ) -> list[np.ndarray | torch.Tensor]:
-        raise NotImplementedError
+        if arrays[0].ndim == 3:
+            return self.pad(arrays, pad_size=pad_size, fill_value=fill_value)
+        # 2-D label maps: the backends' `pad` expects channels-first arrays.
+        padded = self.pad([a[None] for a in arrays], pad_size=pad_size, fill_value=fill_value)
+        return [a[0] for a in padded]
 
     def post_process_semantic_segmentation(
         self,
@@ -770,97 +742,21 @@ class SetrImageProcessingMixin:
         return results
 
 
-class SetrImageProcessorPil(SetrImageProcessingMixin, PilBackend):
-    r"""
-    SETR image processor (PIL/NumPy backend, no torchvision needed). Reproduces mmsegmentation's SETR test pipeline:
-    keep-ratio resize (mmcv `imrescale`, cv2 `INTER_LINEAR` without antialias, on uint8), then mean/std
-    normalisation. Same defaults and outputs as [`SetrImageProcessor`] (torchvision backend).
+def processor_docstring(backend: str, pipeline: str, other_arguments: str) -> str:
+    """The class docstring of a backend: what it is, then the arguments both backends share."""
+    return f"""
+    SETR image processor ({backend}). Reproduces mmsegmentation's SETR test pipeline: keep-ratio resize (mmcv
+    `imrescale`, cv2 `INTER_LINEAR` without antialias, {pipeline}), then mean/std normalisation. Both backends have
+    the same defaults and give the same outputs.
 
     Args:
-        size (`dict[str, int]`, *optional*, defaults to `{"shortest_edge": 512, "longest_edge": 2048}`):
+        size (`dict[str, int]`, *optional*, defaults to `{{"shortest_edge": 512, "longest_edge": 2048}}`):
             Keep-ratio target: mmseg `Resize(scale=(longest_edge, shortest_edge), keep_ratio=True)`. ADE20K uses
-            512/2048, Cityscapes 1025/2049. `{"height": h, "width": w}` resizes to exactly that size.
+            512/2048, Cityscapes 1025/2049. `{{"height": h, "width": w}}` resizes to exactly that size.
         do_reduce_labels (`bool`, *optional*, defaults to `False`):
             Apply mmseg's `reduce_zero_label` to segmentation maps (ADE20K): 0 -> 255, v -> v - 1, 255 stays 255.
         do_pad (`bool`, *optional*, defaults to `False`):
             Pad bottom/right to `pad_size` (or to the largest image) with 0 (pixels, normalised space) and 255
             (labels).
-        Other arguments (`do_resize`, `resample`, `do_rescale`, `rescale_factor`, `do_normalize`, `image_mean`,
-        `image_std`, `do_convert_rgb`) are the usual transformers ones.
+        Other arguments ({other_arguments}) are the usual transformers ones.
     """
-
-    def __init__(self, **kwargs: Unpack[SetrImageProcessorKwargs]) -> None:
-        super().__init__(**kwargs)
-
-    def process_image(
-        self,
-        image: ImageInput,
-        do_convert_rgb: bool | None = True,
-        input_data_format: str | ChannelDimension | None = None,
-        alpha_white: float = 255.0,
-        **kwargs: Any,
-    ) -> np.ndarray:
-        """Validate one image and return it as a (3, H, W) numpy array (uint8, or float32 for float input)."""
-        if isinstance(image, torch.Tensor):
-            _check_image_dtype(image)
-            image = image.detach().cpu()
-            image = (image if image.dtype == torch.uint8 else image.to(torch.float32)).numpy()
-        return to_channels_first_rgb(image, bool(do_convert_rgb), input_data_format, alpha_white)
-
-    def resize(
-        self,
-        image: np.ndarray,
-        size: SizeDict,
-        resample: PILImageResampling | int | None = None,
-        **kwargs: Any,
-    ) -> np.ndarray:
-        """Resize a (C, H, W) array with SETR's size rule; bilinear like cv2 INTER_LINEAR (no antialias)."""
-        output_size = get_setr_resize_output_size(_spatial_size(image), size)
-        if _resample_mode(PILImageResampling.BILINEAR if resample is None else resample) == "nearest":
-            return resize_nearest_numpy(image, output_size)
-        return resize_bilinear_numpy(image, output_size)
-
-    def _preprocess(
-        self,
-        images: list[np.ndarray],
-        do_resize: bool,
-        size: SizeDict,
-        resample: PILImageResampling | int | None,
-        do_rescale: bool,
-        rescale_factor: float,
-        do_normalize: bool,
-        image_mean: float | Sequence[float],
-        image_std: float | Sequence[float],
-        **kwargs: Any,
-    ) -> list[np.ndarray]:
-        mean, std = None, None
-        if do_normalize:
-            mean = np.asarray(image_mean, dtype=np.float64).reshape(-1, 1, 1)
-            std = np.asarray(image_std, dtype=np.float64).reshape(-1, 1, 1)
-            if do_rescale:
-                # Fold the rescale into mean/std: (x * r - m) / s == (x - m / r) / (s / r), i.e. mmseg's 0-255 maths.
-                mean, std = mean / rescale_factor, std / rescale_factor
-            mean, std = mean.astype(np.float32), std.astype(np.float32)
-        processed = []
-        for image in images:
-            if do_resize:
-                image = self.resize(image, size, resample)
-            if do_normalize:
-                image = (image.astype(np.float32) - mean) / std
-            elif do_rescale:
-                image = image.astype(np.float32) * np.float32(rescale_factor)
-            processed.append(image)
-        return processed
-
-    def _resize_label_map(self, label_map: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
-        return resize_nearest_numpy(label_map, output_size)
-
-    def _pad_arrays(self, arrays: list[np.ndarray], pad_size: SizeDict, fill_value: int) -> list[np.ndarray]:
-        if arrays[0].ndim == 3:
-            return self.pad(arrays, pad_size=pad_size, fill_value=fill_value)
-        # 2-D label maps: PilBackend.pad expects channels-first arrays.
-        padded = self.pad([a[None] for a in arrays], pad_size=pad_size, fill_value=fill_value)
-        return [a[0] for a in padded]
-
-
-SetrImageProcessorPil.register_for_auto_class("AutoImageProcessor")

@@ -16,7 +16,6 @@ auxiliary heads keep their initialisation.
 
 import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,65 +23,25 @@ from urllib.parse import urlparse
 
 import torch
 
-from .configuration_setr import SetrConfig
-from .conversion import CheckpointMismatchError, default_cache_dir, download_cached, fit_problems, load_checkpoint_file
-from .modeling_setr import SetrModel, resize_position_embeddings
+from ..models.setr.configuration_setr import SetrConfig
+from ..models.setr.modeling_setr import SetrModel, resize_position_embeddings
+from .checkpoints import (
+    CheckpointMismatchError,
+    default_cache_dir,
+    download_cached,
+    fit_problems,
+    load_checkpoint_file,
+)
+from .key_rules import POSITION_EMBEDDINGS_KEY, TIMM_VIT_KEY_RULES, map_key, rename_state_dict
 from .presets import TIMM_VIT_LARGE_URL
 
 TIMM_VIT_PRESETS: dict[str, str] = {"vit-large-p16-384": TIMM_VIT_LARGE_URL}
 
-POSITION_EMBEDDINGS_KEY = "embeddings.position_embeddings"
-
-
-@dataclass(frozen=True)
-class TimmKeyRule:
-    """A timm key pattern (a full-match regular expression) and the `SetrModel` key it becomes.
-
-    `template=None` drops the key on purpose. `split_qkv` splits the fused `qkv` tensor into q, k and v (rows in
-    that order) and fills `{qkv}` in the template with `q`, `k`, `v`.
-    """
-
-    pattern: str
-    template: str | None
-    split_qkv: bool = False
-
-
-TIMM_VIT_KEY_RULES: tuple[TimmKeyRule, ...] = (
-    # Embeddings; `pos_embed` is (1, 1 + grid_h * grid_w, C), cls slot first, the grid row-major.
-    TimmKeyRule(r"cls_token", "embeddings.cls_token"),
-    TimmKeyRule(r"pos_embed", POSITION_EMBEDDINGS_KEY),
-    TimmKeyRule(r"patch_embed\.proj\.(weight|bias)", r"embeddings.patch_embeddings.projection.\1"),
-    # Pre-norm blocks
-    TimmKeyRule(r"blocks\.(\d+)\.norm1\.(weight|bias)", r"layers.\1.layernorm_before.\2"),
-    TimmKeyRule(r"blocks\.(\d+)\.norm2\.(weight|bias)", r"layers.\1.layernorm_after.\2"),
-    TimmKeyRule(r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)", r"layers.\1.attention.{qkv}_proj.\2", split_qkv=True),
-    TimmKeyRule(r"blocks\.(\d+)\.attn\.proj\.(weight|bias)", r"layers.\1.attention.o_proj.\2"),
-    TimmKeyRule(r"blocks\.(\d+)\.mlp\.fc1\.(weight|bias)", r"layers.\1.mlp.fc1.\2"),
-    TimmKeyRule(r"blocks\.(\d+)\.mlp\.fc2\.(weight|bias)", r"layers.\1.mlp.fc2.\2"),
-    # Dropped on purpose: everything after the last block. SETR has no final LayerNorm (mmseg `final_norm=False`)
-    # and no classifier; mmseg loads with strict=False and ignores them.
-    TimmKeyRule(r"norm\.(weight|bias)", None),
-    TimmKeyRule(r"fc_norm\.(weight|bias)", None),
-    TimmKeyRule(r"pre_logits\.fc\.(weight|bias)", None),  # the representation layer of older in21k checkpoints
-    TimmKeyRule(r"head\.(weight|bias)", None),
-    TimmKeyRule(r"head_drop\..*", None),  # a Dropout: holds no tensors in timm, listed for completeness
-)
-
 
 def map_timm_key(key: str) -> list[str] | None:
-    """The `SetrModel` key(s) for a timm ViT key: one key, three for a fused `qkv`, `[]` for a key dropped on
-    purpose, `None` when no rule matches."""
-    for rule in TIMM_VIT_KEY_RULES:
-        match = re.fullmatch(rule.pattern, key)
-        if match is None:
-            continue
-        if rule.template is None:
-            return []
-        target = match.expand(rule.template)
-        if rule.split_qkv:
-            return [target.replace("{qkv}", part) for part in ("q", "k", "v")]
-        return [target]
-    return None
+    """The `SetrModel` key(s) for a timm ViT key (`TIMM_VIT_KEY_RULES`): one key, three for a fused `qkv`, `[]` for
+    a key dropped on purpose, `None` when no rule matches."""
+    return map_key(key, TIMM_VIT_KEY_RULES)
 
 
 def _square_grid(rows: int) -> tuple[int, int] | None:
@@ -115,24 +74,7 @@ def convert_timm_vit_state_dict(
     """
     if expected_shapes is None:
         expected_shapes = _encoder_shapes(config)
-    converted: dict[str, torch.Tensor] = {}
-    source_of: dict[str, str] = {}  # model key -> the timm key it came from, for the error message
-    unmapped, problems = [], []
-    for key, tensor in state_dict.items():
-        targets = map_timm_key(key)
-        if targets is None:
-            unmapped.append(key)
-            continue
-        if len(targets) == 3:
-            if tensor.shape[0] % 3:
-                problems.append(f"{key}: first dimension {tensor.shape[0]} is not divisible into q, k, v")
-                continue
-            pieces = tensor.chunk(3, dim=0)
-        else:
-            pieces = (tensor,) * len(targets)
-        for target, piece in zip(targets, pieces):
-            converted[target] = piece.contiguous()
-            source_of[target] = key
+    converted, source_of, unmapped, problems = rename_state_dict(state_dict, map_timm_key)
 
     if POSITION_EMBEDDINGS_KEY in converted and POSITION_EMBEDDINGS_KEY in expected_shapes:
         table = converted[POSITION_EMBEDDINGS_KEY]
@@ -269,7 +211,6 @@ def load_timm_vit_pretrain(
 __all__ = [
     "TIMM_VIT_KEY_RULES",
     "TIMM_VIT_PRESETS",
-    "TimmKeyRule",
     "TimmLoadReport",
     "convert_timm_vit_state_dict",
     "load_timm_vit_pretrain",

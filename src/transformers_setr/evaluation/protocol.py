@@ -14,16 +14,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from .inference import multi_scale_flip_probabilities
+from ..inference.predict import INFERENCE_MODES, check_eval, check_mode, predict_batch, predict_labels
+from ..models.setr.configuration_setr import IGNORE_INDEX
 from .metrics import MeanIoU, intersect_and_union, summarize_areas
 
-EVAL_MODES = ("whole", "slide", "ms_flip")
-IGNORE_INDEX = 255
+EVAL_MODES = INFERENCE_MODES  # the evaluation protocols are the inference modes
 
 __all__ = [
     "EVAL_MODES",
@@ -33,11 +31,6 @@ __all__ = [
     "evaluate_segmentation",
     "predict_labels",
 ]
-
-
-def _check_mode(mode: str) -> None:
-    if mode not in EVAL_MODES:
-        raise ValueError(f"evaluation mode must be one of {EVAL_MODES}, got {mode!r}")
 
 
 def _check_split(data, split: str) -> None:
@@ -116,73 +109,6 @@ def eval_collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return collated
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _check_eval(model: torch.nn.Module) -> None:
-    # In train mode BatchNorm uses batch statistics and `forward` skips the sliding windows: wrong numbers, silently.
-    if model.training:
-        raise ValueError("the model is in training mode; call model.eval() before predicting for evaluation")
-
-
-def _predict_batch(
-    model: torch.nn.Module, pixel_values: torch.Tensor, output_size: tuple[int, int], mode: str
-) -> torch.Tensor:
-    """(B, H, W) class ids for `whole` / `slide`: logits -> input size -> `output_size` (bilinear) -> argmax."""
-    pixel_values = pixel_values.to(_model_device(model))
-    logits = model(pixel_values=pixel_values, inference_mode=mode).logits.float()
-    # mmseg first resizes the decoder output to the network input (the naive and MLA heads output 1/4 of it), then
-    # the input-size logits to the original image: two bilinear steps, kept for identical numbers.
-    input_size = tuple(pixel_values.shape[-2:])
-    if tuple(logits.shape[-2:]) != input_size:
-        logits = F.interpolate(logits, size=input_size, mode="bilinear", align_corners=False)
-    if tuple(logits.shape[-2:]) != tuple(output_size):
-        logits = F.interpolate(logits, size=tuple(output_size), mode="bilinear", align_corners=False)
-    return logits.argmax(dim=1)
-
-
-@torch.inference_mode()
-def predict_labels(
-    model: torch.nn.Module,
-    pixel_values: torch.Tensor | None,
-    output_size: tuple[int, int] | torch.Size,
-    mode: str,
-    image: Image.Image | None = None,
-    image_processor=None,
-) -> torch.Tensor:
-    """
-    (H, W) class ids of one image at `output_size` (its original size), with SETR's evaluation protocol.
-
-    Args:
-        model: a `SetrForSemanticSegmentation` in eval mode.
-        pixel_values: (3, h, w) or (1, 3, h, w), the processed image (unused for `ms_flip`).
-        output_size: (H, W) of the ground truth.
-        mode: `"whole"` or `"slide"` (the model's inference on `pixel_values`, logits resized bilinearly with
-            `align_corners=False`, then argmax) or `"ms_flip"` (`inference.multi_scale_flip_probabilities` on the
-            original `image` with `image_processor`, each view with the model's configured inference mode).
-    """
-    _check_mode(mode)
-    _check_eval(model)
-    output_size = (int(output_size[0]), int(output_size[1]))
-    if mode == "ms_flip":
-        if image is None or image_processor is None:
-            raise ValueError("ms_flip evaluation needs the original image and the image processor")
-        probabilities = multi_scale_flip_probabilities(model, image_processor, image)
-        if tuple(probabilities.shape[-2:]) != output_size:
-            probabilities = F.interpolate(probabilities[None], size=output_size, mode="bilinear", align_corners=False)[
-                0
-            ]
-        return probabilities.argmax(dim=0)
-    if pixel_values is None:
-        raise ValueError(f"{mode} evaluation needs pixel_values")
-    if pixel_values.ndim == 3:
-        pixel_values = pixel_values[None]
-    if pixel_values.ndim != 4 or pixel_values.shape[0] != 1:
-        raise ValueError(f"predict_labels takes one image, got pixel_values of shape {tuple(pixel_values.shape)}")
-    return _predict_batch(model, pixel_values, output_size, mode)[0]
-
-
 @torch.inference_mode()
 def batch_areas(
     model: torch.nn.Module,
@@ -196,8 +122,8 @@ def batch_areas(
     Per-image areas (B, 4, num_labels) of a batch from `eval_collate` (`pixel_values`, `labels` at the original
     resolution, `images` for `ms_flip`), on the model's device. `whole` and `slide` run the batch in one call.
     """
-    _check_mode(mode)
-    _check_eval(model)
+    check_mode(mode, "evaluation")
+    check_eval(model)
     labels = batch["labels"]
     if labels.ndim != 3:
         raise ValueError(f"labels must have shape (batch, height, width), got {tuple(labels.shape)}")
@@ -210,7 +136,7 @@ def batch_areas(
             [predict_labels(model, None, output_size, mode, image, image_processor) for image in images]
         )
     else:
-        predictions = _predict_batch(model, batch["pixel_values"], output_size, mode)
+        predictions = predict_batch(model, batch["pixel_values"], output_size, mode)
     labels = labels.to(predictions.device)
     return torch.stack(
         [
@@ -261,7 +187,7 @@ def evaluate_segmentation(
         `summarize_areas(...)` (mIoU, mAcc, aAcc as fractions, per_class_iou, per_class_accuracy) plus
         `num_images` and `mode`.
     """
-    _check_mode(mode)
+    check_mode(mode, "evaluation")
     _check_split(data, split)
     model = accelerator.unwrap_model(model) if accelerator is not None else model
     num_labels = data.num_labels

@@ -10,65 +10,14 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 
-from .configuration_setr import SetrConfig
-
-
-@dataclass(frozen=True)
-class KeyRule:
-    pattern: str
-    template: str
-    decoders: tuple[str, ...] = ("naive", "pup", "mla")
-    split_qkv: bool = False
-
-
-_HEAD = r"(decode_head|auxiliary_heads\.\d+)"
-_BN = r"(weight|bias|running_mean|running_var)"
-_UP = ("naive", "pup")
-
-MMSEG_KEY_RULES: tuple[KeyRule, ...] = (
-    # ViT encoder (mmseg `VisionTransformer`)
-    KeyRule(r"backbone\.cls_token", "setr.embeddings.cls_token"),
-    KeyRule(r"backbone\.pos_embed", "setr.embeddings.position_embeddings"),
-    KeyRule(r"backbone\.patch_embed\.projection\.(weight|bias)", r"setr.embeddings.patch_embeddings.projection.\1"),
-    KeyRule(r"backbone\.layers\.(\d+)\.ln1\.(weight|bias)", r"setr.layers.\1.layernorm_before.\2"),
-    KeyRule(r"backbone\.layers\.(\d+)\.ln2\.(weight|bias)", r"setr.layers.\1.layernorm_after.\2"),
-    KeyRule(
-        r"backbone\.layers\.(\d+)\.attn\.attn\.in_proj_(weight|bias)",
-        r"setr.layers.\1.attention.{qkv}_proj.\2",
-        split_qkv=True,
-    ),
-    KeyRule(r"backbone\.layers\.(\d+)\.attn\.attn\.out_proj\.(weight|bias)", r"setr.layers.\1.attention.o_proj.\2"),
-    KeyRule(r"backbone\.layers\.(\d+)\.ffn\.layers\.0\.0\.(weight|bias)", r"setr.layers.\1.mlp.fc1.\2"),
-    KeyRule(r"backbone\.layers\.(\d+)\.ffn\.layers\.1\.(weight|bias)", r"setr.layers.\1.mlp.fc2.\2"),
-    # Every head's classifier (`conv_seg`)
-    KeyRule(rf"{_HEAD}\.conv_seg\.(weight|bias)", r"\1.classifier.\2"),
-    # Naive / PUP heads and their auxiliary heads (`SETRUPHead`): up_convs.j = [ConvModule, Upsample]
-    KeyRule(rf"{_HEAD}\.norm\.(weight|bias)", r"\1.layernorm.\2", _UP),
-    KeyRule(rf"{_HEAD}\.up_convs\.(\d+)\.0\.conv\.weight", r"\1.stages.\2.conv.weight", _UP),
-    KeyRule(rf"{_HEAD}\.up_convs\.(\d+)\.0\.bn\.{_BN}", r"\1.stages.\2.batch_norm.\3", _UP),
-    # MLA neck (`MLANeck`): neck output 0 is the deepest level; indices are kept as they are
-    KeyRule(r"neck\.norm\.(\d+)\.(weight|bias)", r"neck.layernorms.\1.\2", ("mla",)),
-    KeyRule(r"neck\.mla\.channel_proj\.(\d+)\.conv\.weight", r"neck.channel_projections.\1.conv.weight", ("mla",)),
-    KeyRule(rf"neck\.mla\.channel_proj\.(\d+)\.bn\.{_BN}", r"neck.channel_projections.\1.batch_norm.\2", ("mla",)),
-    KeyRule(r"neck\.mla\.feat_extract\.(\d+)\.conv\.weight", r"neck.feature_extractors.\1.conv.weight", ("mla",)),
-    KeyRule(rf"neck\.mla\.feat_extract\.(\d+)\.bn\.{_BN}", r"neck.feature_extractors.\1.batch_norm.\2", ("mla",)),
-    # MLA head (`SETRMLAHead`): up_convs.i = [ConvModule, ConvModule, Upsample]
-    KeyRule(r"decode_head\.up_convs\.(\d+)\.(\d+)\.conv\.weight", r"decode_head.branches.\1.\2.conv.weight", ("mla",)),
-    KeyRule(rf"decode_head\.up_convs\.(\d+)\.(\d+)\.bn\.{_BN}", r"decode_head.branches.\1.\2.batch_norm.\3", ("mla",)),
-    # MLA auxiliary heads (`FCNHead`, concat_input=False); the released ones have no convs
-    KeyRule(
-        r"auxiliary_heads\.(\d+)\.convs\.(\d+)\.conv\.weight", r"auxiliary_heads.\1.convs.\2.conv.weight", ("mla",)
-    ),
-    KeyRule(
-        rf"auxiliary_heads\.(\d+)\.convs\.(\d+)\.bn\.{_BN}", r"auxiliary_heads.\1.convs.\2.batch_norm.\3", ("mla",)
-    ),
-)
+from ..models.setr.configuration_setr import SetrConfig
+from .key_rules import MMSEG_KEY_RULES, map_key, rename_state_dict
+from .mmseg_reference import numpy_safe_globals
 
 _DROPPED_SUFFIX = ".num_batches_tracked"
 
@@ -87,19 +36,8 @@ def _normalise_auxiliary_prefix(key: str) -> str:
 
 
 def map_mmseg_key(key: str, decoder_type: str) -> list[str] | None:
-    """The transformers key(s) for an mmsegmentation key, or None when no rule matches."""
-    normalised = _normalise_auxiliary_prefix(key)
-    for rule in MMSEG_KEY_RULES:
-        if decoder_type not in rule.decoders:
-            continue
-        match = re.fullmatch(rule.pattern, normalised)
-        if match is None:
-            continue
-        target = match.expand(rule.template)
-        if rule.split_qkv:
-            return [target.replace("{qkv}", part) for part in ("q", "k", "v")]
-        return [target]
-    return None
+    """The transformers key(s) for an mmsegmentation key (`MMSEG_KEY_RULES`), or None when no rule matches."""
+    return map_key(_normalise_auxiliary_prefix(key), MMSEG_KEY_RULES, decoder_type)
 
 
 def convert_mmseg_state_dict(
@@ -112,25 +50,14 @@ def convert_mmseg_state_dict(
     `expected_shapes` (the target model's `{key: shape}`) turns on the completeness checks: every model key must be
     produced, with the right shape. Raises `CheckpointMismatchError` listing unmapped, missing and mis-shaped keys.
     """
-    converted: dict[str, torch.Tensor] = {}
-    unmapped = []
-    for key, tensor in state_dict.items():
-        if key.endswith(_DROPPED_SUFFIX):
-            continue
-        targets = map_mmseg_key(key, config.decoder_type)
-        if targets is None:
-            unmapped.append(key)
-            continue
-        if len(targets) == 3 and (tensor.dim() == 0 or tensor.shape[0] % 3):
-            unmapped.append(f"{key} (shape {tuple(tensor.shape)}: the first dimension does not split into q, k, v)")
-            continue
-        pieces = tensor.chunk(3, dim=0) if len(targets) == 3 else (tensor,)
-        for target, piece in zip(targets, pieces):
-            converted[target] = piece.contiguous()
-
+    kept = {key: tensor for key, tensor in state_dict.items() if not key.endswith(_DROPPED_SUFFIX)}
+    converted, _, unmapped, split_problems = rename_state_dict(
+        kept, lambda key: map_mmseg_key(key, config.decoder_type)
+    )
     problems = []
     if unmapped:
         problems.append("keys no rule maps (unexpected in a SETR checkpoint): " + ", ".join(unmapped))
+    problems += split_problems
     if expected_shapes is not None:
         problems += fit_problems(converted, expected_shapes, "model")
     if problems:
@@ -172,27 +99,6 @@ def load_mmseg_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch
     model.load_state_dict(converted, strict=False)
 
 
-def _numpy_safe_globals() -> list:
-    """What released mmseg checkpoints carry in `meta` besides plain containers: numpy scalars and dtypes.
-
-    Files pickled under numpy 1 name the scalar reconstructor `numpy.core.multiarray.scalar`, numpy 2 writes
-    `numpy._core.multiarray.scalar`; both names are allowed, pointing at the installed function.
-    """
-    import numpy as np
-
-    try:
-        from numpy._core.multiarray import scalar
-    except ImportError:  # numpy 1
-        from numpy.core.multiarray import scalar
-    dtype_classes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
-    return [
-        (scalar, "numpy.core.multiarray.scalar"),
-        (scalar, "numpy._core.multiarray.scalar"),
-        np.dtype,
-        *dtype_classes,
-    ]
-
-
 # torch.save writes a zip archive (since torch 1.6) or, in the legacy format, a pickle (protocol 2 unless asked).
 _TORCH_FILE_HEADS = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
@@ -213,7 +119,7 @@ def load_checkpoint_file(path: str) -> dict:
     if not head.startswith(_TORCH_FILE_HEADS):
         raise ValueError(f"{path} is not a PyTorch checkpoint (neither a torch.save zip archive nor a legacy pickle)")
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()), warnings.catch_warnings():
+        with torch.serialization.safe_globals(numpy_safe_globals()), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")  # torch's note on odd bytes
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

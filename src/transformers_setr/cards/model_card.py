@@ -18,10 +18,7 @@ from string import Template
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .image_processing_pil_setr import get_setr_resize_output_size
-from .label_tables import id2label_for
-from .modeling_setr import slide_windows
-from .presets import (
+from ..conversion.presets import (
     HUB_DATASETS,
     HUB_ORGANISATION,
     MMSEG_BENCHMARK_DEVICE,
@@ -31,6 +28,10 @@ from .presets import (
     TIMM_VIT_LARGE_URL,
     CheckpointPreset,
 )
+from ..data.label_tables import id2label_for
+from ..inference.multi_scale import MMSEG_TTA_RATIOS
+from ..models.setr.image_processing_base_setr import get_setr_resize_output_size
+from ..models.setr.modeling_setr import slide_windows
 
 HUB_REPO_NAME_SCHEME = "{organisation}/{preset_name}"
 """Repo id of a converted checkpoint (see `hub_repo_id`); the default equals `preset.hub_repo_id`."""
@@ -41,7 +42,7 @@ METRIC_TYPE = "mean_iou"
 REPORTED_SOURCE_NAME = "mmsegmentation SETR model zoo"
 CONVERTER_SCRIPT = "scripts/convert_mmseg_to_hf.py"
 MMSEG_REFERENCE_VERSION = "1.2.2"
-MMSEG_TTA_RATIOS_TEXT = "0.5, 0.75, 1.0, 1.25, 1.5, 1.75"
+MMSEG_TTA_RATIOS_TEXT = ", ".join(str(ratio) for ratio in MMSEG_TTA_RATIOS)
 
 # `measured=` protocols and how the card names them.
 MEASURED_PROTOCOLS = {
@@ -645,7 +646,7 @@ def build_trained_model_card(
     `metrics` is `metrics.summarize_areas` output (fractions) plus `"mode"` (`whole` / `slide` / `ms_flip`); its mIoU,
     mAcc and aAcc go into the `model-index` (in percent) as measured results. `data` is the `SegmentationData` used.
     """
-    from .data import IN_MEMORY_SOURCE  # here: the card module does not otherwise need `datasets`
+    from ..data.loading import IN_MEMORY_SOURCE  # here: the card module does not otherwise need `datasets`
 
     decoder = DECODER_NAMES[config.decoder_type]
     name = repo_id.split("/")[-1] if repo_id else f"setr-{config.decoder_type}-{data.dataset}-trained"

@@ -6,8 +6,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..models.setr.configuration_setr import IGNORE_INDEX
 
-def colorize(segmentation: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = 255) -> np.ndarray:
+
+def colorize(
+    segmentation: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = IGNORE_INDEX
+) -> np.ndarray:
     """(H, W) class ids -> (H, W, 3) uint8 colours; ignored or unknown ids are black."""
     segmentation = np.asarray(segmentation)
     lookup = np.zeros((max(len(palette), ignore_index + 1, int(segmentation.max(initial=0)) + 1), 3), dtype=np.uint8)
@@ -22,7 +26,7 @@ def overlay_with_legend(
     id2label: Mapping[int, str],
     palette: Sequence[Sequence[int]],
     alpha: float = 0.5,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     font_size: int | None = None,
 ) -> Image.Image:
     """Blend the coloured segmentation over the image and append a legend of the classes present, by area.

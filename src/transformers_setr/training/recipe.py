@@ -24,9 +24,9 @@ from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from .configuration_setr import SetrConfig
-from .label_tables import DATASETS, id2label_for
-from .presets import PRESETS, CheckpointPreset
+from ..conversion.presets import PRESETS, CheckpointPreset
+from ..data.label_tables import DATASETS, id2label_for
+from ..models.setr.configuration_setr import SetrConfig
 
 HEAD_PARAMETER_KEY = "head"  # mmseg `paramwise_cfg=dict(custom_keys={'head': dict(lr_mult=10.)})`
 
@@ -313,7 +313,7 @@ class SetrTrainer(Trainer):
         return self.lr_scheduler
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        from .evaluation import batch_areas
+        from ..evaluation.protocol import batch_areas
 
         if prediction_loss_only:
             return None, None, None

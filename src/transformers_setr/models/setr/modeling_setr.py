@@ -18,8 +18,7 @@ the configuration file.
 
 import contextlib
 import math
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +35,16 @@ from transformers.utils import TransformersKwargs, logging
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_setr import SetrConfig, check_slide_window
+from .configuration_setr import MODEL_INFERENCE_MODES, SetrConfig, check_slide_window
+from .fast_inference_setr import (
+    InferenceTensorCache,
+    active_autocast_dtype,
+    cached_cast_linear,
+    cached_for_inference,
+    clear_inference_caches,
+    fused_qkv_parameters,
+    fused_qkv_states,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -92,74 +100,6 @@ def upsample_bilinear(features: torch.Tensor, scale: int) -> torch.Tensor:
     )
 
 
-def inference_caching_allowed() -> bool:
-    """Derived tensors may be cached only when autograd records nothing (they would cut parameters out of the
-    graph) and outside `torch.compile` / tracing (which should see the plain computation)."""
-    return not (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing())
-
-
-def active_autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The autocast dtype in effect for `device_type`, or None (also for device types without autocast: meta)."""
-    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
-        return None
-    return torch.get_autocast_dtype(device_type)
-
-
-def autocast_dtype(tensor: torch.Tensor, parameter: torch.Tensor) -> torch.dtype | None:
-    """The dtype autocast would cast `parameter` to for a matmul on `tensor`'s device, or None when it would not."""
-    dtype = active_autocast_dtype(tensor.device.type)
-    return dtype if dtype is not None and dtype != parameter.dtype and parameter.is_floating_point() else None
-
-
-def is_plain_linear(*modules: nn.Module) -> bool:
-    """Only an unhooked `nn.Linear` may be bypassed with its (fused or cast) weights: a subclass or a replacement
-    (quantised layers, adapters), a forward hook (DeepSpeed ZeRO-3 gathering) or a patched `forward` (accelerate's
-    offloading) must see its own call."""
-    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
-        return False
-    return all(
-        type(m) is nn.Linear and not (m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__)
-        for m in modules
-    )
-
-
-class InferenceTensorCache:
-    """Tensors derived from parameters (a fused or cast weight, a resized position table), kept for inference.
-
-    An entry is reused only while each of its source tensors is the same storage at the same version, device, dtype
-    and shape. `_version` counts every in-place write that autograd sees (optimizer steps, `load_state_dict`,
-    `copy_` under `no_grad`); the entry holds a detached alias of each source so that a freed storage's address
-    cannot come back under new values and match by accident. Writes through `.data` bypass the version counter:
-    call `SetrPreTrainedModel.clear_inference_caches()` after them. The model clears its caches when it is moved or
-    cast (`to`, `half`, ...) and when it enters training mode, so they hold memory only during inference.
-    """
-
-    def __init__(self, max_entries: int = 4):
-        self.max_entries = max_entries
-        self._entries: OrderedDict = OrderedDict()
-
-    def clear(self) -> None:
-        self._entries.clear()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key, sources: Sequence[torch.Tensor], build: Callable[[], object]):
-        if any(source.is_inference() for source in sources):
-            return build()  # inference tensors have no version counter: nothing to key on
-        state = tuple((s.data_ptr(), s._version, s.device, s.dtype, s.shape) for s in sources)
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] == state:
-            self._entries.move_to_end(key)
-            return entry[2]
-        value = build()
-        self._entries[key] = (state, tuple(s.detach() for s in sources), value)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-        return value
-
-
 def classify(classifier: nn.Conv2d, features: torch.Tensor) -> torch.Tensor:
     """A head's 1x1 classifier, in float32 even under autocast: bf16 logits (8-bit mantissa, steps of 1/64 at
     |logit| ~ 2) would let rounding decide close argmaxes and blur the average of overlapping slide windows."""
@@ -168,24 +108,6 @@ def classify(classifier: nn.Conv2d, features: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type, enabled=False):
             return classifier(features.float())
     return classifier(features)
-
-
-def inference_linear(
-    linear: nn.Linear, hidden_states: torch.Tensor, cache: InferenceTensorCache, key: str
-) -> torch.Tensor:
-    """`linear(hidden_states)`, with the weights autocast would cast on every call cast once and cached."""
-    if not is_plain_linear(linear) or not inference_caching_allowed():
-        return linear(hidden_states)
-    dtype = autocast_dtype(hidden_states, linear.weight)
-    if dtype is None:
-        return linear(hidden_states)
-    sources = (linear.weight,) if linear.bias is None else (linear.weight, linear.bias)
-    weight, bias = cache.get(
-        (key, dtype),
-        sources,
-        lambda: (linear.weight.to(dtype), None if linear.bias is None else linear.bias.to(dtype)),
-    )
-    return F.linear(hidden_states, weight, bias)
 
 
 class SetrPatchEmbeddings(nn.Module):
@@ -232,9 +154,8 @@ class SetrEmbeddings(nn.Module):
         16x64 grid under a 32x32 table is added as is, in row-major order)."""
         if grid[0] * grid[1] == self.grid[0] * self.grid[1]:
             return self.position_embeddings
-        if not inference_caching_allowed():
-            return resize_position_embeddings(self.position_embeddings, self.grid, grid)
-        return self.inference_cache.get(
+        return cached_for_inference(
+            self.inference_cache,
             tuple(grid),
             (self.position_embeddings,),
             lambda: resize_position_embeddings(self.position_embeddings, self.grid, grid),
@@ -286,15 +207,8 @@ class SetrAttention(nn.Module):
         self.inference_cache = InferenceTensorCache()
 
     def fused_qkv_parameters(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """q/k/v weights (and biases) stacked for one matmul and cast to `dtype` (the autocast dtype); cached."""
-        projections = (self.q_proj, self.k_proj, self.v_proj)
-        weights = [projection.weight for projection in projections]
-        biases = [projection.bias for projection in projections if projection.bias is not None]
-
-        def build() -> tuple[torch.Tensor, torch.Tensor | None]:
-            return torch.cat(weights).to(dtype), torch.cat(biases).to(dtype) if biases else None
-
-        return self.inference_cache.get(("qkv", dtype), (*weights, *biases), build)
+        """q/k/v weights (and biases) stacked for one matmul and cast to `dtype`; cached (`fast_inference_setr`)."""
+        return fused_qkv_parameters(self, dtype)
 
     def forward(
         self,
@@ -304,35 +218,31 @@ class SetrAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
-        cast_dtype = None
-        if inference_caching_allowed() and is_plain_linear(self.q_proj, self.k_proj, self.v_proj):
-            cast_dtype = autocast_dtype(hidden_states, self.q_proj.weight)
-        if cast_dtype is not None:
-            # Under autocast without autograd: weights cast once (not on every call) and q/k/v in one matmul, which
-            # measured a few percent faster in bf16 on CPU. In float32 the three separate matmuls measured faster.
-            weight, bias = self.fused_qkv_parameters(cast_dtype)
-            qkv = F.linear(hidden_states, weight, bias).view(*input_shape, 3, -1, self.head_dim)
-            query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (batch, heads, tokens, head_dim)
+        # Inference under autocast takes one fused matmul with cached cast weights (`fast_inference_setr`).
+        fused = fused_qkv_states(self, hidden_states)
+        if fused is not None:
+            query_states, key_states, value_states = fused
         else:
-            query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-            key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-            value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+            query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+            key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+            value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
         attn_output, attn_weights = attention_interface(
             self,
-            query,
-            key,
-            value,
+            query_states,
+            key_states,
+            value_states,
             attention_mask,
             dropout=0.0 if not self.training else self.attention_dropout,
             scaling=self.scaling,
             **kwargs,
         )
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
-        return inference_linear(self.o_proj, attn_output, self.inference_cache, "o_proj"), attn_weights
+        attn_output = cached_cast_linear(self.o_proj, attn_output, self.inference_cache, "o_proj")
+        return attn_output, attn_weights
 
 
 class SetrMLP(nn.Module):
@@ -345,9 +255,9 @@ class SetrMLP(nn.Module):
         self.inference_cache = InferenceTensorCache()
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = inference_linear(self.fc1, hidden_states, self.inference_cache, "fc1")
+        hidden_states = cached_cast_linear(self.fc1, hidden_states, self.inference_cache, "fc1")
         hidden_states = self.dropout(self.activation_fn(hidden_states))
-        return inference_linear(self.fc2, hidden_states, self.inference_cache, "fc2")
+        return cached_cast_linear(self.fc2, hidden_states, self.inference_cache, "fc2")
 
 
 class SetrLayer(GradientCheckpointingLayer):
@@ -532,10 +442,7 @@ class SetrPreTrainedModel(PreTrainedModel):
         They are rebuilt on the next forward without autograd. Needed only after writing parameters through
         `.data`, which autograd's version counter does not see; moving, casting and `train()` clear them already.
         """
-        for module in self.modules():
-            cache = getattr(module, "inference_cache", None)
-            if isinstance(cache, InferenceTensorCache):
-                cache.clear()
+        clear_inference_caches(self)
 
     def train(self, mode: bool = True):
         if mode:
@@ -737,35 +644,20 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
             eval mode without `labels`, and return logits at the input resolution.
         """
         inference_mode = inference_mode or self.config.inference_mode
-        if inference_mode not in ("whole", "slide"):
-            raise ValueError(f"inference_mode must be 'whole' or 'slide', got {inference_mode!r}")
-        slide = inference_mode == "slide" and labels is None and not self.training
-        check_pixel_values(pixel_values, self.config, check_values=not slide)  # slide_inference checks the values
-        if labels is not None:
-            check_labels(labels, pixel_values, self.config)
+        if inference_mode not in MODEL_INFERENCE_MODES:
+            raise ValueError(f"inference_mode must be one of {MODEL_INFERENCE_MODES}, got {inference_mode!r}")
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
-        if slide:
-            if output_hidden_states or kwargs.get("output_attentions", self.config.output_attentions):
-                raise ValueError(
-                    "Hidden states and attentions are per window in sliding-window inference; "
-                    "call the model with inference_mode='whole' to get them."
-                )
-            return SetrSemanticSegmenterOutput(logits=self.slide_inference(pixel_values))
+        if inference_mode == "slide" and labels is None and not self.training:
+            return self._slide_forward(pixel_values, output_hidden_states, **kwargs)
+        check_pixel_values(pixel_values, self.config, check_values=True)
+        if labels is not None:
+            check_labels(labels, pixel_values, self.config)
 
         logits, features, outputs = self._encode_decode(pixel_values, output_hidden_states, **kwargs)
         loss, auxiliary_logits = None, None
         if labels is not None:
-            ignore_index = self.config.semantic_loss_ignore_index
-            loss = segmentation_loss(logits, labels, ignore_index)
-            if self.auxiliary_heads is not None:
-                # One head at a time: each loss's temporaries are freed before the next head runs.
-                auxiliary_logits = []
-                for head, index in zip(self.auxiliary_heads, self.config.auxiliary_in_indices):
-                    auxiliary_logits.append(head(features[index]))
-                    aux_loss = segmentation_loss(auxiliary_logits[-1], labels, ignore_index)
-                    loss = loss + self.config.auxiliary_loss_weight * aux_loss
-                auxiliary_logits = tuple(auxiliary_logits)
+            loss, auxiliary_logits = self._loss(logits, features, labels)
 
         return SetrSemanticSegmenterOutput(
             loss=loss,
@@ -774,6 +666,33 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
             attentions=outputs.attentions,
             auxiliary_logits=auxiliary_logits,
         )
+
+    def _slide_forward(
+        self, pixel_values: torch.Tensor, output_hidden_states, **kwargs
+    ) -> SetrSemanticSegmenterOutput:
+        if output_hidden_states or kwargs.get("output_attentions", self.config.output_attentions):
+            raise ValueError(
+                "Hidden states and attentions are per window in sliding-window inference; "
+                "call the model with inference_mode='whole' to get them."
+            )
+        return SetrSemanticSegmenterOutput(logits=self.slide_inference(pixel_values))
+
+    def _loss(
+        self, logits: torch.Tensor, features: list[torch.Tensor], labels: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """The decode head's loss plus `auxiliary_loss_weight` times each auxiliary head's (mmsegmentation's sum)."""
+        ignore_index = self.config.semantic_loss_ignore_index
+        loss = segmentation_loss(logits, labels, ignore_index)
+        if self.auxiliary_heads is None:
+            return loss, None
+        # One head at a time: each loss's temporaries are freed before the next head runs.
+        auxiliary_logits = []
+        for head, index in zip(self.auxiliary_heads, self.config.auxiliary_in_indices):
+            auxiliary_logits.append(head(features[index]))
+            loss = loss + self.config.auxiliary_loss_weight * segmentation_loss(
+                auxiliary_logits[-1], labels, ignore_index
+            )
+        return loss, tuple(auxiliary_logits)
 
 
 def slide_windows(

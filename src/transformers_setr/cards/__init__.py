@@ -1,0 +1,1 @@
+"""Model cards of the converted and the trained checkpoints (`model_card`)."""

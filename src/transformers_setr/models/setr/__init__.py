@@ -1,0 +1,27 @@
+"""SETR as transformers code: these files are what `save_pretrained` ships next to the weights for `trust_remote_code`
+users, so they import only torch, transformers, huggingface_hub, numpy, PIL (torchvision for the fast processor) and
+each other, never the rest of `transformers_setr`.
+
+- `configuration_setr.py`: `SetrConfig`;
+- `modeling_setr.py`: `SetrModel`, `SetrForSemanticSegmentation`;
+- `image_processing_base_setr.py`: what both image processors share (mmseg's resize rule, input checks, labels);
+- `image_processing_pil_setr.py`: `SetrImageProcessorPil` (PIL/NumPy backend);
+- `image_processing_setr.py`: `SetrImageProcessor` (torchvision backend).
+"""
+
+from ..._imports import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "configuration_setr": ("SetrConfig",),
+        "modeling_setr": (
+            "SetrForSemanticSegmentation",
+            "SetrModel",
+            "SetrPreTrainedModel",
+            "SetrSemanticSegmenterOutput",
+        ),
+        "image_processing_pil_setr": ("SetrImageProcessorPil",),
+        "image_processing_setr": ("SetrImageProcessor",),
+    },
+)

@@ -1,0 +1,32 @@
+"""Training: augmentation (`augmentation`), the SETR recipe (`recipe`: optimizer groups, poly schedule,
+`SetrTrainer`) and the two command lines (`commands`: `setr train` with the Trainer, `setr train-loop` with
+Accelerate). Needs the `[train]` extra.
+"""
+
+from .._imports import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "recipe": (
+            "HEAD_PARAMETER_KEY",
+            "split_parameter_groups",
+            "build_sgd_optimizer",
+            "poly_learning_rate",
+            "build_poly_scheduler",
+            "sample_seed",
+            "SegmentationTrainDataset",
+            "train_collate",
+            "config_for_preset",
+            "recipe_training_defaults",
+            "SetrTrainingArguments",
+            "_AugmentationEpochCallback",
+            "uses_sync_batch_norm",
+            "format_log_line",
+            "CompactProgressCallback",
+            "CompactPrinterCallback",
+            "SetrTrainer",
+            "PRESETS",
+        ),
+    },
+)
