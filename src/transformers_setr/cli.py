@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, function, _, _ = COMMANDS[name]
     try:
-        module = importlib.import_module(f"{__package__}.{module_name}")
+        command = getattr(importlib.import_module(f"{__package__}.{module_name}"), function)
+        return int(command(argv[1:]) or 0)
     except ImportError as error:
         missing = (error.name or "").partition(".")[0]
         if missing not in EXTRAS:
@@ -107,7 +108,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    return int(getattr(module, function)(argv[1:]) or 0)
 
 
 if __name__ == "__main__":

@@ -46,12 +46,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import datasets
 import numpy as np
-import pyarrow.compute as pc
 from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers.utils import logging
 
+from .._imports import require
 from ..conversion.presets import HUB_DATASETS
 from ..models.setr.configuration_setr import IGNORE_INDEX
 from .label_tables import (
@@ -63,6 +62,9 @@ from .label_tables import (
     generate_palette,
     id2label_for,
 )
+
+datasets = require("datasets", "loading datasets (transformers_setr.data)")
+pc = require("pyarrow.compute", "loading datasets (transformers_setr.data)")
 
 logger = logging.get_logger(__name__)
 

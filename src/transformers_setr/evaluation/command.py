@@ -21,6 +21,7 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 from ..data.label_tables import DATASETS, id2label_for
+from ..data.loading import DatasetFormatError, UndeclaredClassesError, load_segmentation_data
 from ..files import write_text_atomically
 from ..inference.predict import INFERENCE_MODES as EVAL_MODES
 from .protocol import evaluate_segmentation, needs_cpu_process_group
@@ -122,8 +123,6 @@ def _custom_classes_of(model, args: argparse.Namespace) -> dict[int, str] | None
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
 
-    from ..data.loading import UndeclaredClassesError, load_segmentation_data
-
     accelerator = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched with `accelerate launch` / torchrun
         from accelerate import Accelerator
@@ -195,8 +194,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def cli_main(argv: list[str] | None = None) -> int:
     """`setr evaluate` (`scripts/evaluate.py`): `main`, with bad data as one line naming it, no traceback."""
-    from ..data.loading import DatasetFormatError
-
     try:
         main(argv)
     except (DatasetFormatError, FileNotFoundError) as error:

@@ -24,9 +24,12 @@ from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from .._imports import require
 from ..conversion.presets import PRESETS, CheckpointPreset
 from ..data.label_tables import DATASETS, id2label_for
 from ..models.setr.configuration_setr import SetrConfig
+
+require("accelerate", "SETR training")  # the Trainer needs it
 
 HEAD_PARAMETER_KEY = "head"  # mmseg `paramwise_cfg=dict(custom_keys={'head': dict(lr_mult=10.)})`
 
