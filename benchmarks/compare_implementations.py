@@ -1,7 +1,7 @@
 """Float32 outputs of the current `modeling_setr.py` against a previous version of the file (issue 5: nothing may
 change fp32 outputs beyond 1e-5), and optionally their speed side by side.
 
-    git show HEAD:src/transformers_setr/modeling_setr.py > /tmp/modeling_setr_before.py
+    git show HEAD:src/transformers_setr/models/setr/modeling_setr.py > /tmp/modeling_setr_before.py
     .venv/bin/python benchmarks/compare_implementations.py --before /tmp/modeling_setr_before.py
     .venv/bin/python benchmarks/compare_implementations.py --before /tmp/modeling_setr_before.py --full --time
 
@@ -27,19 +27,26 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import format_table, print_report, set_threads, spread, time_call  # noqa: E402
 
-from transformers_setr import modeling_setr as current_module  # noqa: E402
-from transformers_setr.configuration_setr import SetrConfig  # noqa: E402
+from transformers_setr.models.setr import modeling_setr as current_module  # noqa: E402
+from transformers_setr.models.setr.configuration_setr import SetrConfig  # noqa: E402
 
 SOURCE = Path(current_module.__file__).resolve().parent
 
 
 def load_previous(path: Path, scratch: Path):
-    """Import an old `modeling_setr.py` as its own package, next to the current configuration file."""
+    """Import an old `modeling_setr.py` (or a folder of old shipped files) as its own package, next to the current
+    configuration file and the current shipped files it may import."""
     package = scratch / "setr_previous"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    shutil.copy(path, package / "modeling_setr.py")
-    shutil.copy(SOURCE / "configuration_setr.py", package / "configuration_setr.py")
+    for sibling in SOURCE.glob("*_setr.py"):
+        shutil.copy(sibling, package / sibling.name)
+    if path.is_dir():
+        for old in path.glob("*_setr.py"):
+            if old.name != "configuration_setr.py":
+                shutil.copy(old, package / old.name)
+    else:
+        shutil.copy(path, package / "modeling_setr.py")
     sys.path.insert(0, str(scratch))
     spec = importlib.util.find_spec("setr_previous.modeling_setr")
     module = importlib.util.module_from_spec(spec)

@@ -527,22 +527,18 @@ def _load_data_and_model(
 def _training_record(
     preset: CheckpointPreset,
     data: SegmentationData,
-    data_args: "DataArguments",
+    data_args: DataArguments,
     config: SetrConfig,
-    *,
-    steps: int,
-    per_device_batch: int,
+    args: "SetrTrainingArguments | LoopArguments",
     num_processes: int,
-    accumulation: int,
-    learning_rate: float,
 ) -> dict[str, Any]:
-    """What the model card says of a training run (both commands)."""
+    """What the model card says of a training run (both commands; their arguments share these names)."""
     return {
         "preset": preset.name,
         "data": data.source,
-        "steps": steps,
-        "global_batch": per_device_batch * num_processes * accumulation,
-        "learning_rate": learning_rate,
+        "steps": args.max_steps,
+        "global_batch": args.per_device_train_batch_size * num_processes * args.gradient_accumulation_steps,
+        "learning_rate": args.learning_rate,
         "crop": data_args.crop_size or config.slide_window[0][0],
     }
 
@@ -572,17 +568,7 @@ def main_trainer(argv: list[str] | None = None) -> int:
     trainer = build_trainer(
         model, processor, data, training_args, data_args, train=training_args.do_train, evaluate=training_args.do_eval
     )
-    training = _training_record(
-        preset,
-        data,
-        data_args,
-        model.config,
-        steps=training_args.max_steps,
-        per_device_batch=training_args.per_device_train_batch_size,
-        num_processes=training_args.world_size,
-        accumulation=training_args.gradient_accumulation_steps,
-        learning_rate=training_args.learning_rate,
-    )
+    training = _training_record(preset, data, data_args, model.config, training_args, training_args.world_size)
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=resume)
         trainer.save_model()
@@ -801,17 +787,7 @@ def main_no_trainer(argv: list[str] | None = None) -> int:
             unwrapped = _revert_sync_batch_norm(unwrapped)
         unwrapped.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
-        training = _training_record(
-            preset,
-            data,
-            data_args,
-            unwrapped.config,
-            steps=args.max_steps,
-            per_device_batch=args.per_device_train_batch_size,
-            num_processes=accelerator.num_processes,
-            accumulation=args.gradient_accumulation_steps,
-            learning_rate=args.learning_rate,
-        )
+        training = _training_record(preset, data, data_args, unwrapped.config, args, accelerator.num_processes)
         training["train_loss"] = sum(losses) / len(losses) if losses else None
         if metrics is not None:
             metrics = {**metrics, "mode": args.eval_mode}
