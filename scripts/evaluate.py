@@ -12,4 +12,4 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 from transformers_setr.evaluation.command import cli_main, format_table, main, parse_args  # noqa: E402, F401
 
 if __name__ == "__main__":
-    sys.exit(cli_main(sys.argv[1:]))
+    sys.exit(cli_main(sys.argv[1:], prog="evaluate.py"))

@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 
-from transformers_setr import image_processing_pil_setr
 from transformers_setr.image_processing_pil_setr import (
     SetrImageProcessorPil,
     get_setr_resize_output_size,
     nearest_source_indices,
     reduce_segmentation_labels,
 )
+from transformers_setr.models.setr import image_processing_base_setr
 
 ADE = {"shortest_edge": 512, "longest_edge": 2048}  # mmseg scale (2048, 512)
 CITYSCAPES = {"shortest_edge": 1025, "longest_edge": 2049}  # mmseg scale (2049, 1025)
@@ -538,7 +538,7 @@ def test_float_images_in_zero_to_one_warn(processor_class, monkeypatch):
     # As transformers' processors do: 0..1 floats divided by 255 again would be a black image.
     messages = []
     monkeypatch.setattr(
-        image_processing_pil_setr.logger, "warning_once", lambda message, *_, **__: messages.append(message)
+        image_processing_base_setr.logger, "warning_once", lambda message, *_, **__: messages.append(message)
     )
     scaled = _random_image(12, 16).astype(np.float32) / 255
     for given in (scaled, torch.from_numpy(scaled).permute(2, 0, 1)):

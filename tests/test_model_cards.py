@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import re
 from pathlib import Path
 
@@ -331,7 +332,7 @@ def test_script_writes_atomically(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(make_model_cards.os, "replace", broken_replace)
+    monkeypatch.setattr(os, "replace", broken_replace)  # what the atomic write renames with
     with pytest.raises(OSError):
         make_model_cards.write_atomically(target, "new")
     assert target.read_text(encoding="utf-8") == "old"

@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"setr: unknown command {name!r}; the commands are: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module_name, function, _, _ = COMMANDS[name]
+    program, sys.argv[0] = sys.argv[0], f"setr {name}"  # argparse's default `prog`: "usage: setr train ..."
     try:
         command = getattr(importlib.import_module(f"{__package__}.{module_name}"), function)
         return int(command(argv[1:]) or 0)
@@ -108,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        sys.argv[0] = program
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import sys
 
 from ..cli import config_overrides_argument
 from ..data.label_tables import id2label_for
-from ..models.setr.configuration_setr import SetrConfig
+from ..models.setr.configuration_setr import MODEL_INFERENCE_MODES, SetrConfig
 from ..models.setr.modeling_setr import SetrForSemanticSegmentation
 from .from_mmseg import convert_checkpoint, resolve_checkpoint, verify_against_mmseg
 from .from_timm import TIMM_VIT_PRESETS, load_timm_vit_pretrain
@@ -99,7 +99,7 @@ def convert_main(argv: list[str] | None = None) -> int:
         if config is None:
             print("error: --verify needs --mmseg-config for a checkpoint that is not a preset", file=sys.stderr)
             return 1
-        for mode in ("whole", "slide"):
+        for mode in MODEL_INFERENCE_MODES:
             errors = verify_against_mmseg(model, path, config, tuple(args.verify_sizes), mode, args.mmseg_python)
             print(f"max |logits - mmseg| ({mode}): " + ", ".join(f"{k}: {v:.2e}" for k, v in errors.items()))
             if max(errors.values()) > 1e-4:

@@ -192,11 +192,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return results
 
 
-def cli_main(argv: list[str] | None = None) -> int:
+def cli_main(argv: list[str] | None = None, prog: str = "setr evaluate") -> int:
     """`setr evaluate` (`scripts/evaluate.py`): `main`, with bad data as one line naming it, no traceback."""
     try:
         main(argv)
     except (DatasetFormatError, FileNotFoundError) as error:
-        print(f"setr evaluate: error: {' '.join(str(error).split())}", file=sys.stderr)
+        print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     return 0

@@ -32,6 +32,7 @@ from ..data.loading import (
 )
 from ..evaluation.protocol import SegmentationEvalDataset, eval_collate, needs_cpu_process_group
 from ..files import save_json_atomically, write_text_atomically
+from ..inference.predict import INFERENCE_MODES
 from ..models.setr.configuration_setr import SetrConfig, default_slide_stride
 from ..models.setr.modeling_setr import SetrForSemanticSegmentation
 from .augmentation import SetrTrainAugmentation
@@ -651,7 +652,7 @@ class LoopArguments:
     checkpointing_steps: int = field(default=16_000, metadata={"help": "save the loop state every N steps"})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a step_* folder, or 'last'"})
     logging_steps: int = field(default=50)
-    eval_mode: str = field(default="slide", metadata={"choices": ["whole", "slide", "ms_flip"]})
+    eval_mode: str = field(default="slide", metadata={"choices": list(INFERENCE_MODES)})
     do_eval: bool = field(default=True)
     dataloader_num_workers: int = field(default=0)
     push_to_hub: bool = field(default=False)

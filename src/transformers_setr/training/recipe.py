@@ -27,6 +27,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from .._imports import require
 from ..conversion.presets import PRESETS, CheckpointPreset
 from ..data.label_tables import DATASETS, id2label_for
+from ..inference.predict import INFERENCE_MODES
 from ..models.setr.configuration_setr import SetrConfig
 
 require("accelerate", "SETR training")  # the Trainer needs it
@@ -170,7 +171,7 @@ class SetrTrainingArguments(TrainingArguments):
     poly_min_lr: float = field(default=1e-4, metadata={"help": "learning rate reached at the last step"})
     eval_mode: str = field(
         default="slide",
-        metadata={"help": "evaluation inference: whole, slide or ms_flip", "choices": ["whole", "slide", "ms_flip"]},
+        metadata={"help": f"evaluation inference: {', '.join(INFERENCE_MODES)}", "choices": list(INFERENCE_MODES)},
     )
     sync_batch_norm: bool = field(
         default=True, metadata={"help": "use SyncBatchNorm in the heads when training on several GPUs"}
