@@ -221,7 +221,7 @@ def upsampled_argmax(
 
     Bilinear resizing treats channels independently, so each channel is computed exactly as in one call over all
     of them; the running maximum keeps the first class on ties, as `argmax` does. The labels are therefore those of
-    `F.interpolate(logits, output_size).argmax(1)`, bit for bit.
+    `F.interpolate(logits, output_size).argmax(1)`, bit for bit (int64 when that fits in `max_bytes`, else int32).
     """
     height, width = output_size
     if tuple(logits.shape[-2:]) == (height, width):
@@ -230,23 +230,24 @@ def upsampled_argmax(
     chunk = max(1, max_bytes // (height * width * logits.element_size()))
     if chunk >= channels:
         return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False).argmax(dim=1)[0]
-    best = labels = None
+    best = labels = better = None
     for start in range(0, channels, chunk):
         part = F.interpolate(
             logits[:, start : start + chunk], size=(height, width), mode="bilinear", align_corners=False
         )[0]
-        part_best, part_labels = part.max(dim=0)
+        # One channel at a time, in place: a reduction over the channels of a full-size block is several times
+        # slower on CPU than these element-wise passes.
+        for offset, channel in enumerate(part):
+            if best is None:
+                best = channel.clone()
+                labels = torch.zeros((height, width), dtype=torch.int32, device=logits.device)
+                better = torch.empty((height, width), dtype=torch.bool, device=logits.device)
+                continue
+            torch.gt(channel, best, out=better)  # strictly: an earlier class keeps a tie
+            torch.maximum(best, channel, out=best)
+            labels.masked_fill_(better, start + offset)
         del part
-        part_labels = part_labels.to(torch.int32).add_(start)
-        if best is None:
-            best, labels = part_best, part_labels
-        else:
-            better = part_best > best  # strictly: an earlier class keeps a tie
-            best = torch.where(better, part_best, best)
-            labels = torch.where(better, part_labels, labels)
-            del better
-        del part_best, part_labels
-    return labels.long()
+    return labels
 
 
 @torch.inference_mode()
