@@ -252,3 +252,13 @@ def test_upsampled_argmax_in_bounded_memory_is_exact():
     full = torch.nn.functional.interpolate(logits, size=(101, 83), mode="bilinear", align_corners=False).argmax(1)[0]
     for max_bytes in (1, 101 * 83 * 4 * 3, 10**9):
         assert torch.equal(segment.upsampled_argmax(logits, (101, 83), max_bytes=max_bytes), full)
+
+
+def test_an_output_folder_inside_the_input_folder_is_not_read_back(setup, tmp_path, capsys):
+    root, *_ = setup
+    photos = tmp_path / "photos"
+    write_photo_folder(photos, corrupt=False)
+    for _ in range(2):
+        assert segment.main([str(photos), "--model", str(root / "model"), "--output", str(photos / "seg")]) == 0
+        assert "4 segmented, 0 skipped (already done), 0 failed" in capsys.readouterr().err
+    assert sorted(p.name for p in (photos / "seg" / "labels").iterdir()) == sorted(f"{n}.png" for n in GOOD)

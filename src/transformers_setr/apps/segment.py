@@ -78,9 +78,11 @@ def _inside(path: Path, folder: Path | None) -> bool:
     return folder is not None and path.resolve().is_relative_to(folder)
 
 
-def expand_inputs(inputs: Sequence[str], output: Path | None = None) -> tuple[list[ImageSource], list[str]]:
+def expand_inputs(
+    inputs: Sequence[str], output: Path | None = None
+) -> tuple[list[ImageSource], list[tuple[str, str]]]:
     """The images named by `inputs` (files, folders searched recursively for image files, globs, URLs), in order,
-    each once, with unique output names; and a problem line for each input that names nothing.
+    each once, with unique output names; and (input, problem) for each input that names nothing.
 
     Inside folders only files with an image extension are taken (a README or `.DS_Store` is not an image the user
     asked for); a file named explicitly is tried whatever its extension. The output folder is never read as input.
@@ -106,7 +108,7 @@ def expand_inputs(inputs: Sequence[str], output: Path | None = None) -> tuple[li
             )
             found += [(str(p), str(p.relative_to(path).with_suffix("")), False) for p in files]
             if not files:
-                problems.append(f"{text}: no image files in this folder")
+                problems.append((text, "no image files in this folder"))
         elif path.is_file():
             found.append((str(path), path.stem, False))
         elif glob.has_magic(text):
@@ -114,9 +116,9 @@ def expand_inputs(inputs: Sequence[str], output: Path | None = None) -> tuple[li
             files = [p for p in files if p.is_file() and not _inside(p, output)]
             found += [(str(p), p.stem, False) for p in files]
             if not files:
-                problems.append(f"{text}: no file matches this pattern")
+                problems.append((text, "no file matches this pattern"))
         else:
-            problems.append(f"{text}: no such file or folder")
+            problems.append((text, "no such file or folder"))
     sources, seen, names = [], set(), set()
     for location, name, url in found:
         key = location if url else str(Path(location).resolve())
@@ -531,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(args.output)
     sources, input_problems = expand_inputs(args.inputs, output)
     if not sources:
-        return _fail("; ".join(input_problems) or "no images to segment")
+        return _fail("; ".join(f"{text}: {problem}" for text, problem in input_problems) or "no images to segment")
     try:
         device = pick_device(args.device)
         model, processor = load_model(args.model, device)
@@ -552,9 +554,9 @@ def main(argv: list[str] | None = None) -> int:
         overlay_max_side=args.overlay_max_side,
     )
     records: dict[str, dict] = {}
-    failures: list[tuple[str, str]] = [(text.split(":")[0], text) for text in input_problems]
-    for line in input_problems:
-        print(f"setr segment: {line}", file=sys.stderr)
+    failures: list[tuple[str, str]] = list(input_problems)
+    for text, problem in input_problems:
+        print(f"setr segment: {text}: {problem}", file=sys.stderr)
     skipped = 0
     progress = tqdm(total=len(sources), unit="image", desc="segment", dynamic_ncols=True)
     pending: list[tuple[ImageSource, Image.Image]] = []
