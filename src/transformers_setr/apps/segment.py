@@ -184,10 +184,17 @@ def load_model(model_name: str, device: torch.device | str = "cpu"):
 
     import transformers_setr  # noqa: F401  (registers SETR with the Auto classes)
 
+    path = Path(model_name).expanduser()
+    if not path.exists() and (path.is_absolute() or model_name.startswith((".", "~")) or model_name.count("/") > 1):
+        raise ValueError(f"--model {model_name}: cannot load a model (no such folder)")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--model {model_name}: cannot load a model (a file; give the saved model's folder)")
     try:
         model = AutoModelForSemanticSegmentation.from_pretrained(model_name)
     except (OSError, ValueError, KeyError) as error:
-        raise ValueError(f"--model {model_name}: cannot load a model ({' '.join(str(error).split())[:300]})") from None
+        where = "the folder" if path.is_dir() else "not a folder here, and as a Hub id"
+        detail = " ".join(str(error).split())[:300]
+        raise ValueError(f"--model {model_name}: cannot load a model ({where}: {detail})") from None
     if model.config.model_type != "setr":
         raise ValueError(f"--model {model_name}: a {model.config.model_type!r} model, not SETR")
     try:
