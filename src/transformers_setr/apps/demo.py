@@ -11,6 +11,7 @@ analytics, no web fonts) and on the CPU unless `--device` says otherwise. The se
 import argparse
 import html
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -178,6 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         print("setr demo: error: the demo needs Gradio: pip install 'transformers-setr[demo]'", file=sys.stderr)
         return 2
     examples = Path(args.examples_dir) if args.examples_dir else Path(tempfile.mkdtemp(prefix="setr-demo-"))
+    try:
+        return _serve(args, examples)
+    finally:
+        if not args.examples_dir:  # the temporary folder this run made
+            shutil.rmtree(examples, ignore_errors=True)
+
+
+def _serve(args: argparse.Namespace, examples: Path) -> int:
     try:
         app = build_app(args.model, args.device, examples)
     except ValueError as error:
