@@ -197,11 +197,30 @@ def test_a_command_that_needs_an_extra_names_it(lean_env, command):
 
 
 def test_inference_and_conversion_commands_work_without_extras(lean_env):
-    for command, option in (("convert", "--checkpoint"), ("convert-timm", "--source"), ("cards", "--check")):
+    for command, option in (
+        ("convert", "--checkpoint"),
+        ("convert-timm", "--source"),
+        ("cards", "--check"),
+        ("segment", "--mode"),
+        ("demo", "--port"),
+        ("export-onnx", "--opset"),
+    ):
         completed = subprocess.run(
             [str(lean_env["bin"] / "setr"), command, "--help"], capture_output=True, text=True, timeout=300
         )
         assert completed.returncode == 0 and option in completed.stdout, completed.stderr[-2000:]
+
+
+@pytest.mark.parametrize(("command", "extra"), [("demo", "demo"), ("export-onnx", "onnx")])
+def test_the_demo_and_the_onnx_export_name_their_extras(lean_env, tmp_path, command, extra):
+    args = ["--model", str(tmp_path)] + (
+        ["--output", str(tmp_path / "model.onnx")] if command == "export-onnx" else []
+    )
+    completed = subprocess.run(
+        [str(lean_env["bin"] / "setr"), command, *args], capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode != 0 and f"pip install 'transformers-setr[{extra}]'" in completed.stderr
+    assert "Traceback" not in completed.stderr
 
 
 def test_a_library_import_that_needs_an_extra_names_it(lean_env):

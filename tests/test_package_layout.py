@@ -199,7 +199,10 @@ def test_the_setr_command_lists_every_command_and_refuses_an_unknown_one():
     assert setr().returncode == 2
 
 
-@pytest.mark.parametrize("command", ["convert", "convert-timm", "train", "train-loop", "evaluate", "cards"])
+@pytest.mark.parametrize(
+    "command",
+    ["convert", "convert-timm", "train", "train-loop", "evaluate", "cards", "segment", "demo", "export-onnx"],
+)
 def test_every_command_has_a_complete_help(command):
     completed = setr(command, "--help")
     assert completed.returncode == 0, completed.stderr[-2000:]
@@ -211,6 +214,9 @@ def test_every_command_has_a_complete_help(command):
         "train-loop": "--checkpointing_steps",
         "evaluate": "--mode",
         "cards": "--check",
+        "segment": "--skip_existing",
+        "demo": "--port",
+        "export-onnx": "--opset",
     }[command]
     assert expected_option in completed.stdout
 

@@ -33,6 +33,19 @@ COMMANDS: dict[str, tuple[str, str, str, str | None]] = {
         "train",
     ),
     "cards": ("cards.command", "main", "write or check the model cards of the seven released checkpoints", None),
+    "segment": (
+        "apps.segment",
+        "main",
+        "segment images, folders, globs or URLs: label maps, overlays, an index",
+        None,
+    ),
+    "demo": ("apps.demo", "main", "a Gradio web demo, offline, on CPU by default", "demo"),
+    "export-onnx": (
+        "apps.onnx_export",
+        "main",
+        "export to ONNX and check it against PyTorch with onnxruntime",
+        "onnx",
+    ),
 }
 
 

@@ -8,8 +8,10 @@ from typing import Any
 
 def write_bytes_atomically(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to a temporary name unique to this process (never two writers on one temporary file), then
-    rename it to `path`; a failed write leaves no temporary file and the old `path` untouched."""
+    rename it to `path`; a failed write leaves no temporary file and the old `path` untouched. The folder is created
+    when missing."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_bytes(data)

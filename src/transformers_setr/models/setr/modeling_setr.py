@@ -95,9 +95,10 @@ def resize_position_embeddings(
 def upsample_bilinear(features: torch.Tensor, scale: int) -> torch.Tensor:
     """mmsegmentation's `Upsample`: an explicit `int(size * scale)` target, bilinear, align_corners=False."""
     height, width = features.shape[-2:]
-    return F.interpolate(
-        features, size=(int(height * scale), int(width * scale)), mode="bilinear", align_corners=False
-    )
+    # `torch.sym_int`, not `int`: the same number, but a symbolic height stays symbolic under `torch.export`
+    # (`int` would bake the example's size into an exported graph).
+    size = (torch.sym_int(height * scale), torch.sym_int(width * scale))
+    return F.interpolate(features, size=size, mode="bilinear", align_corners=False)
 
 
 def classify(classifier: nn.Conv2d, features: torch.Tensor) -> torch.Tensor:

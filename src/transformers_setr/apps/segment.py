@@ -1,0 +1,637 @@
+"""`setr segment`: segment images, folders, globs or URLs with a SETR model and write, per image, the label map
+(`labels/<name>.png`, class ids as pixel values), a colour overlay with a legend (`overlays/<name>.png`), the
+per-class pixel shares (`classes/<name>.json`), and an `index.html` showing every overlay with its classes.
+
+    setr segment photos/ --model converted/setr-pup-ade20k --output segmented/
+    python scripts/segment.py 'photos/*.jpg' https://example.com/street.jpg --model DIR --mode slide
+
+Labels follow SETR's evaluation protocol (`transformers_setr.evaluation`): keep-ratio resize by the model's image
+processor, the chosen inference mode, logits resized bilinearly to the original size, argmax. The last resize is done
+a few classes at a time, so a very large photo never holds num_labels x H x W logits (150 x 8000 x 8000 float32
+would be 38 GB). Every file is written to a temporary name and renamed; an unreadable file is reported and skipped,
+and the exit status is 1 when any image failed.
+"""
+
+import argparse
+import contextlib
+import glob
+import html
+import io
+import json
+import os
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from ..data.label_tables import generate_palette
+from ..files import write_bytes_atomically
+from ..inference.predict import INFERENCE_MODES, predict_labels
+from ..inference.visualize import overlay_with_legend
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The largest full-resolution logits block held at once (a few classes at a time beyond it).
+MAX_LOGITS_BYTES = 256 * 2**20
+# Overlays are for looking at: larger photos are shown at this longest side (the label map keeps full resolution).
+DEFAULT_OVERLAY_MAX_SIDE = 2048
+# Image modes whose values are 8-bit colours or grey levels; 16-bit and float images would be silently clipped.
+SUPPORTED_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La", "RGBa"}
+URL_TIMEOUT_S = 30
+OUTPUT_FOLDERS = ("labels", "overlays", "classes")
+
+
+class InputError(ValueError):
+    """An image that cannot be segmented (unreadable, unsupported, too large for the mode); it is skipped."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """One image to segment: where it comes from (`location`, a path or URL as given) and its output name."""
+
+    location: str
+    name: str  # output name without extension, relative to the output folders ("sub/photo")
+    is_url: bool = False
+
+
+def is_url(text: str) -> bool:
+    return urllib.parse.urlsplit(text).scheme in ("http", "https")
+
+
+def image_extensions() -> set[str]:
+    return {extension.lower() for extension in Image.registered_extensions()}
+
+
+def _inside(path: Path, folder: Path | None) -> bool:
+    return folder is not None and path.resolve().is_relative_to(folder)
+
+
+def expand_inputs(
+    inputs: Sequence[str], output: Path | None = None
+) -> tuple[list[ImageSource], list[tuple[str, str]]]:
+    """The images named by `inputs` (files, folders searched recursively for image files, globs, URLs), in order,
+    each once, with unique output names; and (input, problem) for each input that names nothing.
+
+    Inside folders only files with an image extension are taken (a README or `.DS_Store` is not an image the user
+    asked for); a file named explicitly is tried whatever its extension. The output folder is never read as input.
+    """
+    extensions = image_extensions()
+    output = output.resolve() if output is not None else None
+    found: list[tuple[str, str, bool]] = []  # (location, name, is_url)
+    problems = []
+    for text in inputs:
+        if is_url(text):
+            stem = Path(urllib.parse.unquote(urllib.parse.urlsplit(text).path)).stem or "image"
+            found.append((text, stem, True))
+            continue
+        path = Path(text).expanduser()
+        if path.is_dir():
+            files = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in extensions
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                and not _inside(p, output)
+            )
+            found += [(str(p), str(p.relative_to(path).with_suffix("")), False) for p in files]
+            if not files:
+                problems.append((text, "no image files in this folder"))
+        elif path.is_file():
+            found.append((str(path), path.stem, False))
+        elif glob.has_magic(text):
+            files = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True))
+            files = [p for p in files if p.is_file() and not _inside(p, output)]
+            found += [(str(p), p.stem, False) for p in files]
+            if not files:
+                problems.append((text, "no file matches this pattern"))
+        else:
+            problems.append((text, "no such file or folder"))
+    sources, seen, names = [], set(), set()
+    for location, name, url in found:
+        key = location if url else str(Path(location).resolve())
+        if key in seen:
+            continue
+        seen.add(key)
+        unique, counter = name, 2
+        while unique.lower() in names:  # case-insensitive: the outputs may land on a case-insensitive disk
+            unique, counter = f"{name}-{counter}", counter + 1
+        names.add(unique.lower())
+        sources.append(ImageSource(location, unique, url))
+    return sources, problems
+
+
+def load_image(source: ImageSource) -> Image.Image:
+    """The image as 8-bit RGB, upright (EXIF orientation applied); `InputError` naming the problem otherwise."""
+    try:
+        if source.is_url:
+            request = urllib.request.Request(source.location, headers={"User-Agent": "transformers-setr"})
+            with urllib.request.urlopen(request, timeout=URL_TIMEOUT_S) as response:
+                data = io.BytesIO(response.read())
+        else:
+            data = source.location
+        with Image.open(data) as opened:
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
+    except UnidentifiedImageError:
+        raise InputError("not an image file (or a format Pillow cannot read)") from None
+    except Image.DecompressionBombError as error:
+        raise InputError(f"too large to decode safely ({error})") from None
+    except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data, network errors
+        raise InputError(f"cannot be read: {error}") from None
+    if image.mode not in SUPPORTED_MODES:
+        raise InputError(f"unsupported image mode {image.mode!r} (16-bit or float images); convert it to 8-bit RGB")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent pixels are shown on white, as an image viewer would; their hidden colours are arbitrary.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The model and the label maps
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"--device {name!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def load_model(model_name: str, device: torch.device | str = "cpu"):
+    """(model in eval mode on `device`, its image processor) from a folder or a Hub id; `ValueError` naming the
+    problem when either cannot be loaded."""
+    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+    import transformers_setr  # noqa: F401  (registers SETR with the Auto classes)
+
+    path = Path(model_name).expanduser()
+    if not path.exists() and (path.is_absolute() or model_name.startswith((".", "~")) or model_name.count("/") > 1):
+        raise ValueError(f"--model {model_name}: cannot load a model (no such folder)")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--model {model_name}: cannot load a model (a file; give the saved model's folder)")
+    try:
+        model = AutoModelForSemanticSegmentation.from_pretrained(model_name)
+    except (OSError, ValueError, KeyError) as error:
+        where = "the folder" if path.is_dir() else "not a folder here, and as a Hub id"
+        detail = " ".join(str(error).split())[:300]
+        raise ValueError(f"--model {model_name}: cannot load a model ({where}: {detail})") from None
+    if model.config.model_type != "setr":
+        raise ValueError(f"--model {model_name}: a {model.config.model_type!r} model, not SETR")
+    try:
+        processor = AutoImageProcessor.from_pretrained(model_name)
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(
+            f"--model {model_name}: no image processor (preprocessor_config.json) next to the weights; it sets the "
+            f"test scale ({' '.join(str(error).split())[:200]})"
+        ) from None
+    return model.to(device).eval(), processor
+
+
+def palette_of(config) -> list[tuple[int, int, int]]:
+    """The model's palette (the dataset's, for converted checkpoints), else the generated one of custom classes."""
+    if config.palette is not None and len(config.palette) == config.num_labels:
+        return [tuple(int(c) for c in colour) for colour in config.palette]
+    return list(generate_palette(config.num_labels))
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype):
+    """float32: the model as it is; bfloat16/float16: autocast (the classifier and the window averaging stay in
+    float32, see `modeling_setr.classify`)."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def upsampled_argmax(
+    logits: torch.Tensor, output_size: tuple[int, int], max_bytes: int = MAX_LOGITS_BYTES
+) -> torch.Tensor:
+    """(H, W) argmax of (1, C, h, w) logits resized bilinearly (align_corners=False) to `output_size`, a few
+    channels at a time so that at most about `max_bytes` of full-resolution logits exist at once.
+
+    Bilinear resizing treats channels independently, so each channel is computed exactly as in one call over all
+    of them; the running maximum keeps the first class on ties, as `argmax` does. The labels are therefore those of
+    `F.interpolate(logits, output_size).argmax(1)`, bit for bit (int64 when that fits in `max_bytes`, else int32).
+    """
+    height, width = output_size
+    if tuple(logits.shape[-2:]) == (height, width):
+        return logits.argmax(dim=1)[0]
+    channels = logits.shape[1]
+    chunk = max(1, max_bytes // (height * width * logits.element_size()))
+    if chunk >= channels:
+        return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False).argmax(dim=1)[0]
+    best = labels = better = None
+    for start in range(0, channels, chunk):
+        part = F.interpolate(
+            logits[:, start : start + chunk], size=(height, width), mode="bilinear", align_corners=False
+        )[0]
+        # One channel at a time, in place: a reduction over the channels of a full-size block is several times
+        # slower on CPU than these element-wise passes.
+        for offset, channel in enumerate(part):
+            if best is None:
+                best = channel.clone()
+                labels = torch.zeros((height, width), dtype=torch.int32, device=logits.device)
+                better = torch.empty((height, width), dtype=torch.bool, device=logits.device)
+                continue
+            torch.gt(channel, best, out=better)  # strictly: an earlier class keeps a tie
+            torch.maximum(best, channel, out=best)
+            labels.masked_fill_(better, start + offset)
+        del part
+    return labels
+
+
+@torch.inference_mode()
+def predict_label_maps(
+    model,
+    processor,
+    images: Sequence[Image.Image],
+    mode: str,
+    dtype: torch.dtype = torch.float32,
+) -> list[np.ndarray]:
+    """(H, W) class ids for each image, with SETR's evaluation protocol (`evaluation.predict_labels`); images of
+    one processed size run through the model together (`whole` and `slide`).
+
+    For `whole` and `slide` the logits go through mmseg's two bilinear steps (decoder output -> network input ->
+    original size) with the last one in bounded memory (`upsampled_argmax`), which gives `predict_labels`' labels.
+    `ms_flip` averages softmax probabilities at full resolution, so it refuses images whose probabilities would not
+    fit in `MAX_LOGITS_BYTES` x 16.
+    """
+    if mode not in INFERENCE_MODES:
+        raise ValueError(f"mode must be one of {INFERENCE_MODES}, got {mode!r}")
+    device = next(model.parameters()).device
+    num_labels = model.config.num_labels
+    if mode == "ms_flip":
+        results = []
+        for image in images:
+            if num_labels * image.height * image.width * 4 > MAX_LOGITS_BYTES * 16:
+                raise InputError(
+                    f"{image.width}x{image.height} is too large for ms_flip (it averages {num_labels} full-size "
+                    "probability maps); use --mode slide or whole"
+                )
+            with autocast_context(device, dtype):
+                labels = predict_labels(model, None, (image.height, image.width), "ms_flip", image, processor)
+            results.append(labels.cpu().numpy())
+        return results
+    pixel_values = [processor(images=image, return_tensors="pt")["pixel_values"][0] for image in images]
+    if len({tuple(p.shape) for p in pixel_values}) > 1:
+        raise ValueError("predict_label_maps batches images of one processed size; group them first")
+    batch = torch.stack(pixel_values).to(device)
+    with autocast_context(device, dtype):
+        logits = model(pixel_values=batch, inference_mode=mode).logits
+    logits = logits.float()
+    input_size = tuple(batch.shape[-2:])
+    if tuple(logits.shape[-2:]) != input_size:
+        logits = F.interpolate(logits, size=input_size, mode="bilinear", align_corners=False)
+    return [
+        upsampled_argmax(logits[i : i + 1], (image.height, image.width)).cpu().numpy()
+        for i, image in enumerate(images)
+    ]
+
+
+def class_shares(labels: np.ndarray, id2label: dict[int, str]) -> list[dict[str, Any]]:
+    """The classes present, by decreasing area: id, label, pixel count and share of the image."""
+    counts = np.bincount(labels.ravel(), minlength=len(id2label))
+    total = labels.size
+    order = np.argsort(-counts, kind="stable")
+    return [
+        {"id": int(i), "label": id2label.get(int(i), str(i)), "pixels": int(counts[i]), "share": counts[i] / total}
+        for i in order
+        if counts[i]
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Outputs
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def label_map_image(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> Image.Image:
+    """Palette-mode PNG whose pixel values are the class ids (coloured by the palette in viewers); 16-bit grey for
+    more than 256 classes."""
+    if len(palette) > 256:
+        return Image.fromarray(labels.astype(np.uint16))
+    image = Image.fromarray(labels.astype(np.uint8), mode="P")
+    flat = [c for colour in palette for c in colour]
+    image.putpalette(flat + [0] * (768 - len(flat)))
+    return image
+
+
+def fit_for_display(image: Image.Image, labels: np.ndarray, max_side: int) -> tuple[Image.Image, np.ndarray]:
+    """Shrink a photo larger than `max_side` (bilinear) and its label map (nearest) for the overlay."""
+    scale = max_side / max(image.width, image.height)
+    if scale >= 1:
+        return image, labels
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    small_labels = Image.fromarray(labels.astype(np.int32)).resize(size, Image.Resampling.NEAREST)
+    return image.resize(size, Image.Resampling.BILINEAR), np.asarray(small_labels).astype(labels.dtype)
+
+
+def legend_font_size(image: Image.Image) -> int:
+    return int(min(40, max(12, min(image.width, image.height) / 32)))
+
+
+def render_overlay(
+    image: Image.Image,
+    labels: np.ndarray,
+    id2label: dict[int, str],
+    palette: Sequence[Sequence[int]],
+    alpha: float = 0.5,
+    side_by_side: bool = False,
+    max_side: int = DEFAULT_OVERLAY_MAX_SIDE,
+) -> Image.Image:
+    """The colour overlay with a legend of the classes present (`visualize.overlay_with_legend`), optionally to the
+    right of the photo itself."""
+    image, labels = fit_for_display(image, labels, max_side)
+    overlay = overlay_with_legend(image, labels, id2label, palette, alpha=alpha, font_size=legend_font_size(image))
+    if not side_by_side:
+        return overlay
+    gap = 16
+    canvas = Image.new("RGB", (image.width + gap + overlay.width, overlay.height), "white")
+    canvas.paste(image, (0, 0))
+    canvas.paste(overlay, (image.width + gap, 0))
+    return canvas
+
+
+@dataclass
+class Outputs:
+    folder: Path
+
+    def paths(self, name: str) -> dict[str, Path]:
+        return {
+            "labels": self.folder / "labels" / f"{name}.png",
+            "overlay": self.folder / "overlays" / f"{name}.png",
+            "classes": self.folder / "classes" / f"{name}.json",
+        }
+
+    def complete(self, name: str) -> bool:
+        return all(path.is_file() for path in self.paths(name).values())
+
+
+def save_outputs(
+    outputs: Outputs,
+    source: ImageSource,
+    image: Image.Image,
+    labels: np.ndarray,
+    config,
+    *,
+    model_name: str,
+    mode: str,
+    alpha: float,
+    side_by_side: bool,
+    overlay_max_side: int,
+) -> dict[str, Any]:
+    """Write the label map, the overlay and the class shares of one image (each atomically, the JSON last: it marks
+    the image as done); returns the JSON record."""
+    palette = palette_of(config)
+    id2label = {int(k): v for k, v in config.id2label.items()}
+    paths = outputs.paths(source.name)
+    write_bytes_atomically(paths["labels"], png_bytes(label_map_image(labels, palette)))
+    overlay = render_overlay(image, labels, id2label, palette, alpha, side_by_side, overlay_max_side)
+    write_bytes_atomically(paths["overlay"], png_bytes(overlay))
+    record = {
+        "source": source.location,
+        "name": source.name,
+        "width": image.width,
+        "height": image.height,
+        "model": model_name,
+        "mode": mode,
+        "labels": paths["labels"].relative_to(outputs.folder).as_posix(),
+        "overlay": paths["overlay"].relative_to(outputs.folder).as_posix(),
+        "classes": class_shares(labels, id2label),
+    }
+    write_bytes_atomically(paths["classes"], (json.dumps(record, indent=2) + "\n").encode())
+    return record
+
+
+def index_html(records: Sequence[dict[str, Any]], failures: Sequence[tuple[str, str]], title: str) -> str:
+    """A self-contained page: every overlay with its classes (share of the image), then the failures."""
+    cards = []
+    for record in records:
+        rows = "".join(
+            f"<tr><td>{c['id']}</td><td>{html.escape(str(c['label']))}</td><td>{100 * c['share']:.1f}%</td></tr>"
+            for c in record["classes"]
+        )
+        overlay = html.escape(urllib.parse.quote(record["overlay"]))
+        labels = html.escape(urllib.parse.quote(record["labels"]))
+        cards.append(
+            f'<figure><a href="{overlay}"><img src="{overlay}" alt="overlay of {html.escape(record["name"])}"></a>'
+            f"<figcaption><b>{html.escape(record['source'])}</b> ({record['width']}×{record['height']}, "
+            f'{html.escape(record["mode"])}) · <a href="{labels}">label map</a>'
+            f"<table><tr><th>id</th><th>class</th><th>share</th></tr>{rows}</table></figcaption></figure>"
+        )
+    failed = ""
+    if failures:
+        items = "".join(f"<li><b>{html.escape(s)}</b>: {html.escape(p)}</li>" for s, p in failures)
+        failed = f"<h2>Not segmented ({len(failures)})</h2><ul>{items}</ul>"
+    style = (
+        "body{font-family:sans-serif;margin:1.5em}figure{display:inline-block;vertical-align:top;margin:0 1em 1.5em 0;"
+        "max-width:720px}img{max-width:100%}table{border-collapse:collapse;font-size:90%}"
+        "td,th{padding:1px 8px;text-align:left}tr:nth-child(even){background:#f2f2f2}"
+    )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"
+        f"<p>{len(records)} images.</p>{''.join(cards)}{failed}</body></html>\n"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="setr segment",
+        description="Segment images, folders, globs or URLs with a SETR model: label maps (PNG, class ids as values), "
+        "colour overlays with a legend, per-class pixel shares (JSON) and an index.html.",
+    )
+    parser.add_argument("inputs", nargs="+", help="image files, folders (searched recursively), globs or URLs")
+    parser.add_argument("--model", required=True, help="a saved model folder or a Hub id")
+    parser.add_argument("--output", default="segmented", help="output folder (default: %(default)s)")
+    parser.add_argument(
+        "--mode", choices=INFERENCE_MODES, default=None, help="inference mode (default: the model's protocol)"
+    )
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="bfloat16/float16: autocast")
+    parser.add_argument("--batch_size", type=int, default=1, help="images of one processed size run together")
+    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colours, 0..1")
+    parser.add_argument("--side_by_side", action="store_true", help="the photo next to its overlay")
+    parser.add_argument(
+        "--overlay_max_side",
+        type=int,
+        default=DEFAULT_OVERLAY_MAX_SIDE,
+        help="longest side of the overlays; larger photos are shown smaller (label maps keep full size)",
+    )
+    parser.add_argument("--skip_existing", action="store_true", help="skip images whose three outputs exist")
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"setr segment: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
+def _check_arguments(args: argparse.Namespace) -> str | None:
+    if args.batch_size < 1:
+        return f"--batch_size must be at least 1, got {args.batch_size}"
+    if not 0 <= args.alpha <= 1:
+        return f"--alpha must be between 0 and 1, got {args.alpha}"
+    if args.overlay_max_side < 16:
+        return f"--overlay_max_side must be at least 16, got {args.overlay_max_side}"
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        return f"--output {output} is a file, not a folder"
+    return None
+
+
+def _loaded(sources: Sequence[ImageSource], outputs: Outputs, skip_existing: bool) -> Iterator[tuple]:
+    """(source, image or None when skipped, problem or None) for each source, reading one image at a time."""
+    for source in sources:
+        if skip_existing and outputs.complete(source.name):
+            yield source, None, None
+            continue
+        try:
+            yield source, load_image(source), None
+        except InputError as error:
+            yield source, None, str(error)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    problem = _check_arguments(args)
+    if problem:
+        return _fail(problem)
+    output = Path(args.output)
+    sources, input_problems = expand_inputs(args.inputs, output)
+    if not sources:
+        return _fail("; ".join(f"{text}: {problem}" for text, problem in input_problems) or "no images to segment")
+    try:
+        device = pick_device(args.device)
+        model, processor = load_model(args.model, device)
+    except ValueError as error:
+        return _fail(str(error))
+    mode = args.mode or model.config.inference_mode
+    dtype = DTYPES[args.dtype]
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return _fail(f"--output {output}: {error}")
+    outputs = Outputs(output)
+    save = dict(
+        model_name=args.model,
+        mode=mode,
+        alpha=args.alpha,
+        side_by_side=args.side_by_side,
+        overlay_max_side=args.overlay_max_side,
+    )
+    records: dict[str, dict] = {}
+    failures: list[tuple[str, str]] = list(input_problems)
+    for text, problem in input_problems:
+        print(f"setr segment: {text}: {problem}", file=sys.stderr)
+    skipped = 0
+    progress = tqdm(total=len(sources), unit="image", desc="segment", dynamic_ncols=True)
+    pending: list[tuple[ImageSource, Image.Image]] = []
+
+    def report(source: ImageSource, problem: str) -> None:
+        failures.append((source.location, problem))
+        tqdm.write(f"setr segment: {source.location}: {problem}", file=sys.stderr)
+
+    def run(batch: list[tuple[ImageSource, Image.Image]]) -> None:
+        # Images of one processed size go through the model together; each keeps its own failure.
+        try:
+            label_maps = predict_label_maps(model, processor, [image for _, image in batch], mode, dtype)
+        except (InputError, ValueError, RuntimeError) as error:
+            if len(batch) > 1:
+                for item in batch:
+                    run([item])
+                return
+            report(batch[0][0], str(error).splitlines()[0])
+            progress.update(1)
+            return
+        for (source, image), labels in zip(batch, label_maps):
+            try:
+                records[source.name] = save_outputs(outputs, source, image, labels, model.config, **save)
+            except OSError as error:
+                report(source, f"cannot write its outputs: {error}")
+            progress.update(1)
+
+    def processed_size(image: Image.Image) -> tuple:
+        return (image.height, image.width) if mode == "ms_flip" else _processed_size(processor, image)
+
+    start = time.perf_counter()
+    for source, image, problem in _loaded(sources, outputs, args.skip_existing):
+        if problem is not None:
+            report(source, problem)
+            progress.update(1)
+            continue
+        if image is None:
+            skipped += 1
+            with contextlib.suppress(OSError, ValueError):  # the page lists what it can read; files stay as they are
+                records[source.name] = json.loads(outputs.paths(source.name)["classes"].read_text())
+            progress.update(1)
+            continue
+        if pending and (len(pending) >= args.batch_size or processed_size(pending[0][1]) != processed_size(image)):
+            run(pending)
+            pending = []
+        pending.append((source, image))
+        if mode == "ms_flip" or args.batch_size == 1:
+            run(pending)
+            pending = []
+    if pending:
+        run(pending)
+    progress.close()
+    elapsed = time.perf_counter() - start
+
+    ordered = [records[s.name] for s in sources if s.name in records]
+    try:
+        text = index_html(ordered, failures, f"SETR segmentation: {args.model} ({mode})")
+        write_bytes_atomically(output / "index.html", text.encode())
+    except OSError as error:
+        print(f"setr segment: cannot write {output / 'index.html'}: {error}", file=sys.stderr)
+        failures.append((str(output / "index.html"), str(error)))
+    segmented = len(records) - skipped
+    rate = f", {segmented / elapsed:.2f} images/s" if segmented and elapsed > 0 else ""
+    print(
+        f"setr segment: {segmented} segmented, {skipped} skipped (already done), {len(failures)} failed{rate}; "
+        f"{output / 'index.html'}",
+        file=sys.stderr,
+    )
+    return 1 if failures else 0
+
+
+def _processed_size(processor, image: Image.Image) -> tuple[int, int]:
+    """The size the processor resizes `image` to (its keep-ratio test scale), without processing it."""
+    from ..models.setr.image_processing_base_setr import get_setr_resize_output_size
+
+    if not getattr(processor, "do_resize", True):
+        return image.height, image.width
+    return get_setr_resize_output_size((image.height, image.width), processor.size)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
