@@ -316,7 +316,32 @@ class GemmFloor:
         )
 
 
-def count_inference_gflop(config: Any, height: int, width: int, mode: str) -> float:
+# What FlopCounterMode counts, by the profile's categories (`profile_inference.py`): on the meta device attention
+# runs as its two batched matmuls (bmm), the projections and the MLP as addmm (mm in backward).
+FLOP_KINDS = ("GEMMs", "attention (SDPA)", "patch embedding conv", "decoder convolutions")
+
+
+def gflop_by_kind(counter: Any) -> dict[str, float]:
+    """A finished FlopCounterMode's counts in GFLOP by FLOP_KINDS (convolutions split by the module that ran them)."""
+    kinds = dict.fromkeys(FLOP_KINDS, 0.0)
+    patch_embedding = 0
+    for module, counts in counter.get_flop_counts().items():
+        if module.endswith(".embeddings"):
+            patch_embedding += sum(value for op, value in counts.items() if "convolution" in str(op))
+    for op, value in counter.get_flop_counts()["Global"].items():
+        name = str(op)
+        if "convolution" in name:
+            kinds["decoder convolutions"] += value / 1e9
+        elif "bmm" in name or "attention" in name:
+            kinds["attention (SDPA)"] += value / 1e9
+        else:
+            kinds["GEMMs"] += value / 1e9
+    kinds["patch embedding conv"] = patch_embedding / 1e9
+    kinds["decoder convolutions"] -= patch_embedding / 1e9  # every other convolution is the decoder's (heads, neck)
+    return kinds
+
+
+def inference_gflop_by_kind(config: Any, height: int, width: int, mode: str) -> dict[str, float]:
     """FLOPs of one image (all its windows) on our fp32 model, counted on the meta device (no compute)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -331,10 +356,14 @@ def count_inference_gflop(config: Any, height: int, width: int, mode: str) -> fl
         pixel_values = torch.zeros(1, 3, *window)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(pixel_values, inference_mode="whole")
-    return counter.get_total_flops() * windows / 1e9
+    return {kind: value * windows for kind, value in gflop_by_kind(counter).items()}
 
 
-def count_training_gflop(config: Any, batch: int, height: int, width: int) -> float:
+def count_inference_gflop(config: Any, height: int, width: int, mode: str) -> float:
+    return sum(inference_gflop_by_kind(config, height, width, mode).values())
+
+
+def training_gflop_by_kind(config: Any, batch: int, height: int, width: int) -> dict[str, float]:
     """FLOPs of one training step's forward (decode and auxiliary losses) and backward, on the meta device. The
     useful work: recomputation under activation checkpointing is not counted; the optimizer's elementwise update
     neither."""
@@ -353,7 +382,11 @@ def count_training_gflop(config: Any, batch: int, height: int, width: int) -> fl
     modeling = sys.modules[type(model).__module__]
     with mock.patch.object(modeling, "check_labels", lambda *args: None), FlopCounterMode(display=False) as counter:
         model(pixel_values, labels=labels).loss.backward()
-    return counter.get_total_flops() / 1e9
+    return gflop_by_kind(counter)
+
+
+def count_training_gflop(config: Any, batch: int, height: int, width: int) -> float:
+    return sum(training_gflop_by_kind(config, batch, height, width).values())
 
 
 def scratch_dir() -> tempfile.TemporaryDirectory:
