@@ -67,7 +67,8 @@ CASTS = "copies and casts"
 # Categories by operator name (lower case, substring), first match wins. An operator's self time goes to the category
 # of the outermost categorised operator around it (the zeroing inside a resize's backward is resize time, the
 # transpose inside `aten::linear` GEMM time), except casts and copies, which keep their own (autocast's casts inside
-# `aten::linear` are cast time).
+# `aten::linear` are cast time). A bare `copy_` called by another kind of operator is that operator's work (addmm
+# copies the bias into its output before the matmul).
 CATEGORY_PATTERNS = [
     (CASTS, ("aten::copy_", "aten::to", "aten::_to_copy", "aten::contiguous", "aten::clone", "aten::cat",
              "aten::stack", "aten::_copy_from", "tocopybackward", "clonebackward", "catbackward", "stackbackward")),
@@ -157,31 +158,35 @@ def own_category(name: str) -> str | None:
 
 
 def breakdown(events) -> tuple[dict, dict]:
-    """Self time (ms) by (category, where), and by (operator, category, where) for the top list."""
+    """Self time (ms) by (category, where), and by (operator, caller, category, where) for the top list."""
     by_category, by_operator = defaultdict(float), defaultdict(lambda: [0.0, 0])
     for event in events:
         if event.device_type != torch.autograd.DeviceType.CPU:
             continue
-        category, where, in_patch_embedding, node = None, "outside modules", False, event
-        while node is not None:
+        chain, where, in_patch_embedding, node = [], "outside modules", False, event
+        while node is not None:  # the categorised operators from this one outwards, and the scopes around them
             if node.name.startswith(SCOPE_PREFIX):
                 label = node.name[len(SCOPE_PREFIX) :]
                 in_patch_embedding |= label == "patch embedding"
                 if where == "outside modules" and label != "patch embedding":
                     where = label
-            else:
-                category = own_category(node.name) or category
+            elif own_category(node.name) is not None:
+                chain.append((node.name, own_category(node.name)))
             node = node.cpu_parent
         if event.name.startswith(SCOPE_PREFIX):
             category = PYTHON  # a scope's own time: its module's forward outside any operator
-        elif own_category(event.name) == CASTS:
+        elif not chain:
+            category = "other"
+        elif chain[0][1] == CASTS and (chain[0][0] != "aten::copy_" or len(chain) == 1 or chain[1][1] == CASTS):
             category = CASTS
-        category = category or "other"
+        else:
+            category = chain[-1][1]
         if category == CONV:
             category = "patch embedding conv" if in_patch_embedding else "decoder convolutions"
         milliseconds = event.self_cpu_time_total / 1e3
         by_category[category, where] += milliseconds
-        entry = by_operator[event.name, category, where]
+        caller = event.cpu_parent.name if event.cpu_parent is not None else "-"
+        entry = by_operator[event.name, caller, category, where]
         entry[0] += milliseconds
         entry[1] += 1
     return by_category, by_operator
@@ -215,8 +220,8 @@ def case_table(by_category: dict, flops: dict, floor: GemmFloor, dtype: str, whe
 
 def top_table(by_operator: dict, count: int) -> str:
     ranked = sorted(by_operator.items(), key=lambda item: -item[1][0])[:count]
-    rows = [[name, category, where, calls, f"{ms:.1f}"] for (name, category, where), (ms, calls) in ranked]
-    return format_table(["operator", "category", "where", "calls", "self ms"], rows)
+    rows = [[*key, calls, f"{ms:.1f}"] for key, (ms, calls) in ranked]
+    return format_table(["operator", "called by", "category", "where", "calls", "self ms"], rows)
 
 
 def inference_cases(args: argparse.Namespace, floor: GemmFloor) -> list[tuple[str, str]]:
