@@ -45,11 +45,11 @@ def command_line() -> str:
     return shlex.join([executable, script, *sys.argv[1:]])
 
 
-def cpu_model_and_flags() -> tuple[str, set[str]]:
+def cpu_model_and_flags(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> tuple[str, set[str]]:
     """The CPU's model name and feature flags, from the first processor in /proc/cpuinfo."""
     cpu, flags = None, set()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path(cpuinfo).read_text().splitlines():
             key, _, value = line.partition(":")
             if key.strip() == "model name" and cpu is None:
                 cpu = value.strip()
@@ -60,11 +60,11 @@ def cpu_model_and_flags() -> tuple[str, set[str]]:
     return cpu or platform.processor() or "unknown CPU", flags
 
 
-def cpu_extensions() -> str:
+def cpu_extensions(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
     """The vector and matrix extensions of this CPU (from /proc/cpuinfo) and the kernels torch picked."""
     import torch
 
-    _, flags = cpu_model_and_flags()
+    _, flags = cpu_model_and_flags(cpuinfo)
     found = [name for flag, name in CPU_EXTENSIONS.items() if flag in flags]
     if not flags:
         found = ["unknown (no /proc/cpuinfo flags)"]
