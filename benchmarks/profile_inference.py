@@ -224,46 +224,84 @@ def top_table(by_operator: dict, count: int) -> str:
     return format_table(["operator", "called by", "category", "where", "calls", "self ms"], rows)
 
 
-def inference_cases(args: argparse.Namespace, floor: GemmFloor) -> list[tuple[str, str]]:
-    sections = []
+def measure_case(label: str, run: Callable[[], object], repeats: int, floor: GemmFloor, dtype: str) -> dict:
+    """One warm-up call, `repeats` timed calls (the floor's matmul timed after each, as in bench_inference.py),
+    then one profiled call."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+        floor.measure([dtype])
+    by_category, by_operator = breakdown(profile_call(run))
+    return dict(label=label, dtype=dtype, seconds=min(times), repeats=repeats, by_category=by_category,
+                by_operator=by_operator)  # fmt: skip
+
+
+def render(case: dict, floor: GemmFloor, top: int) -> tuple[str, str]:
+    """A case's title line and its tables, at the floor's best rate so far."""
+    seconds, gflop, dtype = case["seconds"], sum(case["flops"].values()), case["dtype"]
+    title = (
+        f"{case['label']}: {case['what']} s {seconds:.3f} (min of {case['repeats']}), profiled s "
+        f"{sum(case['by_category'].values()) / 1e3:.3f}; {gflop:.4g} GFLOP, floor {floor.seconds(gflop, dtype):.3f} s, "
+        f"**× floor {floor.multiple(seconds, gflop, dtype)}**"
+    )
+    table = case_table(case["by_category"], case["flops"], floor, dtype, case["wheres"])
+    if top:
+        table += "\n\n" + top_table(case["by_operator"], top)
+    return title, table
+
+
+SUMMARY_COLUMNS = {  # summary column -> the categories it adds up
+    "GEMMs": ["GEMMs"],
+    "attention": ["attention (SDPA)"],
+    "LN/GELU/softmax": ["LayerNorm / GELU / softmax"],
+    "convs + BN/ReLU": ["patch embedding conv", "decoder convolutions", "BatchNorm / ReLU"],
+    "resizes": ["resizes"],
+    "copies, casts": [CASTS],
+    "elementwise": ["elementwise"],
+    "loss": ["loss"],
+    "rest": ["optimizer", PYTHON, "other"],
+}
+
+
+def summary_table(cases: list[dict], floor: GemmFloor) -> str:
+    rows = []
+    for case in cases:
+        gflop, total = sum(case["flops"].values()), sum(case["by_category"].values())
+        row = [case["label"], f"{case['seconds']:.2f}", f"{gflop:.4g}", f"{floor.seconds(gflop, case['dtype']):.2f}"]
+        row.append(floor.multiple(case["seconds"], gflop, case["dtype"]))
+        for categories in SUMMARY_COLUMNS.values():
+            share = sum(ms for (category, _), ms in case["by_category"].items() if category in categories) / total
+            row.append(f"{share:.1%}")
+        rows.append(row)
+    headers = ["case", "s", "GFLOP", "floor s", "× floor"] + [f"{name} %" for name in SUMMARY_COLUMNS]
+    return format_table(headers, rows)
+
+
+def inference_cases(args: argparse.Namespace, floor: GemmFloor) -> list[dict]:
+    cases = []
     for decoder in args.decoders:
         model = build_model(decoder, args.smoke).eval()
         remove_scopes = annotate_scopes(model)
         for mode in args.modes:
             height, width = SIZES[mode]
-            flops = {
-                kind: value * args.batch
-                for kind, value in inference_gflop_by_kind(model.config, height, width, mode).items()
-            }
+            flops = inference_gflop_by_kind(model.config, height, width, mode)
+            flops = {kind: value * args.batch for kind, value in flops.items()}
             generator = torch.Generator().manual_seed(height + width)
             pixel_values = torch.randn(args.batch, 3, height, width, generator=generator)
             for dtype in args.dtypes:
                 label = f"{decoder} {mode} {height}x{width} b{args.batch} {dtype}"
                 print(f"[{label}] warm-up, {args.repeats} timed calls, 1 profiled", flush=True)
                 call = functools.partial(run_ours, model, pixel_values, mode, dtype == "bf16")
-                call()
-                times = []
-                for _ in range(args.repeats):
-                    start = time.perf_counter()
-                    call()
-                    times.append(time.perf_counter() - start)
-                    floor.measure([dtype])  # between the timed calls, as in bench_inference.py
-                by_category, by_operator = breakdown(profile_call(call))
-                seconds, gflop = min(times), sum(flops.values())
-                header = (
-                    f"forward s {seconds:.3f} (min of {args.repeats}), profiled s {sum(by_category.values()) / 1e3:.3f}; "
-                    f"{gflop:.4g} GFLOP, floor {floor.seconds(gflop, dtype):.3f} s ({dtype} matmul "
-                    f"{floor.rate(dtype):.0f} GFLOP/s so far), **× floor {floor.multiple(seconds, gflop, dtype)}**"
-                )
-                table = case_table(by_category, flops, floor, dtype, ["encoder", "decoder", "outside modules"])
-                if args.top:
-                    table += "\n\n" + top_table(by_operator, args.top)
-                sections.append((f"{label}: {header}", table))
-                print(f"\n### {sections[-1][0]}\n\n{table}\n", flush=True)
+                cases.append(measure_case(label, call, args.repeats, floor, dtype))
+                cases[-1].update(flops=flops, what="forward", wheres=["encoder", "decoder", "outside modules"])
+                print("\n### {}\n\n{}\n".format(*render(cases[-1], floor, args.top)), flush=True)
         remove_scopes()
         del model
         gc.collect()
-    return sections
+    return cases
 
 
 def training_step(model, optimizer, pixel_values: torch.Tensor, labels: torch.Tensor, bf16: bool) -> None:
@@ -277,9 +315,8 @@ def training_step(model, optimizer, pixel_values: torch.Tensor, labels: torch.Te
         optimizer.zero_grad(set_to_none=True)
 
 
-def training_cases(args: argparse.Namespace, floor: GemmFloor) -> list[tuple[str, str]]:
-    sections = []
-    size = 512
+def training_cases(args: argparse.Namespace, floor: GemmFloor) -> list[dict]:
+    cases, size = [], 512
     for dtype in args.dtypes:
         model = build_model("pup", args.smoke).train()
         remove_scopes = annotate_scopes(model)
@@ -287,33 +324,17 @@ def training_cases(args: argparse.Namespace, floor: GemmFloor) -> list[tuple[str
         generator = torch.Generator().manual_seed(0)
         pixel_values = torch.randn(args.training_batch, 3, size, size, generator=generator)
         labels = torch.randint(0, model.config.num_labels, (args.training_batch, size, size), generator=generator)
-        flops = training_gflop_by_kind(model.config, args.training_batch, size, size)
         label = f"training step, PUP b{args.training_batch} {size}x{size} {dtype}"
-        print(f"[{label}] warm-up step, {args.repeats} timed steps, 1 profiled", flush=True)
+        print(f"[{label}] warm-up step (allocates the optimizer state), {args.repeats} timed, 1 profiled", flush=True)
         step = functools.partial(training_step, model, optimizer, pixel_values, labels, dtype == "bf16")
-        step()  # allocates the optimizer state
-        times = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
-            floor.measure([dtype])
-        by_category, by_operator = breakdown(profile_call(step))
-        seconds, gflop = min(times), sum(flops.values())
-        header = (
-            f"step s {seconds:.2f} (min of {args.repeats}), profiled s {sum(by_category.values()) / 1e3:.2f}; "
-            f"{gflop:.4g} GFLOP (forward + backward), floor {floor.seconds(gflop, dtype):.2f} s, "
-            f"**× floor {floor.multiple(seconds, gflop, dtype)}**"
-        )
-        table = case_table(by_category, flops, floor, dtype, ["encoder", "decoder", "outside modules", *WHERE[3:]])
-        if args.top:
-            table += "\n\n" + top_table(by_operator, args.top)
-        sections.append((f"{label}: {header}", table))
-        print(f"\n### {sections[-1][0]}\n\n{table}\n", flush=True)
+        cases.append(measure_case(label, step, args.repeats, floor, dtype))
+        flops = training_gflop_by_kind(model.config, args.training_batch, size, size)
+        cases[-1].update(flops=flops, what="step", wheres=["encoder", "decoder", "outside modules", *WHERE[3:]])
+        print("\n### {}\n\n{}\n".format(*render(cases[-1], floor, args.top)), flush=True)
         remove_scopes()
         del model, optimizer
         gc.collect()
-    return sections
+    return cases
 
 
 def main() -> None:
@@ -321,14 +342,15 @@ def main() -> None:
     threads = set_threads(args.threads)
     floor = GemmFloor(args.gemm_size, args.dtypes)
     floor.measure()
-    sections = [] if args.training_only else inference_cases(args, floor)
+    cases = [] if args.training_only else inference_cases(args, floor)
     if args.training:
-        sections += training_cases(args, floor)
-    body = "\n\n".join(f"### {title}\n\n{table}" for title, table in sections)
+        cases += training_cases(args, floor)
+    sections = ["\n\n".join([f"### {title}", table]) for title, table in (render(c, floor, args.top) for c in cases)]
+    body = "\n\n".join([summary_table(cases, floor), *sections])
     notes = [
         floor.note(threads),
-        "Each `× floor` above was computed with the rate measured so far; this is the run's best. Self times in "
-        f"ms from one profiled call per case{' (reduced encoder: --smoke)' if args.smoke else ''}.",
+        "Shares of the profiled self time; `s` unprofiled (min over the timed calls). Every `× floor` here uses the "
+        f"run's best matmul rate{' (reduced encoder: --smoke)' if args.smoke else ''}.",
     ]
     print_report("Where the time goes: torch.profiler, by category", body, notes, threads)
 
