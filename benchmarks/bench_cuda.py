@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import format_table, print_report  # noqa: E402
+from common import count_inference_gflop, format_table, print_report  # noqa: E402
 
 from transformers_setr.configuration_setr import SetrConfig  # noqa: E402
-from transformers_setr.modeling_setr import SetrForSemanticSegmentation, slide_windows  # noqa: E402
+from transformers_setr.modeling_setr import SetrForSemanticSegmentation  # noqa: E402
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from the vendors' data sheets.
 PEAK_BF16_TFLOPS = {
@@ -66,20 +66,6 @@ def build_config(decoder: str, smoke: bool, **overrides) -> SetrConfig:
         )  # fmt: skip
     kwargs.update(overrides)
     return SetrConfig(**kwargs)
-
-
-def gflop_per_image(config: SetrConfig) -> float:
-    """FLOPs of one ADE image in slide mode (all its windows), counted on the meta device."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    crop, stride = config.slide_window
-    windows = len(slide_windows(*ADE_IMAGE, crop, stride))
-    with torch.device("meta"):
-        model = SetrForSemanticSegmentation(config).eval()
-        window = torch.zeros(1, 3, *crop)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(window, inference_mode="whole")
-    return counter.get_total_flops() * windows / 1e9
 
 
 def synchronize(device: torch.device) -> None:
@@ -157,7 +143,7 @@ def main() -> None:
     peak, peak_source = peak_tflops(device, args.peak_tflops)
     rows = []
     for decoder in args.decoders:
-        gflop = gflop_per_image(build_config(decoder, args.smoke))
+        gflop = count_inference_gflop(build_config(decoder, args.smoke), *ADE_IMAGE, "slide")  # per ADE image
         print(f"[{decoder}] {gflop:.0f} GFLOP per ADE image (slide)", flush=True)
         rates = {dtype: throughput(args, device, decoder, dtype) for dtype in ("bf16", "fp32")}
         mfu = f"{rates['bf16'] * gflop / 1e3 / peak:.1%}" if peak else "-"

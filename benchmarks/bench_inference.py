@@ -14,6 +14,11 @@ Both sides return logits at the input resolution: mmseg's `encode_decode` (whole
 `torch.inference_mode`, mmseg under `torch.no_grad` (its test loop); bf16 means `torch.autocast("cpu", bfloat16)`.
 `argmax agree` compares our bf16 segmentation with our fp32 one; `max |diff|` compares our fp32 logits with
 mmseg's on a 1/8 sub-sample (same weights, so it should be ~1e-5). `GFLOP/s` uses FLOPs counted on our fp32 model.
+
+`× floor` is each time over the floor: the model's GFLOP divided by the matmul rate measured in the same run
+(`common.GemmFloor`: a `--gemm-size`^3 torch.mm per dtype, timed in every repeat like one more contestant, at the
+same thread count; fp32 times against the fp32 rate, bf16 autocast times against the bf16 rate). Both sides must run
+the same torch build (refused otherwise, unless `--allow-torch-mismatch`).
 """
 
 import argparse
@@ -26,7 +31,19 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MmsegWorker, format_table, print_report, scratch_dir, set_threads, spread, time_call  # noqa: E402
+from common import (  # noqa: E402
+    GemmFloor,
+    MmsegWorker,
+    add_floor_argument,
+    add_torch_check_argument,
+    count_inference_gflop,
+    format_table,
+    print_report,
+    scratch_dir,
+    set_threads,
+    spread,
+    time_call,
+)
 
 from transformers_setr.conversion import load_checkpoint_file  # noqa: E402
 from transformers_setr.convert_mmseg import build_converted_model  # noqa: E402
@@ -42,6 +59,7 @@ SIZES = {"whole": (512, 512), "slide": (512, 683)}  # slide: an ADE-shaped image
 TARGET_FP32 = {"naive": 0.85, "pup": 0.85, "mla": 0.95}
 TARGET_BF16 = 0.5
 TARGET_AGREEMENT = 0.995
+TARGET_FLOOR = {"fp32": 1.10, "bf16": 1.35}  # issue 15: time / floor, whole and slide, all three decoders
 # Pixels whose top two fp32 logits differ by less than this are near-ties: bf16 rounding (a ~0.4% relative
 # error per operand) can flip them whatever the implementation; random weights give many, trained ones few.
 NEAR_TIE_MARGIN = 0.1
@@ -62,6 +80,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(model) in fp32")
     parser.add_argument("--threads", type=int, default=None, help="torch threads on both sides (default: all CPUs)")
     parser.add_argument("--mmseg-python", default=None, help="interpreter with mmsegmentation 1.2.2")
+    add_torch_check_argument(parser)
+    add_floor_argument(parser)
     args = parser.parse_args()
     if args.quick:
         args.variants, args.modes, args.batches = ["naive"], ["whole"], [1]
@@ -70,23 +90,6 @@ def parse_args() -> argparse.Namespace:
     if "fp32" not in args.dtypes:
         parser.error("--dtypes must include fp32 (the reference for ratios and agreement)")
     return args
-
-
-def count_gflop(config, height: int, width: int, mode: str) -> float:
-    """FLOPs of one image (all its windows) on our fp32 model, counted on the meta device (no compute)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from transformers_setr.modeling_setr import SetrForSemanticSegmentation, slide_windows
-
-    with torch.device("meta"):
-        model = SetrForSemanticSegmentation(config).eval()
-        crop, stride = config.slide_window
-        windows = len(slide_windows(height, width, crop, stride)) if mode == "slide" else 1
-        window = (min(crop[0], height), min(crop[1], width)) if mode == "slide" else (height, width)
-        pixel_values = torch.zeros(1, 3, *window)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(pixel_values, inference_mode="whole")
-    return counter.get_total_flops() * windows / 1e9
 
 
 def run_ours(model, pixel_values: torch.Tensor, mode: str, bf16: bool) -> torch.Tensor:
@@ -101,7 +104,10 @@ def main() -> None:
     args = parse_args()
     threads = set_threads(args.threads)
     rows, notes, misses = [], [], []
-    with scratch_dir() as tmp, MmsegWorker(args.mmseg_python, threads) as worker:
+    floor = GemmFloor(args.gemm_size, args.dtypes)
+    floor_rows = []  # (row index, GFLOP, {contestant: time}): the `× floor` cells, filled in with the run's best rate
+    worker = MmsegWorker(args.mmseg_python, threads, args.allow_torch_mismatch)
+    with scratch_dir() as tmp, worker:
         tmp = Path(tmp)
         for decoder in args.variants:
             mmseg_variant, preset_name = VARIANTS[decoder]
@@ -119,7 +125,7 @@ def main() -> None:
             compiled = torch.compile(model) if args.compile else None
             for mode in args.modes:
                 height, width = SIZES[mode]
-                gflop = count_gflop(model.config, height, width, mode)
+                gflop = count_inference_gflop(model.config, height, width, mode)
                 for batch in args.batches:
                     generator = torch.Generator().manual_seed(1000 * batch + height + width)
                     pixel_values = torch.randn(batch, 3, height, width, generator=generator)
@@ -132,12 +138,16 @@ def main() -> None:
                             contestants.append("mmseg bf16")
                     if compiled is not None:
                         contestants.append("ours fp32 compiled")
-                    times = {name: [] for name in contestants}
+                    times = {name: [] for name in contestants}  # the floor's own times are kept by `floor`
+                    contestants.append("floor GEMM")
                     outputs = {}
                     for repeat in range(args.repeats):
                         shift = repeat % len(contestants)
                         for name in contestants[shift:] + contestants[:shift]:
                             print(f"  {decoder} {mode} {height}x{width} b{batch} {name} #{repeat + 1}", flush=True)
+                            if name == "floor GEMM":
+                                floor.measure()
+                                continue
                             if name.startswith("mmseg"):
                                 dtype = name.split()[1]
                                 save = str(tmp / f"mmseg-{dtype}.pt") if repeat == 0 else None
@@ -183,22 +193,51 @@ def main() -> None:
                     if compiled is not None:
                         row += [f"{min(times['ours fp32 compiled']) / mmseg_fp32:.3f}"]
                     row += [f"{gflop * batch / fp32:.0f}", f"{max_diff:.1e}"]
-                    row += [" / ".join(spread(times[name]) for name in contestants)]
+                    row += [" / ".join(spread(values) for values in times.values())]
                     rows.append(row)
-                    print(format_table(headers(args), rows[-1:]), flush=True)
+                    floor_rows.append((len(rows) - 1, gflop * batch, {name: min(t) for name, t in times.items()}))
+                    print(format_table(headers(args), [with_floor(args, floor, *floor_rows[-1][1:], row)]), flush=True)
                     del outputs, ours_fp32, reference
                     gc.collect()
             del model, compiled
             gc.collect()
         mmseg_version = worker.version
     notes.append(
-        f"mmsegmentation {mmseg_version} (torch from .venv-mmseg) vs transformers_setr; times in seconds, min of "
+        f"mmsegmentation {mmseg_version} (torch {worker.torch_build}) vs transformers_setr; times in seconds, min of "
         f"{args.repeats}; ratios are ours / mmseg fp32. `noise` is max/min over the repeats of each contestant "
         f"(order: {', '.join(['mmseg fp32', 'ours fp32', 'ours bf16'][: 2 + ('bf16' in args.dtypes)])}"
         f"{', mmseg bf16' if args.mmseg_bf16 else ''}{', compiled' if args.compile else ''})."
     )
+    for index, gflop, minima in floor_rows:
+        rows[index] = with_floor(args, floor, gflop, minima, rows[index])
+        for name in ("ours fp32", "ours bf16"):
+            dtype = name.split()[1]
+            if name in minima and minima[name] / floor.seconds(gflop, dtype) > TARGET_FLOOR[dtype]:
+                decoder, mode, _, batch = rows[index][:4]
+                multiple = floor.multiple(minima[name], gflop, dtype)
+                misses.append(f"{decoder} {mode} b{batch} {dtype}: {multiple}× floor")
+    notes.append(floor.note(threads))
     notes.append("Targets missed: " + ("; ".join(misses) if misses else "none"))
     print_report("Inference: transformers_setr vs mmsegmentation", format_table(headers(args), rows), notes, threads)
+
+
+def with_floor(args: argparse.Namespace, floor: GemmFloor, gflop: float, minima: dict, row: list) -> list:
+    """The row with its GFLOP, floor and `× floor` cells (after the ratios), at the floor's best rate so far."""
+    cells = [f"{gflop:.4g}", f"{floor.seconds(gflop, 'fp32'):.3g}"]
+    for name in floor_contestants(args):
+        dtype = "bf16" if "bf16" in name else "fp32"
+        cell = floor.multiple(minima[name], gflop, dtype) if name in minima else "-"
+        cells.append(f"{cell} (≤{TARGET_FLOOR[dtype]})" if name.startswith("ours") and cell != "-" else cell)
+    return row[:-3] + cells + row[-3:]
+
+
+def floor_contestants(args: argparse.Namespace) -> list[str]:
+    names = ["mmseg fp32", "ours fp32", "ours bf16"]
+    if args.mmseg_bf16:
+        names.append("mmseg bf16")
+    if args.compile:
+        names.append("ours fp32 compiled")
+    return names
 
 
 def headers(args: argparse.Namespace) -> list[str]:
@@ -209,6 +248,7 @@ def headers(args: argparse.Namespace) -> list[str]:
         columns.append("mmseg bf16 s")
     if args.compile:
         columns.append("compiled ratio")
+    columns += ["GFLOP", "fp32 floor s"] + [f"{name} × floor" for name in floor_contestants(args)]
     return columns + ["ours fp32 GFLOP/s", "max abs diff vs mmseg", "noise"]
 
 

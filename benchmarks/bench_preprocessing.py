@@ -21,7 +21,14 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MmsegWorker, format_table, print_report, scratch_dir, set_threads  # noqa: E402
+from common import (  # noqa: E402
+    MmsegWorker,
+    add_torch_check_argument,
+    format_table,
+    print_report,
+    scratch_dir,
+    set_threads,
+)
 
 from transformers_setr.image_processing_pil_setr import SetrImageProcessorPil  # noqa: E402
 from transformers_setr.image_processing_setr import SetrImageProcessor  # noqa: E402
@@ -66,12 +73,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 blocks of 5 calls")
     parser.add_argument("--threads", type=int, default=None, help="torch threads on both sides (default: all)")
     parser.add_argument("--mmseg-python", default=None)
+    add_torch_check_argument(parser)
     args = parser.parse_args()
     if args.quick:
         args.calls = 5
     threads = set_threads(args.threads)
     rows, misses = [], []
-    with scratch_dir() as tmp, MmsegWorker(args.mmseg_python, threads) as worker:
+    worker = MmsegWorker(args.mmseg_python, threads, args.allow_torch_mismatch)
+    with scratch_dir() as tmp, worker:
         for index, (name, (height, width), preset_name) in enumerate(CASES):
             longest, shortest = PRESETS[preset_name].test_scale
             size = {"shortest_edge": shortest, "longest_edge": longest}

@@ -13,6 +13,11 @@ RSS minus the RSS just before the first step (activations, gradients, optimizer 
 gradient checkpointing and under bf16 autocast. Time is the minimum over the steps after the first (the first
 allocates the optimizer state); with `--steps 1` it is that one step. CPU only: the CUDA numbers are in
 `bench_cuda.py`.
+
+`× floor` is the step time over the floor: the step's GFLOP (forward with both losses and backward, counted on our
+model; checkpointing's recomputation not included) divided by the matmul rate measured in this run between the
+contestants (`common.GemmFloor`, same thread count): fp32 contestants against the fp32 rate, bf16 autocast against
+the bf16 rate. Both sides must run the same torch build (refused otherwise, unless `--allow-torch-mismatch`).
 """
 
 import argparse
@@ -24,7 +29,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     ROOT,
+    GemmFloor,
     MmsegWorker,
+    add_floor_argument,
+    add_torch_check_argument,
+    count_training_gflop,
     format_table,
     print_report,
     scratch_dir,
@@ -61,6 +70,7 @@ def run_child(args: argparse.Namespace) -> None:
     set_threads(args.threads)
     overrides = json.loads(args.overrides) if args.overrides else None
     model = build_converted_model(load_checkpoint_file(args.checkpoint), PRESETS[args.preset], overrides)
+    gflop = count_training_gflop(model.config, args.batch, args.size, args.size)
     if args.checkpointing:
         model.activation_checkpointing_enable()
     model.train()
@@ -73,7 +83,7 @@ def run_child(args: argparse.Namespace) -> None:
             return model(pixel_values, labels=labels).loss
 
     result = timed_sgd_steps(model, compute_loss, args.steps)
-    print(CHILD_PREFIX + json.dumps(result))
+    print(CHILD_PREFIX + json.dumps({**result, "gflop": gflop}))
 
 
 def ours_in_child(args: argparse.Namespace, checkpoint: Path, preset: str, overrides, **variant) -> dict:
@@ -101,6 +111,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny model only")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--mmseg-python", default=None)
+    add_torch_check_argument(parser)
+    add_floor_argument(parser)
     # Internal: one of our contestants in a fresh process.
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
@@ -116,13 +128,14 @@ def main() -> None:
         args.sizes = ["tiny"]
     args.threads = set_threads(args.threads)
     mmseg_variant, preset = VARIANTS[args.decoder]
-    rows = []
+    floor = GemmFloor(args.gemm_size)
+    rows, step_rows = [], []  # step_rows: (row index, GFLOP, dtype, seconds), given their `× floor` at the end
     gib = 1024**3
     with scratch_dir() as tmp:
         for size in args.sizes:
             checkpoint = Path(tmp) / f"{size}.pth"
             print(f"[{size}] building mmseg {mmseg_variant} ({SUITES[size]} suite) and saving its weights", flush=True)
-            with MmsegWorker(args.mmseg_python, args.threads) as worker:
+            with MmsegWorker(args.mmseg_python, args.threads, args.allow_torch_mismatch) as worker:
                 built = worker.request(
                     op="build", variant=mmseg_variant, checkpoint=str(checkpoint), suite=SUITES[size]
                 )
@@ -134,19 +147,23 @@ def main() -> None:
                 overrides.update(out_indices=built["out_indices"], num_attention_heads=built["num_heads"])
             results = {}
             print(f"[{size}] mmseg fp32", flush=True)
-            with MmsegWorker(args.mmseg_python, args.threads) as worker:
+            with MmsegWorker(args.mmseg_python, args.threads, args.allow_torch_mismatch) as worker:
                 results["mmseg fp32"] = worker.request(
                     op="train_step", variant=mmseg_variant, suite=SUITES[size], batch=args.batch,
                     size=[args.size, args.size], steps=args.steps, seed=args.seed,
                 )  # fmt: skip
+            floor.measure()  # between the contestants, each in its own process, like one more
             for name, variant in OURS.items():
                 print(f"[{size}] {name}", flush=True)
                 results[name] = ours_in_child(args, checkpoint, preset, overrides, **variant)
+                floor.measure()
             reference = results["mmseg fp32"]
             reference_time = step_time(reference["times"])
             reference_memory = reference["peak_rss"] - reference["baseline_rss"]
+            gflop = results["ours fp32"]["gflop"]  # the same architecture on both sides
             for name, result in results.items():
                 seconds, memory = step_time(result["times"]), result["peak_rss"] - result["baseline_rss"]
+                step_rows.append((len(rows), gflop, "bf16" if "bf16" in name else "fp32", seconds))
                 rows.append(
                     [
                         size, name, f"{seconds:.2f}", f"{seconds / reference_time:.3f}", f"{memory / gib:.2f}",
@@ -154,13 +171,20 @@ def main() -> None:
                     ]
                 )  # fmt: skip
             checkpoint.unlink()
-    headers = ["model", "contestant", "step s", "time / mmseg", "step peak GiB", "memory / mmseg", "peak RSS GiB"]
-    headers += ["first loss"]
+    for index, gflop, dtype, seconds in step_rows:  # at the run's best matmul rate
+        rows[index][4:4] = [
+            f"{gflop:.4g}",
+            f"{floor.seconds(gflop, dtype):.3g}",
+            floor.multiple(seconds, gflop, dtype),
+        ]
+    headers = ["model", "contestant", "step s", "time / mmseg", "step GFLOP", "floor s", "× floor", "step peak GiB"]
+    headers += ["memory / mmseg", "peak RSS GiB", "first loss"]
     notes = [
         f"{args.decoder.upper()} ADE20K config, batch {args.batch}, {args.size}x{args.size}, SGD momentum 0.9, "
         f"{args.steps} steps per process; mmseg {mmseg_version} in .venv-mmseg.",
         "Same weights, inputs and labels on both sides: the first-step losses differ only through the dropout masks "
         "(a sanity check that the same model is trained).",
+        floor.note(args.threads),
     ]
     print_report(
         "Training step: transformers_setr vs mmsegmentation", format_table(headers, rows), notes, args.threads

@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmarks: the mmseg worker process, timing, the machine line and the result tables.
+"""Shared pieces of the benchmarks: the mmseg worker process (and its torch check), timing, the floor (a GEMM rate
+measured in the same run, and the model's FLOPs), the machine line and the result tables.
 
 Not a package module: the scripts next to this file import it by path (`python benchmarks/bench_*.py`).
 """
@@ -21,6 +22,20 @@ MMSEG_PYTHON = ROOT / ".venv-mmseg" / "bin" / "python"
 WORKER = Path(__file__).with_name("mmseg_worker.py")
 START_LOAD = os.getloadavg() if hasattr(os, "getloadavg") else None
 REPLY_PREFIX = "@@reply "  # the worker's answers; everything else on its stdout is mmseg chatter
+# /proc/cpuinfo flags of the vector and matrix extensions the GEMM kernels use, as the header names them.
+CPU_EXTENSIONS = {
+    "avx2": "AVX2",
+    "avx512f": "AVX-512",
+    "avx512_vnni": "AVX512_VNNI",
+    "avx512_bf16": "AVX512_BF16",
+    "avx512_fp16": "AVX512_FP16",
+    "amx_tile": "AMX",
+    "amx_bf16": "AMX-BF16",
+    "amx_fp16": "AMX-FP16",
+    "amx_int8": "AMX-INT8",
+}
+# The torch build that mmseg ran on in this run (set by MmsegWorker), for the header of each table.
+MMSEG_TORCH: dict[str, str] = {}
 
 
 def command_line() -> str:
@@ -30,24 +45,59 @@ def command_line() -> str:
     return shlex.join([executable, script, *sys.argv[1:]])
 
 
-def machine_line(threads: int | None = None) -> str:
-    """CPU model, cores, torch version and thread count, for the header of each table."""
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
+def cpu_model_and_flags(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> tuple[str, set[str]]:
+    """The CPU's model name and feature flags, from the first processor in /proc/cpuinfo."""
+    cpu, flags = None, set()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        for line in Path(cpuinfo).read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and cpu is None:
+                cpu = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
     except OSError:
         pass
+    return cpu or platform.processor() or "unknown CPU", flags
+
+
+def cpu_extensions(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
+    """The vector and matrix extensions of this CPU (from /proc/cpuinfo) and the kernels torch picked."""
+    import torch
+
+    _, flags = cpu_model_and_flags(cpuinfo)
+    found = [name for flag, name in CPU_EXTENSIONS.items() if flag in flags]
+    if not flags:
+        found = ["unknown (no /proc/cpuinfo flags)"]
+    elif not any(flag.startswith("amx") for flag in flags):
+        found.append("no AMX")
+    return f"{', '.join(found)}; torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
+
+
+def torch_build(module: Any = None) -> str:
+    """`torch.__version__` and the commit it was built from (the same version string can be another build)."""
+    if module is None:
+        import torch as module
+    return f"{module.__version__} (git {module.version.git_version[:10]})"
+
+
+def machine_line(threads: int | None = None) -> str:
+    """CPU model and extensions, cores, load, the torch build of both sides and thread count, for each header."""
+    import torch
+
+    cpu, _ = cpu_model_and_flags()
     load = ""
     if START_LOAD is not None:
         start, end = (" / ".join(f"{value:.2f}" for value in values) for values in (START_LOAD, os.getloadavg()))
         load = f" load average (1/5/15 min) {start} at start, {end} at the end;"
     threads = threads or torch.get_num_threads()
-    return f"{cpu}, {os.cpu_count()} logical CPUs;{load} torch {torch.__version__}, {threads} threads"
+    ours = torch_build()
+    if not MMSEG_TORCH:
+        sides = f"torch {ours}"
+    elif MMSEG_TORCH["build"] == ours:
+        sides = f"torch {ours} on both sides"
+    else:
+        sides = f"**torch differs**: ours {ours}, mmseg {MMSEG_TORCH['build']} (--allow-torch-mismatch)"
+    return f"{cpu} ({cpu_extensions()}), {os.cpu_count()} logical CPUs;{load} {sides}, {threads} threads"
 
 
 def current_rss_bytes() -> int:
@@ -126,11 +176,13 @@ class MmsegWorker:
     processes see the same machine.
     """
 
-    def __init__(self, python: str | os.PathLike | None = None, threads: int | None = None):
+    def __init__(
+        self, python: str | os.PathLike | None = None, threads: int | None = None, allow_torch_mismatch: bool = False
+    ):
         python = Path(python or MMSEG_PYTHON)
         if not python.exists():
-            raise FileNotFoundError(
-                f"{python} not found: the mmseg reference environment is needed (see DEVELOPERS.md, or pass "
+            raise SystemExit(
+                f"error: {python} not found: the mmseg reference environment is needed (see DEVELOPERS.md, or pass "
                 "--mmseg-python)"
             )
         command = [str(python), str(WORKER)]
@@ -139,7 +191,9 @@ class MmsegWorker:
         self.process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, cwd=ROOT
         )
-        self.version = self.request(op="hello")["mmseg_version"]
+        hello = self.request(op="hello")
+        self.version, self.torch_build = hello["mmseg_version"], hello["torch_build"]
+        check_same_torch(self, python, allow_torch_mismatch)
 
     def request(self, **message: Any) -> dict:
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -164,6 +218,175 @@ class MmsegWorker:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def add_torch_check_argument(parser: Any) -> None:
+    parser.add_argument(
+        "--allow-torch-mismatch",
+        action="store_true",
+        help="run even when mmseg's interpreter has another torch build than ours (the header then says so)",
+    )
+
+
+def check_same_torch(worker: MmsegWorker, python: Path, allow_mismatch: bool) -> None:
+    """Both sides must run the same torch build, or part of every ratio is the torch difference: refuse, or with
+    `allow_mismatch` warn loudly; the table headers name the build(s)."""
+    ours = torch_build()
+    MMSEG_TORCH["build"] = worker.torch_build
+    if worker.torch_build == ours:
+        print(f"torch {ours} on both sides (mmseg in {python})", flush=True)
+        return
+    message = (
+        f"{python} runs torch {worker.torch_build}, this interpreter {ours}: the ratios would include the "
+        "difference between the torch builds"
+    )
+    if not allow_mismatch:
+        worker.close()
+        raise SystemExit(
+            f"error: {message}. Install the same torch in the mmseg environment (benchmarks/README.md), or pass "
+            "--allow-torch-mismatch"
+        )
+    print(f"WARNING: {message} (--allow-torch-mismatch given; the headers say so)", file=sys.stderr, flush=True)
+
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}  # the benchmarks' dtype names -> torch's
+GEMM_SIZE = 4096  # n of the n x n x n matmul that measures the floor: 137 GFLOP, ~1 s in fp32 on 2 cores
+
+
+def add_floor_argument(parser: Any) -> None:
+    parser.add_argument(
+        "--gemm-size", type=int, default=GEMM_SIZE, help=f"n of the n^3 matmul that measures the floor ({GEMM_SIZE})"
+    )
+
+
+class GemmFloor:
+    """The floor of a timing: the model's FLOPs at the machine's dense matmul rate, measured in this run.
+
+    The rate is that of one square `size`^3 matmul (`torch.mm`, fresh random operands) per dtype, at the thread count
+    set in this process (`set_threads`, the contestants' count). Call `measure` between the contestants' runs, like
+    one more contestant, so it sees the machine they saw; the rate is the best over all measurements (times are
+    minima over repeats, as for the contestants). bf16 is the dtype autocast gives the matmuls.
+    """
+
+    def __init__(self, size: int = GEMM_SIZE, dtypes: Sequence[str] = ("fp32", "bf16")):
+        if size < 1:
+            raise SystemExit(f"error: --gemm-size must be positive, got {size}")
+        self.size, self.times = size, {dtype: [] for dtype in dtypes}
+
+    def measure(self, dtypes: Sequence[str] | None = None) -> None:
+        """Time one matmul per dtype (all of this floor's by default)."""
+        import torch
+
+        for name in dtypes or self.times:
+            generator = torch.Generator().manual_seed(len(self.times[name]))
+            a, b = (
+                torch.randn(self.size, self.size, generator=generator).to(getattr(torch, DTYPES[name])) for _ in "ab"
+            )
+            if not self.times[name]:
+                torch.mm(a, b)  # the first call of a dtype: one-time kernel setup, not timed
+            start = time.perf_counter()
+            torch.mm(a, b)
+            self.times[name].append(time.perf_counter() - start)
+            del a, b
+
+    def rate(self, dtype: str) -> float:
+        """GFLOP/s of the best measurement so far (measuring once if there is none)."""
+        if not self.times[dtype]:
+            self.measure([dtype])
+        return 2 * self.size**3 / min(self.times[dtype]) / 1e9
+
+    def seconds(self, gflop: float, dtype: str) -> float:
+        return gflop / self.rate(dtype)
+
+    def multiple(self, seconds: float, gflop: float, dtype: str) -> str:
+        """A timing as "× floor" (time / (GFLOP / rate)), formatted for a table."""
+        return f"{seconds / self.seconds(gflop, dtype):.2f}"
+
+    def note(self, threads: int) -> str:
+        rates = ", ".join(
+            f"{dtype} {self.rate(dtype):.0f} GFLOP/s (best of {len(times)}, noise {spread(times)})"
+            for dtype, times in self.times.items()
+        )
+        return (
+            f"Floor: the model's GFLOP / the matmul rate measured in this run: torch.mm {self.size}^3 on {threads} "
+            f"threads, {rates}. `× floor` = time / floor, against the fp32 rate for fp32 and the bf16 rate for bf16 "
+            "autocast. GFLOP are counted by torch.utils.flop_counter.FlopCounterMode on our model (meta device): "
+            "matmuls, convolutions and attention's two matmuls, 2 per multiply-add; not the elementwise ops, norms, "
+            "softmax or resizes."
+        )
+
+
+# What FlopCounterMode counts, by the profile's categories (`profile_inference.py`): on the meta device attention
+# runs as its two batched matmuls (bmm), the projections and the MLP as addmm (mm in backward).
+FLOP_KINDS = ("GEMMs", "attention (SDPA)", "patch embedding conv", "decoder convolutions")
+
+
+def gflop_by_kind(counter: Any) -> dict[str, float]:
+    """A finished FlopCounterMode's counts in GFLOP by FLOP_KINDS (convolutions split by the module that ran them)."""
+    kinds = dict.fromkeys(FLOP_KINDS, 0.0)
+    patch_embedding = 0
+    for module, counts in counter.get_flop_counts().items():
+        if module.endswith(".embeddings"):
+            patch_embedding += sum(value for op, value in counts.items() if "convolution" in str(op))
+    for op, value in counter.get_flop_counts()["Global"].items():
+        name = str(op)
+        if "convolution" in name:
+            kinds["decoder convolutions"] += value / 1e9
+        elif "bmm" in name or "attention" in name:
+            kinds["attention (SDPA)"] += value / 1e9
+        else:
+            kinds["GEMMs"] += value / 1e9
+    kinds["patch embedding conv"] = patch_embedding / 1e9
+    kinds["decoder convolutions"] -= patch_embedding / 1e9  # every other convolution is the decoder's (heads, neck)
+    return kinds
+
+
+def inference_gflop_by_kind(config: Any, height: int, width: int, mode: str) -> dict[str, float]:
+    """FLOPs of one image (all its windows) on our fp32 model, counted on the meta device (no compute)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from transformers_setr.modeling_setr import SetrForSemanticSegmentation, slide_windows
+
+    with torch.device("meta"):
+        model = SetrForSemanticSegmentation(config).eval()
+        crop, stride = config.slide_window
+        windows = len(slide_windows(height, width, crop, stride)) if mode == "slide" else 1
+        window = (min(crop[0], height), min(crop[1], width)) if mode == "slide" else (height, width)
+        pixel_values = torch.zeros(1, 3, *window)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(pixel_values, inference_mode="whole")
+    return {kind: value * windows for kind, value in gflop_by_kind(counter).items()}
+
+
+def count_inference_gflop(config: Any, height: int, width: int, mode: str) -> float:
+    return sum(inference_gflop_by_kind(config, height, width, mode).values())
+
+
+def training_gflop_by_kind(config: Any, batch: int, height: int, width: int) -> dict[str, float]:
+    """FLOPs of one training step's forward (decode and auxiliary losses) and backward, on the meta device. The
+    useful work: recomputation under activation checkpointing is not counted; the optimizer's elementwise update
+    neither."""
+    from unittest import mock
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from transformers_setr.modeling_setr import SetrForSemanticSegmentation
+
+    with torch.device("meta"):
+        model = SetrForSemanticSegmentation(config).train()
+        pixel_values = torch.zeros(batch, 3, height, width)
+        labels = torch.zeros(batch, height, width, dtype=torch.long)
+    # The label check reads values, which meta tensors lack; the FLOPs do not depend on it.
+    modeling = sys.modules[type(model).__module__]
+    with mock.patch.object(modeling, "check_labels", lambda *args: None), FlopCounterMode(display=False) as counter:
+        model(pixel_values, labels=labels).loss.backward()
+    return gflop_by_kind(counter)
+
+
+def count_training_gflop(config: Any, batch: int, height: int, width: int) -> float:
+    return sum(training_gflop_by_kind(config, batch, height, width).values())
 
 
 def scratch_dir() -> tempfile.TemporaryDirectory:

@@ -15,7 +15,7 @@ import sys
 import time
 import traceback
 
-from common import REPLY_PREFIX, ROOT, timed_sgd_steps  # the script's folder is on sys.path
+from common import REPLY_PREFIX, ROOT, timed_sgd_steps, torch_build  # the script's folder is on sys.path
 
 
 def reply(**message) -> None:
@@ -147,7 +147,7 @@ def main() -> None:
             if op == "hello":
                 import mmseg
 
-                reply(mmseg_version=mmseg.__version__, torch_version=torch.__version__)
+                reply(mmseg_version=mmseg.__version__, torch_build=torch_build(torch))
                 continue
             reply(**getattr(worker, op)(**message))
         except Exception as error:  # report to the driver instead of dying silently
