@@ -34,7 +34,7 @@ Core suite, for each variant:
 
 Create the reference environment once, from the repository root::
 
-    python3 -m venv .venv-mmseg && .venv-mmseg/bin/pip install torch==2.13.0 mmsegmentation==1.2.2 mmcv-lite==2.1.0 mmengine ftfy regex
+    python3 -m venv .venv-mmseg && .venv-mmseg/bin/pip install -c constraints.txt torch mmsegmentation==1.2.2 mmcv-lite==2.1.0 mmengine ftfy regex
 
 Regenerate the fixtures (they are written to ``tests/fixtures/parity/``)::
 
@@ -53,6 +53,7 @@ written under a temporary name and moved into place once complete and verified.
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import datetime
 import importlib.util
@@ -557,8 +558,20 @@ PRESET_OF_VARIANT = {
 
 
 def _load_presets() -> dict:
-    path = REPO_ROOT / "src" / "transformers_setr" / "presets.py"
-    spec = importlib.util.spec_from_file_location("setr_presets", path)
+    """`transformers_setr/conversion/presets.py` without the package (this script runs where transformers is not
+    installed): the file is run as `presets` of a stand-in package whose only other module holds the one slide-stride
+    rule, `default_slide_stride`, taken from `configuration_setr.py` itself (its other code needs transformers)."""
+    package_root = REPO_ROOT / "src" / "transformers_setr"
+    config_tree = ast.parse((package_root / "models" / "setr" / "configuration_setr.py").read_text())
+    (rule,) = [n for n in config_tree.body if isinstance(n, ast.FunctionDef) and n.name == "default_slide_stride"]
+    for name in ("setr_reference", "setr_reference.models", "setr_reference.models.setr", "setr_reference.conversion"):
+        sys.modules.setdefault(name, types.ModuleType(name)).__path__ = []
+    configuration = types.ModuleType("setr_reference.models.setr.configuration_setr")
+    exec(compile(ast.Module([rule], type_ignores=[]), "configuration_setr.py", "exec"), configuration.__dict__)
+    sys.modules[configuration.__name__] = configuration
+    spec = importlib.util.spec_from_file_location(
+        "setr_reference.conversion.presets", package_root / "conversion" / "presets.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(module)
