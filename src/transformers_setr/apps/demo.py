@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+from .._imports import MissingExtraError, require
 from ..inference.predict import INFERENCE_MODES
 from . import segment
 
@@ -177,9 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        import gradio  # noqa: F401
-    except ImportError:
-        print("setr demo: error: the demo needs Gradio: pip install 'transformers-setr[demo]'", file=sys.stderr)
+        require("gradio", "the demo")
+    except MissingExtraError as error:
+        print(f"setr demo: error: {error}", file=sys.stderr)
         return 2
     examples = Path(args.examples_dir) if args.examples_dir else Path(tempfile.mkdtemp(prefix="setr-demo-"))
     try:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .._imports import MissingExtraError, require
 from ..models.setr.configuration_setr import check_slide_window
 from ..models.setr.modeling_setr import slide_window_logits
 
@@ -113,7 +114,7 @@ class OnnxSetr:
     """
 
     def __init__(self, path: str | os.PathLike, providers: Sequence[str] = ("CPUExecutionProvider",), threads=None):
-        import onnxruntime
+        onnxruntime = require("onnxruntime", "running an exported SETR")
 
         options = onnxruntime.SessionOptions()
         if threads:
@@ -228,10 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     if output.exists() and not args.overwrite:
         return _fail(f"--output {output} exists; pass --overwrite to replace it")
     try:
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError as error:
-        return _fail(f"the export needs the onnx extra: pip install 'transformers-setr[onnx]' ({error})")
+        require("onnx", "the ONNX export")
+        require("onnxscript", "the ONNX export")
+    except MissingExtraError as error:
+        return _fail(str(error))
     from .segment import ImageSource, InputError, load_image, load_model
 
     try:

@@ -64,8 +64,6 @@ __all__ = [
 
 logger = logging.get_logger(__name__)
 
-# mmseg pads segmentation maps with 255 (`seg_pad_val`) and ignores that value in the loss.
-SEGMENTATION_IGNORE_INDEX = IGNORE_INDEX
 
 # Written into preprocessor_config.json so that `AutoImageProcessor` finds either backend for trust_remote_code users.
 SETR_IMAGE_PROCESSOR_AUTO_MAP = {
@@ -442,17 +440,17 @@ def reduce_segmentation_labels(labels: np.ndarray | torch.Tensor) -> np.ndarray 
     mmseg `reduce_zero_label`: 0 -> 255, v -> v - 1, and 255 stays 255. Returns a new array (never in place).
     A value of 256 is refused: it would become 255 and be silently ignored.
     """
-    if bool((labels == SEGMENTATION_IGNORE_INDEX + 1).any()):
+    if bool((labels == IGNORE_INDEX + 1).any()):
         raise ValueError(
-            f"the label value {SEGMENTATION_IGNORE_INDEX + 1} would become {SEGMENTATION_IGNORE_INDEX}, the ignore "
+            f"the label value {IGNORE_INDEX + 1} would become {IGNORE_INDEX}, the ignore "
             "index, with do_reduce_labels (0 -> 255, v -> v - 1), and be silently ignored; maps to reduce hold raw "
             "values 0..255 (0 = ignored). Pass do_reduce_labels=False or fix the map."
         )
     if isinstance(labels, torch.Tensor):
-        reduced = torch.where(labels == 0, SEGMENTATION_IGNORE_INDEX + 1, labels) - 1
-        return torch.where(reduced == SEGMENTATION_IGNORE_INDEX - 1, SEGMENTATION_IGNORE_INDEX, reduced)
-    reduced = np.where(labels == 0, SEGMENTATION_IGNORE_INDEX + 1, labels) - 1
-    return np.where(reduced == SEGMENTATION_IGNORE_INDEX - 1, SEGMENTATION_IGNORE_INDEX, reduced).astype(labels.dtype)
+        reduced = torch.where(labels == 0, IGNORE_INDEX + 1, labels) - 1
+        return torch.where(reduced == IGNORE_INDEX - 1, IGNORE_INDEX, reduced)
+    reduced = np.where(labels == 0, IGNORE_INDEX + 1, labels) - 1
+    return np.where(reduced == IGNORE_INDEX - 1, IGNORE_INDEX, reduced).astype(labels.dtype)
 
 
 def _check_float_images(images: list[np.ndarray | torch.Tensor], do_rescale: bool) -> None:
@@ -660,7 +658,7 @@ class SetrImageProcessingMixin:
                 pad_size = SizeDict(height=max(h for h, _ in sizes), width=max(w for _, w in sizes))
             data["pixel_values"] = self._pad_arrays(data["pixel_values"], pad_size, fill_value=0)
             if "labels" in data:
-                data["labels"] = self._pad_arrays(data["labels"], pad_size, fill_value=SEGMENTATION_IGNORE_INDEX)
+                data["labels"] = self._pad_arrays(data["labels"], pad_size, fill_value=IGNORE_INDEX)
 
         if return_tensors is not None:
             data = {key: self._stack(key, value, return_tensors) for key, value in data.items()}
