@@ -16,8 +16,8 @@ Both sides return logits at the input resolution: mmseg's `encode_decode` (whole
 mmseg's on a 1/8 sub-sample (same weights, so it should be ~1e-5). `GFLOP/s` uses FLOPs counted on our fp32 model.
 
 `× floor` is each time over the floor: the model's GFLOP divided by the matmul rate measured in the same run
-(`common.GemmFloor`: a `--gemm-size`^3 torch.mm per dtype, timed in every repeat like one more contestant, at the
-same thread count; fp32 times against the fp32 rate, bf16 autocast times against the bf16 rate). Both sides must run
+(`common.GemmFloor`: a `--gemm-size`^3 matmul per dtype through torch.mm and through oneDNN, the faster of the
+two, timed in every repeat like one more contestant, at the same thread count; fp32 times against the fp32 rate, bf16 autocast times against the bf16 rate). Both sides must run
 the same torch build (refused otherwise, unless `--allow-torch-mismatch`).
 """
 

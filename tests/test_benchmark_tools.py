@@ -148,3 +148,20 @@ def test_profile_categories(common):
     assert categories["aten::_to_copy", "aten::to"] == "copies and casts"
     assert categories["aten::gelu", "-"] == "LayerNorm / GELU / softmax"
     assert {where for _, where in by_category} == {"outside modules"}
+
+
+def test_floor_is_the_fastest_matmul_library_and_the_onednn_matmul_is_a_matmul(common):
+    a, b = torch.randn(48, 32, dtype=torch.float64).float(), torch.randn(32, 40).float()
+    libraries = common.gemm_libraries()
+    assert "torch.mm" in libraries
+    for matmul in libraries.values():
+        torch.testing.assert_close(matmul(a, b), a @ b, rtol=1e-5, atol=1e-5)
+    floor = common.GemmFloor(size=64, dtypes=("fp32",))
+    floor.measure()
+    floor.measure()
+    assert all(len(times) == 2 for times in floor.times["fp32"].values())
+    fastest = max(floor.library_rate("fp32", library) for library in libraries)
+    assert floor.rate("fp32") == fastest
+    assert floor.multiple(2 * floor.seconds(1.0, "fp32"), 1.0, "fp32") == "2.00"
+    note = floor.note(threads=2)
+    assert all(library in note for library in libraries) and "64^3 on 2 threads" in note

@@ -11,9 +11,11 @@ import copy
 import pytest
 import torch
 from conftest import DECODERS, randomise_batch_norm, tiny_config
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from transformers_setr import SetrForSemanticSegmentation
 from transformers_setr.modeling_setr import InferenceTensorCache, channel_layernorm, upsample_bilinear
+from transformers_setr.models.setr.fast_inference_setr import onednn_matmul_usable
 
 FP32_TOLERANCE = 1e-5
 
@@ -254,3 +256,113 @@ def test_forward_on_the_meta_device_for_flop_counting():
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         logits = model(pixel_values).logits
     assert logits.device.type == "meta" and counter.get_total_flops() > 0
+
+
+class OperatorLog(TorchDispatchMode):
+    """The aten / mkldnn operators a forward dispatches, by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def dispatched(model, pixel_values) -> tuple[torch.Tensor, list[str]]:
+    with OperatorLog() as log:
+        logits = model(pixel_values).logits
+    return logits, log.names
+
+
+onednn = pytest.mark.skipif(
+    not onednn_matmul_usable(torch.device("cpu"), torch.float32), reason="this torch build has no oneDNN matmul"
+)
+
+
+@onednn
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
+@pytest.mark.parametrize("decoder_type", DECODERS)
+def test_inference_projections_run_on_onednn_and_match_the_plain_path(decoder_type):
+    model = build(decoder_type)
+    pixel_values = torch.randn(2, 3, 64, 64)
+    expected = plain_logits(model, pixel_values)
+    projections = 6 * model.config.num_hidden_layers  # q, k, v, o, fc1, fc2
+    with torch.no_grad():
+        fast, names = dispatched(model, pixel_values)
+        assert names.count("_linear_pointwise") == projections and "addmm" not in names
+        with torch.backends.mkldnn.flags(enabled=False):  # the user's switch is obeyed
+            switched_off, names_off = dispatched(model, pixel_values)
+        assert "_linear_pointwise" not in names_off and names_off.count("addmm") == projections
+    for logits in (fast, switched_off):
+        assert (logits - expected).abs().max().item() < FP32_TOLERANCE
+
+
+@onednn
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
+def test_bf16_inference_packs_the_cast_weights_once_and_obeys_the_onednn_switch():
+    model = build("pup")
+    pixel_values = torch.randn(2, 3, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = plain_logits(model, pixel_values)
+        with torch.no_grad():
+            fast, names = dispatched(model, pixel_values)
+            again, _ = dispatched(model, pixel_values)
+            with torch.backends.mkldnn.flags(enabled=False):
+                switched_off, names_off = dispatched(model, pixel_values)
+    layers = model.config.num_hidden_layers
+    assert names.count("_linear_pointwise") == 4 * layers  # fused q/k/v, o, fc1, fc2
+    assert torch.equal(again, fast)  # the second call reuses the packed weights
+    cached = [value for _, _, value in model.setr.layers[0].mlp.inference_cache._entries.values()]
+    assert any(weight.is_mkldnn for weight, _ in cached)  # packed for oneDNN
+    assert any(not weight.is_mkldnn for weight, _ in cached)  # and plain ones while oneDNN was switched off
+    assert "_linear_pointwise" not in names_off
+    for logits in (fast, switched_off):
+        assert (logits - expected).abs().max().item() < 0.05 * expected.abs().max().item()
+        assert (logits.argmax(1) == expected.argmax(1)).float().mean() > 0.97
+
+
+@pytest.mark.parametrize("decoder_type", DECODERS)
+def test_in_place_sums_leave_every_captured_hidden_state_intact(decoder_type):
+    model = build(decoder_type)
+    pixel_values = torch.randn(1, 3, 64, 64)
+    with torch.enable_grad():
+        expected = model.setr(pixel_values, output_hidden_states=True).hidden_states
+    with torch.no_grad():
+        captured = model.setr(pixel_values, output_hidden_states=True).hidden_states
+    assert len(captured) == len(expected) == model.config.num_hidden_layers + 1
+    for fast, plain in zip(captured, expected):
+        assert (fast - plain.detach()).abs().max().item() < FP32_TOLERANCE
+
+
+def test_a_users_hook_keeps_the_attention_and_mlp_outputs_it_was_given():
+    model = build("naive")
+    seen = []
+
+    def keep(module, args, output):
+        kept = output[0] if isinstance(output, tuple) else output
+        seen.append((kept, kept.clone()))
+
+    model.setr.layers[1].attention.register_forward_hook(keep)
+    model.setr.layers[2].mlp.register_forward_hook(keep)
+    with torch.no_grad():
+        with_hooks = model(torch.randn(1, 3, 64, 64)).logits
+    assert len(seen) == 2 and all(torch.equal(kept, copy) for kept, copy in seen)
+    assert torch.isfinite(with_hooks).all()
+
+
+@pytest.mark.parametrize("decoder_type", ["naive", "pup"])
+def test_up_head_runs_channels_last_in_cpu_inference_and_returns_contiguous_logits(decoder_type):
+    model = build(decoder_type)
+    layouts = []
+    model.decode_head.stages[0].conv.register_forward_pre_hook(
+        lambda module, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    pixel_values = torch.randn(2, 3, 64, 64)
+    expected = plain_logits(model, pixel_values)
+    with torch.no_grad():
+        fast = model(pixel_values).logits
+    assert layouts == [False, True]  # NCHW with autograd (training), channels-last without
+    assert fast.is_contiguous() and fast.view(2, 5, -1).shape[-1] == fast.shape[-1] * fast.shape[-2]
+    assert (fast - expected).abs().max().item() < FP32_TOLERANCE
