@@ -76,7 +76,7 @@ CATEGORY_PATTERNS = [
     ("loss", ("cross_entropy", "nll_loss", "nllloss", "log_softmax", "logsoftmaxbackward", "aten::mean",
               "meanbackward")),
     ("GEMMs", ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::linear", "aten::matmul",
-               "mkldnn_linear", "addmmbackward", "mmbackward", "linearbackward")),
+               "mkldnn_linear", "_linear_pointwise", "addmmbackward", "mmbackward", "linearbackward")),
     ("LayerNorm / GELU / softmax", ("layer_norm", "layernormbackward", "gelu", "softmax")),
     (CONV, ("conv", "convolution")),
     ("BatchNorm / ReLU", ("batch_norm", "batchnormbackward", "relu", "threshold")),

@@ -139,6 +139,8 @@ def test_profile_categories(common):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             linear(inputs)
         torch.nn.functional.gelu(inputs)
+        if "oneDNN" in common.gemm_libraries():  # the model's CPU inference matmul
+            common.onednn_mm(inputs, linear.weight)
 
     with torch.inference_mode():
         by_category, by_operator = profile.breakdown(profile.profile_call(forward))
@@ -147,6 +149,8 @@ def test_profile_categories(common):
     assert categories["aten::copy_", "aten::addmm"] == "GEMMs"
     assert categories["aten::_to_copy", "aten::to"] == "copies and casts"
     assert categories["aten::gelu", "-"] == "LayerNorm / GELU / softmax"
+    if "oneDNN" in common.gemm_libraries():
+        assert categories["mkldnn::_linear_pointwise", "-"] == "GEMMs"
     assert {where for _, where in by_category} == {"outside modules"}
 
 

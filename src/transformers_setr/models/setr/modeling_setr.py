@@ -8,7 +8,9 @@ Decoders: Naive and PUP (`SETRUPHead`), MLA (`MLANeck` + `SETRMLAHead`), and the
 Speed (see `benchmarks/`): attention goes through transformers' attention interface (SDPA by default). Without
 autograd (`torch.no_grad` / `torch.inference_mode`), tensors derived from parameters are built once and reused while
 the parameters are unchanged (`InferenceTensorCache`): resized position tables and, under autocast, the linear
-weights cast to the autocast dtype (q/k/v stacked for one matmul). The decoders apply their 1x1 classifier before the
+weights cast to the autocast dtype (q/k/v stacked for one matmul). On CPU the projections then run on oneDNN's
+matmul (cast weights packed), the MLP's GELU and the residual sums overwrite fresh outputs in place, and the Naive /
+PUP heads run on channels-last maps (`fast_inference_setr`). The decoders apply their 1x1 classifier before the
 last bilinear up-sampling (the two commute), which gives the same logits up to float rounding for a fraction of the
 work, and in float32 under autocast.
 
