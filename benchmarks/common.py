@@ -270,8 +270,10 @@ def gemm_libraries() -> dict[str, Callable[[Any, Any], Any]]:
     """The dense matmuls torch offers on this build: `torch.mm` (MKL / OpenBLAS) and, where built, oneDNN's."""
     import torch
 
+    from transformers_setr.models.setr.fast_inference_setr import onednn_matmul_usable
+
     libraries: dict[str, Callable[[Any, Any], Any]] = {"torch.mm": torch.mm}
-    if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+    if onednn_matmul_usable(torch.device("cpu"), torch.float32):  # the model's own test for its CPU matmul
         libraries["oneDNN"] = lambda a, b: onednn_mm(a, b.t())  # b.t(): the (out, in) weight layout of a linear
     return libraries
 
