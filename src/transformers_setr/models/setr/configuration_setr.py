@@ -376,6 +376,20 @@ class SetrConfig(PreTrainedConfig):
         return check_slide_window(crop, tuple(map(default_slide_stride, crop)))
 
     @property
+    def is_binary(self) -> bool:
+        """One output channel: a binary model (sigmoid + BCE, as SegFormer with `num_labels=1`), whose predictions are
+        thresholded into two classes, background (0) and `id2label[0]` (1)."""
+        return self.num_labels == 1
+
+    @property
+    def prediction_id2label(self) -> dict[int, str]:
+        """The classes that predicted label maps hold: `id2label`, or for a binary model background (0) and its one
+        label (1)."""
+        if self.is_binary:
+            return {0: "background", 1: self.id2label[0]}
+        return dict(self.id2label)
+
+    @property
     def num_feature_levels(self) -> int:
         return len(self.out_indices)
 

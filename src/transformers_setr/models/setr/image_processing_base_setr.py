@@ -740,6 +740,30 @@ class SetrImageProcessingMixin:
         return results
 
 
+def class_probabilities(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Class probabilities of logits: softmax over `dim`; a binary model's single channel (`num_labels=1`, trained
+    with sigmoid + BCE) becomes the foreground probability, its sigmoid."""
+    return logits.sigmoid() if logits.shape[dim] == 1 else logits.softmax(dim=dim)
+
+
+def labels_from_scores(scores: torch.Tensor, dim: int = 1, probabilities: bool = False) -> torch.Tensor:
+    """Class ids from logits (or from `class_probabilities` with `probabilities=True`): the argmax over `dim`. A single
+    channel is a binary model's foreground score, thresholded into two classes: 1 where the foreground's probability
+    exceeds 0.5 (logit > 0), 0 (background) elsewhere."""
+    if scores.shape[dim] == 1:
+        return (scores.squeeze(dim) > (0.5 if probabilities else 0.0)).long()
+    return scores.argmax(dim=dim)
+
+
+def confidence_from_probabilities(probabilities: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """The probability of the predicted class (the per-pixel confidence): the maximum over `dim`, or for a binary
+    model's single channel the larger of p and 1 - p."""
+    if probabilities.shape[dim] == 1:
+        foreground = probabilities.squeeze(dim)
+        return torch.maximum(foreground, 1 - foreground)
+    return probabilities.amax(dim=dim)
+
+
 def processor_docstring(backend: str, pipeline: str, other_arguments: str) -> str:
     """The class docstring of a backend: what it is, then the arguments both backends share."""
     return f"""
