@@ -190,8 +190,17 @@ def test_id2label_argument_file_and_its_errors(layouts, tmp_path):
     names.write_text(json.dumps({str(i): f"class {i}" for i in range(40)}))
     data = load_segmentation_data(layouts["folder"], id2label=names)  # the argument wins over the folder's file
     assert data.num_labels == 40 and data.id2label[39] == "class 39"
+    # keys that are not 0..N-1 are the stored mask values (issue 21): classes in key order, other values refused
     names.write_text(json.dumps({"0": "a", "2": "b"}))
-    with pytest.raises(DatasetFormatError, match=r"names\.json: id2label keys must be the class ids 0\.\.1"):
+    mapped = load_segmentation_data(layouts["folder"], id2label=names)
+    assert mapped.id2label == {0: "a", 1: "b"} and mapped.mask_values == (0, 2)
+    with pytest.raises(
+        DatasetFormatError,
+        match=r"validation_0000\.png.*unexpected label values 1, 18, .*expected the stored values 0, 2 of the 2 classes and the ignore index 255",
+    ):
+        mapped.example("validation", 0)
+    names.write_text(json.dumps({"0": "a", "-2": "b"}))
+    with pytest.raises(DatasetFormatError, match=r"names\.json: id2label key -2 is negative; keys are mask values"):
         load_segmentation_data(layouts["folder"], id2label=names)
     names.write_text("{not json")
     with pytest.raises(DatasetFormatError, match="names.json: cannot read id2label JSON"):

@@ -581,3 +581,21 @@ def test_reduce_labels_refuses_256():
         reduce_segmentation_labels(np.array([[0, 256]]))
     with pytest.raises(ValueError, match="256 would become 255"):
         reduce_segmentation_labels(torch.tensor([1, 256]))
+
+
+def test_float_images_beyond_the_8_bit_scale_refused_with_do_rescale(processor_class):
+    # 16-bit data as float: the rescale would give values up to 257, far from any image the model has seen.
+    sixteen_bit = _random_image(12, 16).astype(np.float32) * 257
+    for given in (sixteen_bit, torch.from_numpy(sixteen_bit).permute(2, 0, 1).contiguous(), -sixteen_bit - 1):
+        with pytest.raises(
+            ValueError, match=r"Image 1 is float with values in \[-?\d+, -?\d+\], outside the 0-255 scale"
+        ):
+            processor_class()([_random_image(12, 16), given], return_tensors="pt")
+    # the 8-bit scale passes (both ends), and without do_rescale floats are the caller's (already rescaled)
+    edges = np.zeros((12, 16, 3), np.float32)
+    edges[0, 0] = 255.0
+    ours = processor_class(do_resize=False)(edges, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(
+        ours, processor_class(do_resize=False)(edges.astype(np.uint8), return_tensors="pt")["pixel_values"]
+    )
+    processor_class(do_rescale=False)(sixteen_bit / 65535, return_tensors="pt")

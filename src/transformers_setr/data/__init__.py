@@ -1,5 +1,6 @@
 """Datasets: ADE20K, Cityscapes and custom data as `datasets` objects (`loading`, needs the `[train]` extra), the class
-names and palettes (`label_tables`), and synthetic data in the real layouts (`synthetic`).
+names and palettes (`label_tables`), the data report before training (`report`), and synthetic data in the real
+layouts (`synthetic`).
 """
 
 from .._imports import lazy_exports
@@ -33,9 +34,13 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "checked_id2label",
             "read_id2label",
             "classes_for",
+            "ClassDeclaration",
+            "declare_classes",
+            "parse_mask_values",
             "SegmentationData",
             "_hub_id2label",
             "load_segmentation_data",
         ),
+        "report": ("DataReport", "data_report"),
     },
 )

@@ -10,6 +10,18 @@ without one the load is refused. The mask values of custom data are the keys of 
 becomes the ignore index, value v becomes class v - 1, and the entry 0 of `id2label` (if any) is dropped. The ignore
 index (default 255) is never a class. Any other value is an error naming the file (or split/row) and the values.
 
+Masks as people store them (custom data):
+- stored values that are not the class ids, e.g. binary masks of 0 and 255: `mask_values=[0, 255]` (`--mask_values
+  0,255`) says that the i-th value is class i, or the keys of `id2label` are the stored values themselves
+  (`{"0": "background", "255": "foreground"}`: keys that are not 0..N-1 are stored values, the classes are numbered
+  in key order). A stored value equal to the ignore index that is not one of the classes' is ignored; any other is an
+  error. `data.report.data_report` refuses 0/255 masks read with the class ids 0 and 1 (255 would be ignored);
+- colour (RGB) masks: `id2label` entries `{"name": "road", "color": [128, 64, 128]}` (all or none of them with a
+  colour) map each colour to its class; a colour no class has is an error naming the colour, the file and its pixel
+  count, or, with `undeclared_colors="ignore"` (`--undeclared_colors ignore`), the ignore index. P-mode masks are read
+  through their palette then; single-channel masks are refused;
+- JPEG masks are refused: the compression changes the values along every edge into values of no class (or of others).
+
 Custom sources: a Hub id or local copy with an image and a mask column (`image` / `pixel_values`, `label` /
 `annotation` / `semantic_segmentation` by default, or named), a `save_to_disk` folder, a folder of image + mask
 files matched by stem (`images/` + `masks/` | `labels/` | `annotations/`, each optionally split into
@@ -80,6 +92,8 @@ LABEL_COLUMNS = ("label", "annotation", "semantic_segmentation")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")  # lossless only
 MASK_FOLDERS = ("masks", "labels", "annotations")
+LOSSY_MASK_SUFFIXES = (".jpg", ".jpeg")
+UNDECLARED_COLORS = ("error", "ignore")  # what a colour mask's colour that no class has becomes
 ADE20K_HUB_ID = HUB_DATASETS["ade20k"].hub_id
 ADE20K_HUB_ALIASES = ("scene_parse_150", ADE20K_HUB_ID)
 # The parquet-converter bot's branch: the only form of the dataset `datasets` >= 4 can load.
@@ -150,10 +164,17 @@ _ALLOWED_VALUES = {
 DATASETS_PRETTY_NAMES = {"ade20k": "ADE20K", "cityscapes": "Cityscapes"}
 
 
-def _custom_lookup_table(num_labels: int, reduce_labels: bool, ignore_index: int) -> np.ndarray:
+def _custom_lookup_table(
+    num_labels: int, reduce_labels: bool, ignore_index: int, mask_values: Sequence[int] | None = None
+) -> np.ndarray:
     """`stored value -> train id` of custom data (int32, -1 where not allowed); see the module docstring."""
-    size = max(256, num_labels + 1 + int(reduce_labels), ignore_index + 1)
+    size = max(256, num_labels + 1 + int(reduce_labels), ignore_index + 1, max(mask_values or [0]) + 1)
     table = np.full(size, -1, dtype=np.int32)
+    if mask_values is not None:
+        if ignore_index not in mask_values:
+            table[ignore_index] = ignore_index
+        table[list(mask_values)] = np.arange(len(mask_values))
+        return table
     if reduce_labels:
         table[0] = ignore_index
         table[1 : num_labels + 1] = np.arange(num_labels)
@@ -185,15 +206,18 @@ def checked_id2label(id2label: Any, origin: str, *, contiguous: bool = True) -> 
     return dict(sorted(checked.items()))
 
 
-def read_id2label(path: str | os.PathLike) -> dict[int, str]:
-    """An `id2label.json` file (`{"0": "name", ...}`), checked."""
+def _read_json_id2label(path: str | os.PathLike) -> Any:
     try:
-        loaded = json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise DatasetFormatError(f"{path}: no such id2label file") from None
     except (OSError, ValueError) as error:
         raise DatasetFormatError(f"{path}: cannot read id2label JSON: {error}") from None
-    return checked_id2label(loaded, str(path))
+
+
+def read_id2label(path: str | os.PathLike) -> dict[int, str]:
+    """An `id2label.json` file (`{"0": "name", ...}`), checked."""
+    return checked_id2label(_read_json_id2label(path), str(path))
 
 
 def classes_for(stored_id2label: dict[int, str], reduce_labels: bool, origin: str) -> dict[int, str]:
@@ -211,6 +235,126 @@ def classes_for(stored_id2label: dict[int, str], reduce_labels: bool, origin: st
                 "%s: reduce_labels: value 0 (%r) is unlabelled (ignored), the other ids move down", origin, value
             )
     return checked_id2label(shifted, f"{origin} (after reduce_labels dropped value 0)")
+
+
+@dataclass(frozen=True)
+class ClassDeclaration:
+    """The classes of custom data and how its masks store them."""
+
+    classes: dict[int, str]  # train id -> name, ids 0..N-1
+    mask_values: tuple[int, ...] | None = None  # the stored value of class i (None: i, or i + 1 with reduce_labels)
+    mask_colors: tuple[tuple[int, int, int], ...] | None = None  # colour masks: the colour of class i
+
+
+def parse_mask_values(values: str | Sequence[int] | None, origin: str = "mask_values") -> tuple[int, ...] | None:
+    """`"0,255"` or `[0, 255]` -> `(0, 255)`: distinct non-negative stored values, the i-th is class i."""
+    if values is None:
+        return None
+    items = [item.strip() for item in values.split(",")] if isinstance(values, str) else list(values)
+    try:
+        parsed = tuple(int(item) for item in items)
+        if any(str(item).strip() != str(value) for item, value in zip(items, parsed)):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise DatasetFormatError(
+            f"{origin} must be the stored mask values of the classes in class order, e.g. 0,255; got {values!r}"
+        ) from None
+    if not parsed or min(parsed) < 0 or len(set(parsed)) != len(parsed):
+        raise DatasetFormatError(f"{origin} must be distinct non-negative mask values, one per class; got {values!r}")
+    return parsed
+
+
+def _declared_entry(key: int, value: Any, origin: str) -> tuple[str, tuple[int, int, int] | None]:
+    """One `id2label` entry: a name, or `{"name": ..., "color": [r, g, b]}` for colour masks."""
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {"name", "color"})
+        name, colour = value.get("name"), value.get("color")
+        if unknown or not isinstance(name, str) or not name.strip():
+            raise DatasetFormatError(
+                f'{origin}: id2label[{key}] must be a class name or {{"name": "...", "color": [r, g, b]}}, got {value!r}'
+            )
+        if colour is None:
+            return name, None
+        valid = isinstance(colour, list | tuple) and len(colour) == 3
+        if not valid or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in colour):
+            raise DatasetFormatError(
+                f"{origin}: id2label[{key}]'s color must be [r, g, b] with 0..255, got {colour!r}"
+            )
+        return name, (int(colour[0]), int(colour[1]), int(colour[2]))
+    if not isinstance(value, str) or not value.strip():
+        raise DatasetFormatError(f"{origin}: id2label[{key!r}] must be a class name, got {value!r}")
+    return value, None
+
+
+def declare_classes(
+    id2label: dict,
+    origin: str,
+    *,
+    reduce_labels: bool = False,
+    mask_values: str | Sequence[int] | None = None,
+) -> ClassDeclaration:
+    """The classes an `id2label` (as read from JSON or given) declares, and how the masks store them (see the module
+    docstring): class ids 0..N-1 stored as themselves; with `reduce_labels` 0 unlabelled and v stored as v + 1;
+    with `mask_values` class i stored as `mask_values[i]`; keys that are not 0..N-1 (without `reduce_labels`): the
+    keys are the stored values; names with colours: colour masks."""
+    if not isinstance(id2label, dict) or not id2label:
+        raise DatasetFormatError(f'{origin}: id2label must be a non-empty JSON object {{"0": "name", ...}}')
+    entries = {}
+    for key, value in id2label.items():
+        try:
+            stored = int(key)
+        except (TypeError, ValueError):
+            raise DatasetFormatError(f"{origin}: id2label key {key!r} is not an integer class id") from None
+        entries[stored] = _declared_entry(stored, value, origin)
+    entries = dict(sorted(entries.items()))
+    mask_values = parse_mask_values(mask_values, "--mask_values")
+    colours = [colour for _, colour in entries.values()]
+    names = {key: name for key, (name, _) in entries.items()}
+    if any(colour is not None for colour in colours):
+        without = next((key for key, (_, colour) in entries.items() if colour is None), None)
+        if without is not None:
+            raise DatasetFormatError(
+                f"{origin}: id2label gives colours to some classes but not to {without} ({names[without]!r}); colour "
+                "masks need the colour of every class"
+            )
+        if reduce_labels or mask_values is not None:
+            raise DatasetFormatError(
+                f"{origin}: id2label gives the classes' colours (colour masks); reduce_labels / --mask_values are for "
+                "masks of label values"
+            )
+        if len(set(colours)) != len(colours):
+            raise DatasetFormatError(f"{origin}: two classes have the same colour in id2label")
+        classes = checked_id2label(names, origin)
+        return ClassDeclaration(classes, mask_colors=tuple(colours))
+    if mask_values is not None:
+        if reduce_labels:
+            raise DatasetFormatError(
+                "--mask_values gives the stored value of every class; --do_reduce_labels (0 = unlabelled) does not "
+                "combine with it"
+            )
+        if sorted(names) != list(range(len(names))):
+            raise DatasetFormatError(
+                f"{origin}: with --mask_values, id2label's keys are the class ids 0..{len(names) - 1}, got "
+                f"{sorted(names)[:10]}; or drop --mask_values and key id2label by the stored values"
+            )
+        if len(mask_values) != len(names):
+            raise DatasetFormatError(
+                f"--mask_values {','.join(map(str, mask_values))}: {len(mask_values)} values for the "
+                f"{len(names)} classes of {origin}; give one stored value per class, in class order"
+            )
+        return ClassDeclaration(checked_id2label(names, origin), mask_values=mask_values)
+    if reduce_labels or sorted(names) == list(range(len(names))):
+        return ClassDeclaration(classes_for(names, reduce_labels, origin))
+    if min(names) < 0:
+        raise DatasetFormatError(f"{origin}: id2label key {min(names)} is negative; keys are mask values")
+    stored = tuple(names)
+    logger.info(
+        "%s: id2label keys %s are stored mask values: they are the classes 0..%d in key order",
+        origin,
+        ", ".join(map(str, stored[:10])) + (", ..." if len(stored) > 10 else ""),
+        len(stored) - 1,
+    )
+    return ClassDeclaration(dict(enumerate(names.values())), mask_values=stored)
 
 
 def _describe(value: Any, fallback: str) -> str:
@@ -234,9 +378,36 @@ def _open(value: Any, name: str, what: str) -> Image.Image:
     return image
 
 
+def _open_mask(value: Any, name: str) -> Image.Image:
+    mask = _open(value, name, "annotation")
+    if mask.format == "JPEG":
+        raise DatasetFormatError(
+            f"{name}: a JPEG mask; JPEG is lossy, its compression turns the values along every edge into values of "
+            "no class (or of other classes): save the masks as PNG (lossless)"
+        )
+    return mask
+
+
+def _read_colour_mask(value: Any, name: str) -> np.ndarray:
+    """The colours of a colour mask as an (H, W) int32 array of 0xRRGGBB (P masks through their palette)."""
+    mask = _open_mask(value, name)
+    if mask.mode not in ("RGB", "RGBA", "P"):
+        raise DatasetFormatError(
+            f"{name}: a mask of mode {mask.mode!r} (one channel), but id2label gives the classes' colours: colour "
+            "masks are RGB (or drop the colours from id2label to read label values)"
+        )
+    rgb = np.asarray(mask.convert("RGB")).astype(np.int32)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def colour_name(packed: int) -> str:
+    """0xRRGGBB -> "(r, g, b)"."""
+    return f"({packed >> 16 & 255}, {packed >> 8 & 255}, {packed & 255})"
+
+
 def _read_mask(value: Any, name: str) -> np.ndarray:
     """The stored label values of an annotation as an (H, W) integer array (no mode conversion, no EXIF rotation)."""
-    mask = _open(value, name, "annotation")
+    mask = _open_mask(value, name)
     if mask.mode in ("L", "P", "I", "I;16", "I;16L", "I;16B"):  # P: the palette indices are the labels
         return np.asarray(mask)
     if mask.mode == "RGB":  # e.g. Cityscapes mirrors: label ids stored as R=G=B
@@ -247,7 +418,8 @@ def _read_mask(value: Any, name: str) -> np.ndarray:
             raise DatasetFormatError(
                 f"{name}: RGB annotation with unequal channels ({int(unequal.sum())} pixels, e.g. (x={x}, y={y}) = "
                 f"{tuple(int(c) for c in rgb[y, x])}); only single-channel label maps or RGB ones with R=G=B are "
-                "understood (a colour-coded mask must be converted to label values first)"
+                'read as label values; for colour masks give each class its colour in id2label: {"0": {"name": '
+                '"road", "color": [128, 64, 128]}, ...}'
             )
         return rgb[..., 0]
     raise DatasetFormatError(
@@ -269,8 +441,17 @@ class SegmentationData:
     custom_palette: Sequence[Sequence[int]] | None = None
     ignore_index: int = IGNORE_INDEX
     name: str | None = None  # custom data: what to call it in cards and logs (the Hub id or folder name)
+    # Custom data only, how the masks store the classes (see the module docstring): the stored value of class i
+    # (`mask_values`), or its colour in colour masks (`mask_colors`), and what an undeclared colour becomes.
+    mask_values: tuple[int, ...] | None = None
+    mask_colors: tuple[tuple[int, int, int], ...] | None = None
+    undeclared_colors: str = "error"
 
     def __post_init__(self) -> None:
+        if not self.is_custom and (self.mask_values or self.mask_colors):
+            raise ValueError(f"{self.dataset} stores its own label values; mask_values / colours are for custom data")
+        if self.undeclared_colors not in UNDECLARED_COLORS:
+            raise ValueError(f"undeclared_colors must be one of {UNDECLARED_COLORS}, got {self.undeclared_colors!r}")
         if self.label_format == CUSTOM_LABEL_FORMAT:
             if self.dataset != CUSTOM_DATASET:
                 raise ValueError(f"custom label format for dataset {self.dataset!r}: use dataset={CUSTOM_DATASET!r}")
@@ -283,7 +464,22 @@ class SegmentationData:
                 )
             if self.custom_palette is not None and len(self.custom_palette) != len(self.classes):
                 raise ValueError(f"palette of {len(self.custom_palette)} colours for {len(self.classes)} classes")
-            self._lookup = _custom_lookup_table(len(self.classes), self.reduce_labels, self.ignore_index)
+            if self.mask_values is not None:
+                self.mask_values = parse_mask_values(self.mask_values)
+                if self.reduce_labels or len(self.mask_values) != len(self.classes) or self.mask_colors:
+                    raise ValueError(
+                        f"mask_values {self.mask_values} for {len(self.classes)} classes (one value per class; not "
+                        "with reduce_labels or colours)"
+                    )
+            if self.mask_colors is not None:
+                self.mask_colors = tuple(tuple(int(c) for c in colour) for colour in self.mask_colors)
+                if self.reduce_labels or len(self.mask_colors) != len(self.classes):
+                    raise ValueError(f"{len(self.mask_colors)} mask colours for {len(self.classes)} classes")
+                packed = [(r << 16) | (g << 8) | b for r, g, b in self.mask_colors]
+                self._class_of_colour = dict(zip(packed, range(len(packed))))
+            self._lookup = _custom_lookup_table(
+                len(self.classes), self.reduce_labels, self.ignore_index, self.mask_values
+            )
             self.name = self.name or Path(str(self.source)).name or str(self.source)
             return
         if self.dataset not in DATASETS:
@@ -315,7 +511,7 @@ class SegmentationData:
             return DATASETS[self.dataset]["palette"]
         if self.custom_palette is not None:
             return tuple(tuple(int(c) for c in colour) for colour in self.custom_palette)
-        return generate_palette(self.num_labels)
+        return self.mask_colors or generate_palette(self.num_labels)
 
     def decode(self, row: dict) -> SegmentationExample:
         """One row of a split -> RGB image (EXIF orientation applied) and train ids, checked against each other."""
@@ -330,7 +526,7 @@ class SegmentationData:
         if annotation is None:
             raise DatasetFormatError(f"{file_name}: the row has no annotation (test splits usually have none)")
         mask_name = f"{_describe(annotation, 'annotation')} (annotation of {file_name})"
-        values = _read_mask(annotation, mask_name)
+        values = self.read_stored_mask(annotation, mask_name)
         if values.shape != (image.height, image.width):
             rotated = f" after applying its EXIF orientation {orientation}" if orientation != 1 else ""
             raise DatasetFormatError(
@@ -339,26 +535,57 @@ class SegmentationData:
             )
         return SegmentationExample(image=image, labels=self.to_train_ids(values, mask_name), file_name=file_name)
 
-    def to_train_ids(self, values: np.ndarray, name: str = "annotation") -> np.ndarray:
-        """Stored label values (this data's `label_format`) -> train ids (uint8 unless a class id or the ignore
-        index exceeds 255: then int32), `ignore_index` = ignore; `name` is for errors."""
-        values = np.asarray(values)
+    def read_stored_mask(self, annotation: Any, name: str) -> np.ndarray:
+        """A mask as stored: (H, W) label values, or 0xRRGGBB colours when the classes are given as colours."""
+        return _read_colour_mask(annotation, name) if self.mask_colors else _read_mask(annotation, name)
+
+    def map_stored(self, values: np.ndarray) -> np.ndarray:
+        """Stored values (or 0xRRGGBB colours) -> int64 train ids, `ignore_index` = ignore, -1 where not allowed
+        (an undeclared colour with `undeclared_colors="ignore"` is the ignore index)."""
+        values = np.asarray(values).astype(np.int64, copy=False)
+        if self.mask_colors:
+            unique, inverse = np.unique(values, return_inverse=True)
+            missing = -1 if self.undeclared_colors == "error" else self.ignore_index
+            classes = np.array([self._class_of_colour.get(int(c), missing) for c in unique], dtype=np.int64)
+            return classes[inverse].reshape(values.shape)
         top = len(self._lookup) - 1
         in_range = (values >= 0) & (values <= top)
-        train_ids = np.where(in_range, self._lookup[np.clip(values, 0, top).astype(np.intp)], -1)
+        return np.where(in_range, self._lookup[np.clip(values, 0, top)], -1)
+
+    def to_train_ids(self, values: np.ndarray, name: str = "annotation") -> np.ndarray:
+        """Stored label values (this data's `label_format`; colours packed as 0xRRGGBB for colour masks) -> train
+        ids (uint8 unless a class id or the ignore index exceeds 255: then int32), `ignore_index` = ignore; `name` is
+        for errors."""
+        values = np.asarray(values)
+        train_ids = self.map_stored(values)
         invalid = train_ids < 0
         if invalid.any():
-            unexpected = np.unique(values[invalid])
-            shown = ", ".join(str(int(v)) for v in unexpected[:10]) + (", ..." if len(unexpected) > 10 else "")
             raise DatasetFormatError(
-                f"{name}: unexpected label values {shown} ({int(invalid.sum())} pixels); expected {self._allowed()}"
+                self.unexpected_values_message(np.unique(values[invalid]), int(invalid.sum()), name)
             )
-        return train_ids.astype(np.uint8 if top <= 255 and self._lookup.max() <= 255 else np.int32)
+        small = max(self.num_labels - 1, self.ignore_index) <= 255
+        return train_ids.astype(np.uint8 if small else np.int32)
+
+    def unexpected_values_message(self, values: Sequence[int], pixels: int, where: str) -> str:
+        """The refusal of stored values (or colours) no class has: `where` names the file(s)."""
+        if self.mask_colors:
+            shown = ", ".join(colour_name(int(v)) for v in values[:5]) + (", ..." if len(values) > 5 else "")
+            return (
+                f"{where}: colours of no class {shown} ({pixels} pixels); id2label gives the colours "
+                f"{', '.join(colour_name(c) for c in list(self._class_of_colour)[:8])}"
+                f"{', ...' if len(self._class_of_colour) > 8 else ''}: declare every colour (or pass "
+                "--undeclared_colors ignore to ignore the others)"
+            )
+        shown = ", ".join(str(int(v)) for v in values[:10]) + (", ..." if len(values) > 10 else "")
+        return f"{where}: unexpected label values {shown} ({pixels} pixels); expected {self._allowed()}"
 
     def _allowed(self) -> str:
         if not self.is_custom:
             return _ALLOWED_VALUES[self.label_format]
         count = len(self.classes)
+        if self.mask_values is not None:
+            ignored = f" and the ignore index {self.ignore_index}" if self.ignore_index not in self.mask_values else ""
+            return f"the stored values {', '.join(map(str, self.mask_values))} of the {count} classes{ignored}"
         if self.reduce_labels:
             return (
                 f"the values 1..{count} of the {count} classes (reduce_labels: 0 = unlabelled) and the ignore index "
@@ -491,21 +718,22 @@ class _CustomOptions:
     train_val_split: float | None = DEFAULT_TRAIN_VAL_SPLIT
     ignore_index: int = IGNORE_INDEX
     palette: Sequence[Sequence[int]] | None = None
+    mask_values: str | Sequence[int] | None = None
+    undeclared_colors: str = "error"
 
     def declared_id2label(self, folder: Path | None, hub_id: str | None, revision: str | None):
-        """(id2label of the stored values, where it came from), or (None, None) when nothing declares classes."""
+        """(id2label as declared, where it came from), or (None, None) when nothing declares classes; checked by
+        `declare_classes`."""
         if isinstance(self.id2label, dict):
-            return checked_id2label(self.id2label, "id2label", contiguous=False), "id2label argument"
+            return self.id2label, "id2label argument"
         if self.id2label is not None:
-            return read_id2label(self.id2label), str(self.id2label)
+            return _read_json_id2label(self.id2label), str(self.id2label)
         if folder is not None and (folder / ID2LABEL_FILE).is_file():
-            return read_id2label(folder / ID2LABEL_FILE), str(folder / ID2LABEL_FILE)
+            return _read_json_id2label(folder / ID2LABEL_FILE), str(folder / ID2LABEL_FILE)
         if hub_id is not None:
             found = _hub_id2label(hub_id, revision)
             if found is not None:
-                return checked_id2label(
-                    found, f"{hub_id}/{ID2LABEL_FILE}", contiguous=False
-                ), f"{hub_id}/{ID2LABEL_FILE}"
+                return found, f"{hub_id}/{ID2LABEL_FILE}"
         return None, None
 
 
@@ -606,6 +834,16 @@ def _pick_column(columns: Sequence[str], asked: str | None, candidates: Sequence
     return found
 
 
+def _is_image_struct(feature: Any) -> bool:
+    """A bare `{bytes, path}` struct: an image column as pyarrow writes it without `datasets`' metadata."""
+    return (
+        isinstance(feature, dict)
+        and set(feature) == {"bytes", "path"}
+        and feature["bytes"] == datasets.Value("binary")
+        and feature["path"] == datasets.Value("string")
+    )
+
+
 def _normalised_splits(
     by_name: dict[str, datasets.Dataset],
     chosen: Sequence[str],
@@ -622,7 +860,11 @@ def _normalised_splits(
             raise DatasetFormatError(f"{source}: split {name!r} has columns {split.column_names}")
         for column, what in ((image_column, "image"), (label_column, "label")):
             feature = split.features[column]
-            if not isinstance(feature, datasets.Image) and feature != datasets.Value("string"):
+            if (
+                not isinstance(feature, datasets.Image)
+                and feature != datasets.Value("string")
+                and not _is_image_struct(feature)
+            ):
                 raise DatasetFormatError(
                     f"{source}: the {what} column {column!r} holds {feature}, not images; name the right one with "
                     f"--{what}_column"
@@ -715,7 +957,10 @@ def _custom_data(
     name: str | None,
 ) -> SegmentationData:
     reduce_labels = bool(options.reduce_labels)
-    classes = classes_for(stored_id2label, reduce_labels, origin)
+    declaration = declare_classes(
+        stored_id2label, origin, reduce_labels=reduce_labels, mask_values=options.mask_values
+    )
+    classes = declaration.classes
     logger.info(
         "%s: custom data, %d classes from %s, reduce_labels=%s, ignore index %d",
         source,
@@ -734,6 +979,9 @@ def _custom_data(
         custom_palette=options.palette,
         ignore_index=options.ignore_index,
         name=name,
+        mask_values=declaration.mask_values,
+        mask_colors=declaration.mask_colors,
+        undeclared_colors=options.undeclared_colors,
     )
 
 
@@ -789,6 +1037,14 @@ def _load_pair_folder(
         if not images:
             raise DatasetFormatError(f"{image_folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
         missing = [stem for stem in images if stem not in masks]
+        lossy = _files_by_stem(mask_folder, LOSSY_MASK_SUFFIXES, "mask") if missing else {}
+        lossy_missing = [stem for stem in missing if stem in lossy]
+        if lossy_missing:
+            raise DatasetFormatError(
+                f"{lossy[lossy_missing[0]]}: a JPEG mask ({len(lossy_missing)} of {len(images)} masks are JPEG); "
+                "JPEG is lossy, its compression turns the values along every edge into values of no class (or of "
+                "other classes): save the masks as PNG (lossless)"
+            )
         if missing:
             raise DatasetFormatError(
                 f"{images[missing[0]]}: no mask {mask_folder / missing[0]}.png (masks are matched by file stem; "
@@ -872,6 +1128,8 @@ def load_segmentation_data(
     train_val_split: float | None = DEFAULT_TRAIN_VAL_SPLIT,
     ignore_index: int = IGNORE_INDEX,
     palette: Sequence[Sequence[int]] | None = None,
+    mask_values: str | Sequence[int] | None = None,
+    undeclared_colors: str = "error",
 ) -> SegmentationData:
     """Load ADE20K, Cityscapes or custom data (see the module docstring for the sources and rules).
 
@@ -892,7 +1150,12 @@ def load_segmentation_data(
             `LABEL_COLUMNS` present).
         train_val_split: custom data without a validation split: this fraction of train becomes it (fixed seed).
         ignore_index: custom data: the mask value that is not scored (default 255).
-        palette: custom data: one RGB colour per class; default `label_tables.generate_palette`.
+        palette: custom data: one RGB colour per class; default the colours of colour masks, else
+            `label_tables.generate_palette`.
+        mask_values: custom data: the stored mask value of each class in class order (`[0, 255]` or `"0,255"`:
+            value 0 is class 0, 255 class 1); other values than these and the ignore index are errors.
+        undeclared_colors: custom colour masks: what a colour that no class has becomes, "error" (the default: the
+            decode names the colour, the file and the pixel count) or "ignore" (the ignore index).
     """
     if dataset is not None and dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
@@ -901,12 +1164,24 @@ def load_segmentation_data(
     if isinstance(splits, str):
         splits = [splits]
     cache_dir = str(cache_dir) if cache_dir is not None else None
+    if undeclared_colors not in UNDECLARED_COLORS:
+        raise ValueError(f"undeclared_colors must be one of {UNDECLARED_COLORS}, got {undeclared_colors!r}")
     options = _CustomOptions(
-        id2label, reduce_labels, image_column, label_column, train_val_split, int(ignore_index), palette
+        id2label,
+        reduce_labels,
+        image_column,
+        label_column,
+        train_val_split,
+        int(ignore_index),
+        palette,
+        parse_mask_values(mask_values),
+        undeclared_colors,
     )
-    declared = id2label is not None or reduce_labels is not None
+    declared = id2label is not None or reduce_labels is not None or mask_values is not None
     if dataset is not None and declared:
-        raise ValueError(f"dataset={dataset!r} has its own classes; id2label / reduce_labels are for custom data")
+        raise ValueError(
+            f"dataset={dataset!r} has its own classes; id2label / reduce_labels / mask_values are for custom data"
+        )
 
     if isinstance(source, datasets.Dataset | datasets.DatasetDict):
         return _from_table(source, dataset, splits, max_samples, IN_MEMORY_SOURCE, options)
@@ -916,7 +1191,9 @@ def load_segmentation_data(
         if str(source) in ADE20K_HUB_ALIASES:
             _check_dataset("ade20k", dataset, str(source))
             if declared:
-                raise ValueError(f"{source} is ADE20K, with its own classes; id2label / reduce_labels do not apply")
+                raise ValueError(
+                    f"{source} is ADE20K, with its own classes; id2label / reduce_labels / mask_values do not apply"
+                )
             loaded = _load_hub(
                 str(source),
                 ADE20K_HUB_ID,

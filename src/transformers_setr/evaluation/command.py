@@ -62,6 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--image_column", default=None, help="custom table data: the image column")
     parser.add_argument("--label_column", default=None, help="custom table data: the mask column")
+    parser.add_argument(
+        "--mask_values",
+        default=None,
+        help="custom data: the stored mask value of each class, in class order ('0,255': binary masks stored 0/255)",
+    )
     parser.add_argument("--data_revision", default=None, help="dataset revision on the Hub")
     parser.add_argument("--cache_dir", default=None, help="datasets cache folder")
     parser.add_argument("--split", default="validation")
@@ -152,6 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             config_name=args.dataset_config_name,
             id2label=id2label,
             reduce_labels=args.do_reduce_labels,
+            mask_values=args.mask_values,
             image_column=args.image_column,
             label_column=args.label_column,
         )

@@ -5,12 +5,14 @@ way: evaluation with SETR's protocol, a transformers folder with a model card ca
 optional push to the Hub.
 """
 
+import functools
 import json
 import logging
 import os
 import re
 import sys
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -25,11 +27,14 @@ from ..data.label_tables import DATASETS
 from ..data.loading import (
     DEFAULT_TRAIN_VAL_SPLIT,
     IGNORE_INDEX,
+    UNDECLARED_COLORS,
     DatasetFormatError,
     SegmentationData,
     _normalise_split,
     load_segmentation_data,
+    parse_mask_values,
 )
+from ..data.report import data_report
 from ..evaluation.protocol import SegmentationEvalDataset, eval_collate, needs_cpu_process_group
 from ..files import save_json_atomically, write_text_atomically
 from ..inference.predict import INFERENCE_MODES
@@ -131,6 +136,21 @@ class DataArguments:
         default=IGNORE_INDEX,
         metadata={"help": "custom data: the mask value that is not a class and not scored (above 255: 16-bit masks)"},
     )
+    mask_values: str | None = field(
+        default=None,
+        metadata={
+            "help": "custom data: the stored mask value of each class, in class order: '0,255' for binary masks "
+            "stored 0/255 (0 is class 0, 255 class 1). Default: the keys of id2label"
+        },
+    )
+    undeclared_colors: str = field(
+        default="error",
+        metadata={
+            "help": "custom colour masks (id2label gives each class a color): a colour of no class is an error, "
+            "or the ignore index",
+            "choices": list(UNDECLARED_COLORS),
+        },
+    )
     train_split: str = field(default="train")
     eval_split: str = field(default="validation")
     max_train_samples: int | None = field(default=None)
@@ -227,6 +247,8 @@ def load_data(preset: CheckpointPreset, data_args: DataArguments) -> Segmentatio
             label_column=data_args.label_column,
             train_val_split=data_args.train_val_split,
             ignore_index=data_args.ignore_index,
+            mask_values=parse_mask_values(data_args.mask_values, "--mask_values"),
+            undeclared_colors=data_args.undeclared_colors,
         )
     except (DatasetFormatError, FileNotFoundError) as error:
         raise CommandLineError(str(error)) from None
@@ -519,10 +541,43 @@ def _load_data_and_model(
     preset = PRESETS[model_args.preset]
     try:
         data = load_data(preset, data_args)
+        report_data(data, data_args)
         model, processor = build_model(model_args, data_args, data)
     except CommandLineError as error:
         exit_with_error(str(error))
     return preset, data, model, processor
+
+
+def report_data(data: SegmentationData, data_args: DataArguments) -> None:
+    """The data report of the run's splits, logged once (rank 0); its refusals are `CommandLineError`s."""
+    splits = [s for s in (data_args.train_split, data_args.eval_split) if _normalise_split(s) in data.splits]
+    limits = {
+        _normalise_split(data_args.train_split): data_args.max_train_samples,
+        _normalise_split(data_args.eval_split): data_args.max_eval_samples,
+    }
+    try:
+        report = data_report(data, splits, max_rows=limits, train_split=data_args.train_split)
+    except DatasetFormatError as error:
+        raise CommandLineError(str(error)) from None
+    if int(os.environ.get("RANK", "0")) == 0:
+        logger.info("%s", report)
+
+
+def data_errors_as_one_line(command: Callable[..., int]) -> Callable[..., int]:
+    """A data file found broken during training (unreadable, a mask of the wrong size...: the data report reads
+    only a sample) ends the command in one line, not a traceback (also when raised in a data-loader worker)."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> int:
+        try:
+            return command(*args, **kwargs)
+        except DatasetFormatError as error:
+            message = str(error)
+            if "Traceback" in message:  # re-raised by torch's DataLoader: the worker's traceback, then the message
+                message = message.strip().splitlines()[-1].partition(f"{type(error).__name__}: ")[2] or message
+            exit_with_error(message)
+
+    return run
 
 
 def _training_record(
@@ -548,6 +603,7 @@ def _push_repo_id(hub_model_id: str | None, push_to_hub: bool, output_dir: str |
     return hub_model_id or (Path(output_dir).name if push_to_hub else None)
 
 
+@data_errors_as_one_line
 def main_trainer(argv: list[str] | None = None) -> int:
     """`setr train` (`scripts/train.py`): the Trainer path."""
     model_args, data_args, training_args = _start_command(
@@ -668,6 +724,7 @@ def _last_step_folder(output_dir: Path) -> Path | None:
     return max(folders, key=lambda p: int(p.name.split("_")[1]), default=None)
 
 
+@data_errors_as_one_line
 def main_no_trainer(argv: list[str] | None = None) -> int:
     """`setr train-loop` (`scripts/train_no_trainer.py`): the same recipe as a plain Accelerate loop."""
     from accelerate import Accelerator

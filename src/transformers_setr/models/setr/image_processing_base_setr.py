@@ -453,9 +453,17 @@ def reduce_segmentation_labels(labels: np.ndarray | torch.Tensor) -> np.ndarray 
     return np.where(reduced == IGNORE_INDEX - 1, IGNORE_INDEX, reduced).astype(labels.dtype)
 
 
+# Float values this far outside 0..255 are another scale (16-bit data, a bug), not a resampling overshoot.
+_FLOAT_RANGE_SLACK = 1e-3
+
+
 def _check_float_images(images: list[np.ndarray | torch.Tensor], do_rescale: bool) -> None:
-    """Refuse non-finite float images (one NaN pixel spreads to thousands of logits) and warn, as transformers'
-    processors do, when float images already look scaled to 0..1 (they would be divided by 255 again: black)."""
+    """Refuse non-finite float images (one NaN pixel spreads to thousands of logits) and, with `do_rescale`, float
+    images outside 0..255: as in transformers, `do_rescale` multiplies floats by `rescale_factor` exactly like 8-bit
+    values, so they must be on the 8-bit scale (16-bit data up to 65535 would become values up to 257 after the
+    rescale, far outside what the model was trained on). Warn, as transformers' processors do, when float images
+    already look scaled to 0..1 (they would be divided by 255 again: black). Without `do_rescale` floats are taken
+    as already rescaled (or normalised) and not checked."""
     looks_rescaled = False
     for i, image in enumerate(images):
         if isinstance(image, torch.Tensor):
@@ -470,6 +478,12 @@ def _check_float_images(images: list[np.ndarray | torch.Tensor], do_rescale: boo
             low, high = (float(image.min()), float(image.max())) if finite else (0.0, 0.0)
         if not finite:
             raise ValueError(f"Image {i} contains NaN or infinite values; float images must be finite (0-255 scale).")
+        if do_rescale and (low < -_FLOAT_RANGE_SLACK or high > 255 + _FLOAT_RANGE_SLACK):
+            raise ValueError(
+                f"Image {i} is float with values in [{low:g}, {high:g}], outside the 0-255 scale that `do_rescale=True` "
+                "assumes of float images (as of 8-bit ones). Bring it to 0-255 first (16-bit data: divide by 257; "
+                "clip a resampling overshoot), or pass `do_rescale=False` with values already rescaled."
+            )
         looks_rescaled = looks_rescaled or (low >= 0 and high <= 1)
     if do_rescale and looks_rescaled:
         logger.warning_once(
