@@ -325,3 +325,15 @@ def test_argument_errors_are_one_line(argv, capsys):
         code = exit_.code
     assert code == 2
     one_error_line(capsys, argv[0])
+
+
+def test_demo_shows_a_binary_model_as_two_classes(folders):
+    from transformers_setr.apps import demo
+
+    root, *_ = folders
+    cache = demo.ModelCache([str(root / "binary")], "cpu")
+    photo, model = str(root / "photos" / "chelsea.png"), str(root / "binary")
+    overlay, legend, rows, timing = demo.segment_photo(cache, photo, model, "whole")
+    assert sorted(row[1] for row in rows) == ["background", "crack"]
+    assert "background" in legend and "crack" in legend
+    assert sum(row[2] for row in rows) == pytest.approx(100, abs=0.02)
