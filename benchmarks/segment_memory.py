@@ -6,7 +6,7 @@ slide 512/341) and processor, writes scikit-image's astronaut enlarged to SIDE x
 `scripts/segment.py` on it in a subprocess and prints the child's peak RSS, its time, and what holding the full-size
 logits would have needed.
 
-    python benchmarks/segment_memory.py [--side 8000]
+    python benchmarks/segment_memory.py [--side 8000] [--save_confidence]
 """
 
 import argparse
@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", type=int, default=8000)
+    parser.add_argument("--save_confidence", action="store_true", help="also write the confidence map")
     args = parser.parse_args()
 
     import numpy as np
@@ -64,6 +65,7 @@ def main() -> None:
             "slide",
             "--output",
             str(tmp / "out"),
+            *(["--save_confidence"] if args.save_confidence else []),
         ]
         start = time.perf_counter()
         result = subprocess.run(command, capture_output=True, text=True)
@@ -81,6 +83,9 @@ def main() -> None:
         print(
             f"label map {labels.shape[1]}x{labels.shape[0]} {labels.dtype}, overlay {overlay.width}x{overlay.height}"
         )
+        if args.save_confidence:
+            confidence = Image.open(tmp / "out" / "confidence" / "large.png")
+            print(f"confidence map {confidence.width}x{confidence.height} {confidence.mode}")
         print(f"peak RSS of the segment process: {peak:.2f} GiB; wall time {elapsed:.1f} s")
         print(f"full-resolution float32 logits would be {full_logits:.1f} GiB")
 

@@ -13,12 +13,19 @@ from transformers_setr import SetrForSemanticSegmentation, SetrImageProcessorPil
 CLASS_NAMES = ("wall", "sky", "tree", "person", "road", "car")
 
 
-def save_tiny_model(folder: Path, decoder_type: str = "pup", inference_mode: str = "slide", seed: int = 0):
-    """A tiny random SETR (64x64 training crop, 64/43 slide windows, six named classes) and a processor whose test
-    scale is (short 64, long 256): saved as `save_pretrained` writes a released model."""
+def save_tiny_model(
+    folder: Path,
+    decoder_type: str = "pup",
+    inference_mode: str = "slide",
+    seed: int = 0,
+    class_names: tuple[str, ...] = CLASS_NAMES,
+):
+    """A tiny random SETR (64x64 training crop, 64/43 slide windows, six named classes, or `class_names`: one name
+    makes a binary model) and a processor whose test scale is (short 64, long 256): saved as `save_pretrained` writes
+    a released model."""
     config = tiny_config(
         decoder_type,
-        id2label=dict(enumerate(CLASS_NAMES)),
+        id2label=dict(enumerate(class_names)),
         inference_mode=inference_mode,
         slide_crop_size=64,
         slide_stride=43,

@@ -3,3 +3,13 @@ Gradio app) and `setr export-onnx` (an onnxruntime-ready graph, its session wrap
 
 Each command module has `build_parser()` and `main(argv) -> int`.
 """
+
+import argparse
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, `setr <command>: error: ...` with exit status 2, the usage left to `--help`
+    (argparse's own error prints the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")

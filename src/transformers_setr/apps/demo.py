@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .._imports import MissingExtraError, require
 from ..inference.predict import INFERENCE_MODES
-from . import segment
+from . import OneLineArgumentParser, segment
 
 EXAMPLE_PHOTOGRAPHS = ("astronaut", "coffee", "chelsea", "camera")  # scikit-image's data, shipped with the package
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]  # no request to a font server
@@ -95,7 +95,7 @@ def segment_photo(cache: ModelCache, path: str | None, model_name: str, mode: st
         (labels,) = segment.predict_label_maps(model, processor, [image], mode)
         elapsed = time.perf_counter() - start
     config = model.config
-    id2label = {int(k): v for k, v in config.id2label.items()}
+    id2label = config.prediction_id2label  # a binary model: background and its class
     palette = segment.palette_of(config)
     overlay = segment.render_overlay(image, labels, id2label, palette, alpha=alpha)
     classes = segment.class_shares(labels, id2label)
@@ -162,7 +162,7 @@ def build_app(model_names: list[str], device: str = "cpu", examples_folder: Path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="setr demo", description="A browser demo of SETR models (Gradio).")
+    parser = OneLineArgumentParser(prog="setr demo", description="A browser demo of SETR models (Gradio).")
     parser.add_argument(
         "--model", action="append", required=True, help="a model folder or Hub id; repeat for a choice of models"
     )

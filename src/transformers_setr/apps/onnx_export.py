@@ -26,12 +26,18 @@ import torch.nn.functional as F
 
 from .._imports import MissingExtraError, require
 from ..models.setr.configuration_setr import check_slide_window
+from ..models.setr.image_processing_base_setr import labels_from_scores
 from ..models.setr.modeling_setr import slide_window_logits
+from . import OneLineArgumentParser
 
 # Opset 18: the dynamo exporter's translation of every op SETR uses (LayerNormalization needs 17, Resize's
 # `antialias` attribute 18), and old enough for the runtimes people deploy on (onnxruntime >= 1.14, TensorRT 8.6,
 # OpenVINO 2023).
 OPSET = 18
+# The opsets torch 2.14's dynamo exporter writes: its translations (torchlib) start at 18 (below, it exports 18 and
+# tries onnx's version converter, which fails for SETR's graph and then keeps 18), and torch declares 23 its highest
+# (`torch.onnx._constants.ONNX_MAX_OPSET`). Other values are refused before anything is exported.
+MIN_OPSET, MAX_OPSET = 18, 23
 METADATA_KEY = "transformers_setr"  # the facts the session wrapper needs, as JSON in the graph's metadata
 
 
@@ -61,12 +67,22 @@ def export_metadata(config) -> dict[str, Any]:
     }
 
 
+def check_opset(opset: int) -> None:
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(
+            f"--opset {opset} is not supported: torch {torch.__version__.split('+')[0]}'s ONNX exporter writes opsets "
+            f"{MIN_OPSET} to {MAX_OPSET} (default {OPSET})"
+        )
+
+
 def export_onnx(model: torch.nn.Module, output: str | os.PathLike, opset: int = OPSET) -> Path:
-    """Export `model` (a `SetrForSemanticSegmentation`) to `output`, written to a temporary name and renamed.
+    """Export `model` (a `SetrForSemanticSegmentation`) to `output`, written to a temporary name and renamed;
+    `ValueError` for an opset outside `MIN_OPSET`..`MAX_OPSET`, `RuntimeError` when the graph is not written at it.
 
     The example input has batch 2 and a patch grid one row and two columns larger than the position table, so that
     the graph keeps the general path (batch not specialised to 1, the table resized to the input's grid).
     """
+    check_opset(opset)
     config = model.config
     model = model.eval()
     patch = config.patch_size
@@ -92,6 +108,9 @@ def export_onnx(model: torch.nn.Module, output: str | os.PathLike, opset: int = 
             output_names=["logits"],
             verbose=False,
         )
+    written = program.model.opset_imports.get("")
+    if written != opset:  # the exporter falls back to its own opset when a conversion fails, and says so only in a log
+        raise RuntimeError(f"the exporter wrote opset {written}, not the {opset} asked for")
     metadata = export_metadata(config)
     metadata["opset"] = opset
     program.model.metadata_props[METADATA_KEY] = json.dumps(metadata)
@@ -168,12 +187,14 @@ class OnnxSetr:
 
 
 def compare(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, float]:
-    """Max abs logit difference and argmax agreement (share of pixels with the same class)."""
+    """Max abs logit difference and argmax agreement (share of pixels with the same class; a binary model's classes
+    are its logit's sign, `labels_from_scores`)."""
     if reference.shape != candidate.shape:
         raise ValueError(f"logits of shape {tuple(candidate.shape)}, PyTorch's are {tuple(reference.shape)}")
+    agreement = labels_from_scores(reference.float(), dim=1) == labels_from_scores(candidate.float(), dim=1)
     return {
         "max_abs_diff": float((reference.float() - candidate.float()).abs().max()),
-        "argmax_agreement": float((reference.argmax(1) == candidate.argmax(1)).double().mean()),
+        "argmax_agreement": float(agreement.double().mean()),
     }
 
 
@@ -201,7 +222,7 @@ def parity_table(rows: Sequence[dict]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="setr export-onnx",
         description="Export a SETR model to ONNX (whole-image forward, dynamic batch, height and width; opset "
         f"{OPSET}) and optionally check it against PyTorch on images.",
@@ -221,9 +242,50 @@ def _fail(message: str) -> int:
     return 2
 
 
+def model_files(model_name: str) -> list[Path]:
+    """The files a model is read from: every file of its local folder, or of its Hub download's snapshot folder
+    (links into the cache's blobs); none for a name that is neither."""
+    folder = Path(model_name).expanduser()
+    if not folder.is_dir():
+        from transformers.utils import cached_file
+
+        try:
+            config = cached_file(model_name, "config.json", local_files_only=True)
+        except (OSError, ValueError):
+            return []
+        if config is None:
+            return []
+        folder = Path(config).parent
+    return [folder, *(path for path in folder.rglob("*") if path.is_file())]
+
+
+def writes_over_input(output: Path, inputs: Sequence[Path]) -> Path | None:
+    """The input (a model file or folder, a --check image) that writing `output` would replace: the same path after
+    resolving links, or the same file under another name (a hard link); None when there is none."""
+    target = output.expanduser().resolve()
+    for path in inputs:
+        try:
+            if path.resolve() == target or (output.exists() and os.path.samefile(path, output)):
+                return path
+        except OSError:
+            continue
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     output = Path(args.output)
+    try:
+        check_opset(args.opset)
+    except ValueError as error:
+        return _fail(str(error))
+    for what, inputs in (
+        (f"the model {args.model}'s own", model_files(args.model)),
+        ("the --check image", [Path(path) for path in args.check or ()]),
+    ):
+        replaced = writes_over_input(output, inputs)
+        if replaced is not None:
+            return _fail(f"--output {output} would write over {what} {replaced}; write the .onnx file elsewhere")
     if output.is_dir():
         return _fail(f"--output {output} is a folder; give the .onnx file to write")
     if output.exists() and not args.overwrite:
@@ -239,11 +301,18 @@ def main(argv: list[str] | None = None) -> int:
         model, processor = load_model(args.model, "cpu")
     except ValueError as error:
         return _fail(str(error))
+    replaced = writes_over_input(output, model_files(args.model))  # a Hub id: its files are known once downloaded
+    if replaced is not None:
+        return _fail(f"--output {output} would write over the model {args.model}'s own {replaced}; write it elsewhere")
     start = time.perf_counter()
     try:
         export_onnx(model, output, opset=args.opset)
     except OSError as error:
         return _fail(f"cannot write {output}: {error}")
+    except Exception as error:  # the exporter's own failures (torch.export, onnxscript): one line, no traceback
+        detail = " ".join(str(error).split())[:300]
+        print(f"setr export-onnx: error: the export failed ({type(error).__name__}: {detail})", file=sys.stderr)
+        return 1
     print(f"setr export-onnx: wrote {output} (opset {args.opset}) in {time.perf_counter() - start:.1f} s")
     if not args.check:
         return 0

@@ -1,14 +1,16 @@
 """`setr segment`: segment images, folders, globs or URLs with a SETR model and write, per image, the label map
 (`labels/<name>.png`, class ids as pixel values), a colour overlay with a legend (`overlays/<name>.png`), the
-per-class pixel shares (`classes/<name>.json`), and an `index.html` showing every overlay with its classes.
+per-class pixel shares (`classes/<name>.json`), and an `index.html` showing every overlay with its classes. With
+`--save_confidence`, also the per-pixel confidence (`confidence/<name>.png`, see `confidence_map_image`).
 
     setr segment photos/ --model converted/setr-pup-ade20k --output segmented/
     python scripts/segment.py 'photos/*.jpg' https://example.com/street.jpg --model DIR --mode slide
 
 Labels follow SETR's evaluation protocol (`transformers_setr.evaluation`): keep-ratio resize by the model's image
-processor, the chosen inference mode, logits resized bilinearly to the original size, argmax. The last resize is done
-a few classes at a time, so a very large photo never holds num_labels x H x W logits (150 x 8000 x 8000 float32
-would be 38 GB). Every file is written to a temporary name and renamed; an unreadable file is reported and skipped,
+processor, the chosen inference mode, logits resized bilinearly to the original size, argmax (a binary model, one logit
+channel: background / its class by the logit's sign). The last resize is done a few classes at a time, so a very large
+photo never holds num_labels x H x W logits (150 x 8000 x 8000 float32 would be 38 GB); the confidence is accumulated
+in the same pass. Every file is written to a temporary name and renamed; an unreadable file is reported and skipped,
 and the exit status is 1 when any image failed.
 """
 
@@ -36,8 +38,14 @@ from tqdm.auto import tqdm
 
 from ..data.label_tables import generate_palette
 from ..files import write_bytes_atomically
-from ..inference.predict import INFERENCE_MODES, predict_labels
+from ..inference.predict import INFERENCE_MODES, predict_ms_flip_probabilities
 from ..inference.visualize import overlay_with_legend
+from ..models.setr.image_processing_base_setr import (
+    class_probabilities,
+    confidence_from_probabilities,
+    labels_from_scores,
+)
+from . import OneLineArgumentParser
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # The largest full-resolution logits block held at once (a few classes at a time beyond it).
@@ -47,7 +55,9 @@ DEFAULT_OVERLAY_MAX_SIDE = 2048
 # Image modes whose values are 8-bit colours or grey levels; 16-bit and float images would be silently clipped.
 SUPPORTED_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La", "RGBa"}
 URL_TIMEOUT_S = 30
-OUTPUT_FOLDERS = ("labels", "overlays", "classes")
+OUTPUT_FOLDERS = ("labels", "overlays", "classes", "confidence")
+# The confidence map's PNG holds round(p * CONFIDENCE_SCALE) in 16 bits: p to within 1 / 131070.
+CONFIDENCE_SCALE = 65535
 
 
 class InputError(ValueError):
@@ -209,10 +219,15 @@ def load_model(model_name: str, device: torch.device | str = "cpu"):
 
 
 def palette_of(config) -> list[tuple[int, int, int]]:
-    """The model's palette (the dataset's, for converted checkpoints), else the generated one of custom classes."""
+    """A colour for each predicted class (`config.prediction_id2label`): the model's palette (the dataset's, for
+    converted checkpoints), else the generated one of custom classes. A binary model's one colour is its class's,
+    after the generated background colour."""
+    num_classes = len(config.prediction_id2label)
+    generated = list(generate_palette(num_classes))
     if config.palette is not None and len(config.palette) == config.num_labels:
-        return [tuple(int(c) for c in colour) for colour in config.palette]
-    return list(generate_palette(config.num_labels))
+        own = [tuple(int(c) for c in colour) for colour in config.palette]
+        return generated[:1] + own if config.is_binary else own
+    return generated
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype):
@@ -226,38 +241,62 @@ def autocast_context(device: torch.device, dtype: torch.dtype):
 def upsampled_argmax(
     logits: torch.Tensor, output_size: tuple[int, int], max_bytes: int = MAX_LOGITS_BYTES
 ) -> torch.Tensor:
-    """(H, W) argmax of (1, C, h, w) logits resized bilinearly (align_corners=False) to `output_size`, a few
-    channels at a time so that at most about `max_bytes` of full-resolution logits exist at once.
+    """(H, W) class ids of (1, C, h, w) logits resized bilinearly (align_corners=False) to `output_size`, in bounded
+    memory: `upsampled_prediction` without the confidence."""
+    return upsampled_prediction(logits, output_size, max_bytes)[0]
+
+
+def upsampled_prediction(
+    logits: torch.Tensor, output_size: tuple[int, int], max_bytes: int = MAX_LOGITS_BYTES, confidence: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(H, W) class ids of (1, C, h, w) logits resized bilinearly (align_corners=False) to `output_size`, and with
+    `confidence` the (H, W) float32 probability of the predicted class, a few channels at a time so that at most about
+    `max_bytes` of full-resolution logits exist at once.
 
     Bilinear resizing treats channels independently, so each channel is computed exactly as in one call over all
     of them; the running maximum keeps the first class on ties, as `argmax` does. The labels are therefore those of
-    `F.interpolate(logits, output_size).argmax(1)`, bit for bit (int64 when that fits in `max_bytes`, else int32).
+    `labels_from_scores(F.interpolate(logits, output_size))`, bit for bit (int64 when that fits in `max_bytes`, else
+    int32); a binary model's single channel is thresholded at 0. The confidence is the largest softmax probability of
+    those resized logits, `confidence_from_probabilities(class_probabilities(...))`: when the channels do not fit at
+    once it is accumulated in the same pass as 1 / sum_c exp(logit_c - running max) (the online softmax), equal to it
+    up to float rounding.
     """
     height, width = output_size
-    if tuple(logits.shape[-2:]) == (height, width):
-        return logits.argmax(dim=1)[0]
     channels = logits.shape[1]
-    chunk = max(1, max_bytes // (height * width * logits.element_size()))
-    if chunk >= channels:
-        return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False).argmax(dim=1)[0]
-    best = labels = better = None
+    # With the confidence, the probabilities of the block exist beside its logits: half as many channels at a time.
+    chunk = max(1, max_bytes // (height * width * logits.element_size() * (2 if confidence else 1)))
+    if channels == 1 or chunk >= channels:
+        if tuple(logits.shape[-2:]) != (height, width):
+            logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+        labels = labels_from_scores(logits, dim=1)[0]
+        if not confidence:
+            return labels, None
+        return labels, confidence_from_probabilities(class_probabilities(logits.float(), dim=1), dim=1)[0]
+    best = labels = better = total = None
     for start in range(0, channels, chunk):
-        part = F.interpolate(
-            logits[:, start : start + chunk], size=(height, width), mode="bilinear", align_corners=False
-        )[0]
+        part = logits[:, start : start + chunk]
+        if tuple(part.shape[-2:]) != (height, width):
+            part = F.interpolate(part, size=(height, width), mode="bilinear", align_corners=False)
         # One channel at a time, in place: a reduction over the channels of a full-size block is several times
         # slower on CPU than these element-wise passes.
-        for offset, channel in enumerate(part):
+        for offset, channel in enumerate(part[0]):
             if best is None:
                 best = channel.clone()
                 labels = torch.zeros((height, width), dtype=torch.int32, device=logits.device)
                 better = torch.empty((height, width), dtype=torch.bool, device=logits.device)
+                if confidence:
+                    total = torch.ones((height, width), dtype=torch.float32, device=logits.device)
                 continue
             torch.gt(channel, best, out=better)  # strictly: an earlier class keeps a tie
+            if confidence:
+                # sum_c exp(logit_c - max) with a moving max: exp(-|channel - best|) scales the old sum when the
+                # channel is the new max, else it is the channel's own term.
+                factor = (channel - best).abs_().neg_().exp_()
+                total = torch.where(better, total * factor + 1, total + factor)
             torch.maximum(best, channel, out=best)
             labels.masked_fill_(better, start + offset)
         del part
-    return labels
+    return labels, (total.reciprocal_() if confidence else None)
 
 
 @torch.inference_mode()
@@ -267,14 +306,17 @@ def predict_label_maps(
     images: Sequence[Image.Image],
     mode: str,
     dtype: torch.dtype = torch.float32,
-) -> list[np.ndarray]:
+    confidence: bool = False,
+) -> list[np.ndarray] | list[tuple[np.ndarray, np.ndarray]]:
     """(H, W) class ids for each image, with SETR's evaluation protocol (`evaluation.predict_labels`); images of
-    one processed size run through the model together (`whole` and `slide`).
+    one processed size run through the model together (`whole` and `slide`). With `confidence`, (class ids, float32
+    probability of the predicted class) for each image: the largest of the probabilities whose argmax gave the label.
 
     For `whole` and `slide` the logits go through mmseg's two bilinear steps (decoder output -> network input ->
-    original size) with the last one in bounded memory (`upsampled_argmax`), which gives `predict_labels`' labels.
-    `ms_flip` averages softmax probabilities at full resolution, so it refuses images whose probabilities would not
-    fit in `MAX_LOGITS_BYTES` x 16.
+    original size) with the last one in bounded memory (`upsampled_prediction`), which gives `predict_labels`' labels;
+    the confidence is the softmax of those logits (slide: of the window logits the model averaged). `ms_flip` averages
+    the views' probabilities at full resolution (`predict_ms_flip_probabilities`, the labels' own), so it refuses
+    images whose probabilities would not fit in `MAX_LOGITS_BYTES` x 16.
     """
     if mode not in INFERENCE_MODES:
         raise ValueError(f"mode must be one of {INFERENCE_MODES}, got {mode!r}")
@@ -289,8 +331,12 @@ def predict_label_maps(
                     "probability maps); use --mode slide or whole"
                 )
             with autocast_context(device, dtype):
-                labels = predict_labels(model, None, (image.height, image.width), "ms_flip", image, processor)
-            results.append(labels.cpu().numpy())
+                probabilities = predict_ms_flip_probabilities(model, image, processor, (image.height, image.width))
+            labels = labels_from_scores(probabilities, dim=0, probabilities=True).cpu().numpy()
+            if confidence:
+                results.append((labels, confidence_from_probabilities(probabilities, dim=0).float().cpu().numpy()))
+            else:
+                results.append(labels)
         return results
     pixel_values = [processor(images=image, return_tensors="pt")["pixel_values"][0] for image in images]
     if len({tuple(p.shape) for p in pixel_values}) > 1:
@@ -302,10 +348,13 @@ def predict_label_maps(
     input_size = tuple(batch.shape[-2:])
     if tuple(logits.shape[-2:]) != input_size:
         logits = F.interpolate(logits, size=input_size, mode="bilinear", align_corners=False)
-    return [
-        upsampled_argmax(logits[i : i + 1], (image.height, image.width)).cpu().numpy()
-        for i, image in enumerate(images)
-    ]
+    results = []
+    for i, image in enumerate(images):
+        labels, probability = upsampled_prediction(
+            logits[i : i + 1], (image.height, image.width), confidence=confidence
+        )
+        results.append((labels.cpu().numpy(), probability.cpu().numpy()) if confidence else labels.cpu().numpy())
+    return results
 
 
 def class_shares(labels: np.ndarray, id2label: dict[int, str]) -> list[dict[str, Any]]:
@@ -339,6 +388,13 @@ def label_map_image(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> Ima
     flat = [c for colour in palette for c in colour]
     image.putpalette(flat + [0] * (768 - len(flat)))
     return image
+
+
+def confidence_map_image(confidence: np.ndarray) -> Image.Image:
+    """The confidence map as a 16-bit greyscale PNG: pixel value round(p * 65535) for the probability p of the
+    predicted class (read it back as `value / 65535`)."""
+    scaled = np.rint(np.clip(confidence, 0.0, 1.0) * CONFIDENCE_SCALE).astype(np.uint16)
+    return Image.fromarray(scaled)
 
 
 def fit_for_display(image: Image.Image, labels: np.ndarray, max_side: int) -> tuple[Image.Image, np.ndarray]:
@@ -380,13 +436,17 @@ def render_overlay(
 @dataclass
 class Outputs:
     folder: Path
+    confidence: bool = False  # also the confidence maps (`--save_confidence`)
 
     def paths(self, name: str) -> dict[str, Path]:
-        return {
+        paths = {
             "labels": self.folder / "labels" / f"{name}.png",
             "overlay": self.folder / "overlays" / f"{name}.png",
-            "classes": self.folder / "classes" / f"{name}.json",
         }
+        if self.confidence:
+            paths["confidence"] = self.folder / "confidence" / f"{name}.png"
+        paths["classes"] = self.folder / "classes" / f"{name}.json"  # last: written last, it marks the image done
+        return paths
 
     def complete(self, name: str) -> bool:
         return all(path.is_file() for path in self.paths(name).values())
@@ -404,15 +464,20 @@ def save_outputs(
     alpha: float,
     side_by_side: bool,
     overlay_max_side: int,
+    confidence: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Write the label map, the overlay and the class shares of one image (each atomically, the JSON last: it marks
-    the image as done); returns the JSON record."""
+    """Write the label map, the overlay, the confidence map (when `outputs.confidence`) and the class shares of one
+    image (each atomically, the JSON last: it marks the image as done); returns the JSON record."""
     palette = palette_of(config)
-    id2label = {int(k): v for k, v in config.id2label.items()}
+    id2label = config.prediction_id2label
     paths = outputs.paths(source.name)
     write_bytes_atomically(paths["labels"], png_bytes(label_map_image(labels, palette)))
     overlay = render_overlay(image, labels, id2label, palette, alpha, side_by_side, overlay_max_side)
     write_bytes_atomically(paths["overlay"], png_bytes(overlay))
+    if outputs.confidence:
+        if confidence is None:
+            raise ValueError("the outputs include confidence maps, but no confidence was computed")
+        write_bytes_atomically(paths["confidence"], png_bytes(confidence_map_image(confidence)))
     record = {
         "source": source.location,
         "name": source.name,
@@ -424,6 +489,9 @@ def save_outputs(
         "overlay": paths["overlay"].relative_to(outputs.folder).as_posix(),
         "classes": class_shares(labels, id2label),
     }
+    if outputs.confidence:
+        record["confidence"] = paths["confidence"].relative_to(outputs.folder).as_posix()
+        record["confidence_scale"] = CONFIDENCE_SCALE
     write_bytes_atomically(paths["classes"], (json.dumps(record, indent=2) + "\n").encode())
     return record
 
@@ -438,10 +506,13 @@ def index_html(records: Sequence[dict[str, Any]], failures: Sequence[tuple[str, 
         )
         overlay = html.escape(urllib.parse.quote(record["overlay"]))
         labels = html.escape(urllib.parse.quote(record["labels"]))
+        confidence = ""
+        if record.get("confidence"):
+            confidence = f' · <a href="{html.escape(urllib.parse.quote(record["confidence"]))}">confidence</a>'
         cards.append(
             f'<figure><a href="{overlay}"><img src="{overlay}" alt="overlay of {html.escape(record["name"])}"></a>'
             f"<figcaption><b>{html.escape(record['source'])}</b> ({record['width']}×{record['height']}, "
-            f'{html.escape(record["mode"])}) · <a href="{labels}">label map</a>'
+            f'{html.escape(record["mode"])}) · <a href="{labels}">label map</a>{confidence}'
             f"<table><tr><th>id</th><th>class</th><th>share</th></tr>{rows}</table></figcaption></figure>"
         )
     failed = ""
@@ -465,7 +536,7 @@ def index_html(records: Sequence[dict[str, Any]], failures: Sequence[tuple[str, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="setr segment",
         description="Segment images, folders, globs or URLs with a SETR model: label maps (PNG, class ids as values), "
         "colour overlays with a legend, per-class pixel shares (JSON) and an index.html.",
@@ -487,7 +558,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_OVERLAY_MAX_SIDE,
         help="longest side of the overlays; larger photos are shown smaller (label maps keep full size)",
     )
-    parser.add_argument("--skip_existing", action="store_true", help="skip images whose three outputs exist")
+    parser.add_argument("--skip_existing", action="store_true", help="skip images whose outputs all exist")
+    parser.add_argument(
+        "--save_confidence",
+        action="store_true",
+        help="also write confidence/<name>.png: the probability of the predicted class per pixel, as a 16-bit PNG "
+        "of round(p * 65535)",
+    )
     return parser
 
 
@@ -541,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         return _fail(f"--output {output}: {error}")
-    outputs = Outputs(output)
+    outputs = Outputs(output, confidence=args.save_confidence)
     save = dict(
         model_name=args.model,
         mode=mode,
@@ -564,7 +641,9 @@ def main(argv: list[str] | None = None) -> int:
     def run(batch: list[tuple[ImageSource, Image.Image]]) -> None:
         # Images of one processed size go through the model together; each keeps its own failure.
         try:
-            label_maps = predict_label_maps(model, processor, [image for _, image in batch], mode, dtype)
+            predictions = predict_label_maps(
+                model, processor, [image for _, image in batch], mode, dtype, confidence=args.save_confidence
+            )
         except (InputError, ValueError, RuntimeError) as error:
             if len(batch) > 1:
                 for item in batch:
@@ -573,9 +652,12 @@ def main(argv: list[str] | None = None) -> int:
             report(batch[0][0], str(error).splitlines()[0])
             progress.update(1)
             return
-        for (source, image), labels in zip(batch, label_maps):
+        for (source, image), prediction in zip(batch, predictions):
+            labels, confidence = prediction if args.save_confidence else (prediction, None)
             try:
-                records[source.name] = save_outputs(outputs, source, image, labels, model.config, **save)
+                records[source.name] = save_outputs(
+                    outputs, source, image, labels, model.config, confidence=confidence, **save
+                )
             except OSError as error:
                 report(source, f"cannot write its outputs: {error}")
             progress.update(1)

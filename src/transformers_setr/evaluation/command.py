@@ -118,8 +118,9 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 
 def _custom_classes_of(model, args: argparse.Namespace) -> dict[int, str] | None:
     """The classes of a model trained on custom data (not ADE20K's or Cityscapes'), as the stored mask values of
-    its data (shifted by one under --do_reduce_labels true); None for a model of a preset dataset."""
-    classes = {int(index): name for index, name in model.config.id2label.items()}
+    its data (shifted by one under --do_reduce_labels true); None for a model of a preset dataset. A binary model's
+    are background (0) and its class (1)."""
+    classes = {int(index): name for index, name in model.config.prediction_id2label.items()}
     if args.dataset is not None or any(classes == id2label_for(name) for name in DATASETS):
         return None
     return {index + 1: name for index, name in classes.items()} if args.do_reduce_labels else classes

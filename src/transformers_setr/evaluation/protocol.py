@@ -2,8 +2,9 @@
 
 Each image is resized keep-ratio to the image processor's test scale, segmented with the chosen inference mode
 (`whole`, `slide`: the model's sliding windows, `ms_flip`: multi-scale + flip from `inference.py`), its logits are
-resized bilinearly to the ORIGINAL ground-truth resolution and arg-maxed, and the per-class areas are summed over the
-dataset (`metrics.intersect_and_union`). Only the (4, num_labels) sums are kept, so memory does not grow with the
+resized bilinearly to the ORIGINAL ground-truth resolution and arg-maxed (a binary model's one logit thresholded at 0
+into its two classes, `config.prediction_id2label`), and the per-class areas are summed over the dataset
+(`metrics.intersect_and_union`). Only the (4, num_labels) sums are kept, so memory does not grow with the
 dataset; with `accelerate` each process evaluates every `num_processes`-th image and the sums are added up, which
 gives exactly the single-process numbers.
 """
@@ -191,9 +192,12 @@ def evaluate_segmentation(
     _check_split(data, split)
     model = accelerator.unwrap_model(model) if accelerator is not None else model
     num_labels = data.num_labels
-    if model.config.num_labels != num_labels:
+    # A binary model (one logit) predicts two classes, background and its own: it is scored on 2-class data.
+    predicted = len(model.config.prediction_id2label)
+    if predicted != num_labels:
+        binary = " (a binary model: background and its class)" if model.config.is_binary else ""
         raise ValueError(
-            f"the model predicts {model.config.num_labels} classes but {data.source} ({data.dataset}) has {num_labels}"
+            f"the model predicts {predicted} classes{binary} but {data.source} ({data.dataset}) has {num_labels}"
         )
     dataset = SegmentationEvalDataset(
         data, image_processor, split, keep_images=mode == "ms_flip", max_samples=max_samples

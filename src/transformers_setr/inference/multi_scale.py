@@ -4,8 +4,8 @@ Single-scale sliding-window inference is the model's own (`SetrForSemanticSegmen
 `forward` when `config.inference_mode == "slide"`). Multi-scale needs the original image at several sizes, so it
 lives here, next to the image processor: for each ratio r the image is resized keep-ratio to the dataset's test scale
 times r (mmsegmentation 0.x `MultiScaleFlipAug`, which produced the reported ms+flip numbers), each view (and its
-horizontal flip) is segmented with the model's protocol, its logits are resized to the original size, and the softmax
-probabilities of all views are averaged.
+horizontal flip) is segmented with the model's protocol, its logits are resized to the original size, and the class
+probabilities of all views (softmax; a binary model's sigmoid, `class_probabilities`) are averaged.
 """
 
 from collections.abc import Sequence
@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from ..models.setr.image_processing_base_setr import class_probabilities, labels_from_scores
 
 MMSEG_TTA_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
@@ -36,7 +38,8 @@ def multi_scale_flip_probabilities(
     flip: bool = True,
     inference_mode: str | None = None,
 ) -> torch.Tensor:
-    """Class probabilities (num_labels, H, W) at the original size, averaged over scales (and flips)."""
+    """Class probabilities (num_labels, H, W) at the original size, averaged over scales (and flips); for a binary
+    model (one channel) the averaged foreground probability."""
     longest, shortest = _test_scale(image_processor)
     height, width = image.height, image.width
     device = next(model.parameters()).device
@@ -48,7 +51,7 @@ def multi_scale_flip_probabilities(
             inputs = pixel_values.flip(-1) if flipped else pixel_values
             logits = model(pixel_values=inputs, inference_mode=inference_mode).logits
             logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-            probabilities = logits.softmax(dim=1)[0]
+            probabilities = class_probabilities(logits.float(), dim=1)[0]
             if flipped:
                 probabilities = probabilities.flip(-1)
             total = probabilities if total is None else total + probabilities
@@ -58,4 +61,5 @@ def multi_scale_flip_probabilities(
 
 def multi_scale_flip_segmentation(model, image_processor, image: Image.Image, **kwargs) -> torch.Tensor:
     """(H, W) class ids from `multi_scale_flip_probabilities`."""
-    return multi_scale_flip_probabilities(model, image_processor, image, **kwargs).argmax(dim=0)
+    probabilities = multi_scale_flip_probabilities(model, image_processor, image, **kwargs)
+    return labels_from_scores(probabilities, dim=0, probabilities=True)

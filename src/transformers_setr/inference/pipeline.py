@@ -9,14 +9,19 @@ Registered by `registration.register_pipeline` as the task's implementation. For
   which fails for different sizes, and padding would change SETR's result (the position table is resized to the
   padded grid, zeros become tokens). Images of the same size run together, the others separately, so each image
   gets exactly the masks it gets with `batch_size=1`;
-- an empty list of images is an error naming the problem, not an `IndexError`.
+- an empty list of images is an error naming the problem, not an `IndexError`; a path that looks like a file and
+  does not exist is "no such file", not a base64 decoding error;
+- the masks are named by `config.prediction_id2label`, so a binary model (`num_labels=1`, its logit thresholded into
+  background and its class by the image processor) gives a mask for each of the two classes.
 """
 
 import base64
 import io
 import os
+import string
 from typing import Any
 
+import numpy as np
 import PIL.Image
 import PIL.ImageOps
 import torch
@@ -28,6 +33,16 @@ def is_setr(model: Any) -> bool:
     return getattr(getattr(model, "config", None), "model_type", None) == "setr"
 
 
+# What base64 text may hold (the alphabet, padding and line breaks): a string with any other character (`.`, `\\`,
+# `:`, `~`, ...) is not base64 data, so it was meant as a path or URL.
+BASE64_CHARACTERS = frozenset(string.ascii_letters + string.digits + "+/=\n\r\t ")
+
+
+def looks_like_a_path(text: str) -> bool:
+    """A string that cannot be base64 data (`no/such.jpg`, `C:\\photo`, `~/photo`): meant as a local file."""
+    return not text.startswith("data:") and any(character not in BASE64_CHARACTERS for character in text)
+
+
 def open_image(image: str | PIL.Image.Image, timeout: float | None = None) -> PIL.Image.Image:
     """transformers' `load_image` (URL, local file, base64 string or PIL image; EXIF orientation applied) without its
     final `convert("RGB")`, so that the image processor decides about the image's mode."""
@@ -36,6 +51,8 @@ def open_image(image: str | PIL.Image.Image, timeout: float | None = None) -> PI
             image = PIL.Image.open(io.BytesIO(httpx.get(image, timeout=timeout, follow_redirects=True).content))
         elif os.path.isfile(image):
             image = PIL.Image.open(image)
+        elif looks_like_a_path(image):
+            raise FileNotFoundError(f"no such file: {image}")
         else:
             if image.startswith("data:image/"):
                 image = image.split(",")[1]
@@ -43,8 +60,8 @@ def open_image(image: str | PIL.Image.Image, timeout: float | None = None) -> PI
                 image = PIL.Image.open(io.BytesIO(base64.decodebytes(image.encode())))
             except Exception as error:
                 raise ValueError(
-                    f"Incorrect image source: expected a URL starting with http:// or https://, a path to an image "
-                    f"file or a base64 string, got {image[:100]!r} ({error})"
+                    f"Incorrect image source: {image[:100]!r} is no file here, no URL (http:// or https://) and no "
+                    f"base64 image data ({error})"
                 ) from error
     elif not isinstance(image, PIL.Image.Image):
         raise TypeError(
@@ -93,3 +110,18 @@ class SetrImageSegmentationPipeline(ImageSegmentationPipeline):
         outputs = type(outputs)(logits=logits)
         outputs["target_size"] = target_sizes
         return outputs
+
+    def postprocess(self, model_outputs: Any, subtask: str | None = None, **kwargs: Any) -> Any:
+        if not is_setr(self.model):
+            return super().postprocess(model_outputs, subtask=subtask, **kwargs)
+        if subtask not in ("semantic", None):
+            raise ValueError(f"Subtask {subtask} is not supported for SETR, a semantic segmentation model")
+        segmentation = self.image_processor.post_process_semantic_segmentation(
+            model_outputs, target_sizes=model_outputs["target_size"]
+        )[0].numpy()
+        id2label = self.model.config.prediction_id2label
+        annotation = []
+        for label in np.unique(segmentation):
+            mask = PIL.Image.fromarray(((segmentation == label) * 255).astype(np.uint8), mode="L")
+            annotation.append({"score": None, "label": id2label[int(label)], "mask": mask})
+        return annotation

@@ -1,6 +1,7 @@
 """The one entry to SETR's inference modes: `whole`, `slide` (the model's own, `config.inference_mode`) and
 `ms_flip` (multi-scale + flip, `multi_scale.py`), each giving class ids at the image's original size with
-mmsegmentation's protocol (logits resized bilinearly, `align_corners=False`, then argmax).
+mmsegmentation's protocol (logits resized bilinearly, `align_corners=False`, then argmax; a binary model's single
+logit is thresholded at 0, `labels_from_scores`).
 """
 
 import torch
@@ -8,11 +9,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..models.setr.configuration_setr import MODEL_INFERENCE_MODES
+from ..models.setr.image_processing_base_setr import labels_from_scores
 from .multi_scale import multi_scale_flip_probabilities
 
 INFERENCE_MODES = (*MODEL_INFERENCE_MODES, "ms_flip")
 
-__all__ = ["INFERENCE_MODES", "check_mode", "predict_batch", "predict_labels"]
+__all__ = ["INFERENCE_MODES", "check_mode", "predict_batch", "predict_labels", "predict_ms_flip_probabilities"]
 
 
 def check_mode(mode: str, what: str = "inference") -> None:
@@ -43,7 +45,21 @@ def predict_batch(
         logits = F.interpolate(logits, size=input_size, mode="bilinear", align_corners=False)
     if tuple(logits.shape[-2:]) != tuple(output_size):
         logits = F.interpolate(logits, size=tuple(output_size), mode="bilinear", align_corners=False)
-    return logits.argmax(dim=1)
+    return labels_from_scores(logits, dim=1)
+
+
+@torch.inference_mode()
+def predict_ms_flip_probabilities(
+    model: torch.nn.Module, image: Image.Image, image_processor, output_size: tuple[int, int]
+) -> torch.Tensor:
+    """(C, H, W) class probabilities of `ms_flip` at `output_size`, averaged over the views (a binary model: (1, H, W),
+    the averaged foreground probability): what `predict_labels` takes the labels of."""
+    check_eval(model)
+    output_size = (int(output_size[0]), int(output_size[1]))
+    probabilities = multi_scale_flip_probabilities(model, image_processor, image)
+    if tuple(probabilities.shape[-2:]) != output_size:
+        probabilities = F.interpolate(probabilities[None], size=output_size, mode="bilinear", align_corners=False)[0]
+    return probabilities
 
 
 @torch.inference_mode()
@@ -72,12 +88,8 @@ def predict_labels(
     if mode == "ms_flip":
         if image is None or image_processor is None:
             raise ValueError("ms_flip evaluation needs the original image and the image processor")
-        probabilities = multi_scale_flip_probabilities(model, image_processor, image)
-        if tuple(probabilities.shape[-2:]) != output_size:
-            probabilities = F.interpolate(probabilities[None], size=output_size, mode="bilinear", align_corners=False)[
-                0
-            ]
-        return probabilities.argmax(dim=0)
+        probabilities = predict_ms_flip_probabilities(model, image, image_processor, output_size)
+        return labels_from_scores(probabilities, dim=0, probabilities=True)
     if pixel_values is None:
         raise ValueError(f"{mode} evaluation needs pixel_values")
     if pixel_values.ndim == 3:

@@ -491,7 +491,9 @@ def build_trainer(
         else None,
         data_collator=eval_collate,  # stacks fixed-size training crops too
         processing_class=processor,
-        compute_metrics=trainer_compute_metrics(model.config.num_labels, model.config.id2label),
+        compute_metrics=trainer_compute_metrics(
+            len(model.config.prediction_id2label), model.config.prediction_id2label
+        ),
     )
 
 

@@ -326,7 +326,7 @@ class SetrTrainer(Trainer):
             unwrapped,
             inputs,
             getattr(self.args, "eval_mode", "slide"),
-            unwrapped.config.num_labels,
+            len(unwrapped.config.prediction_id2label),  # a binary model: 2 classes
             image_processor=self.processing_class,
             ignore_index=unwrapped.config.semantic_loss_ignore_index,
         )

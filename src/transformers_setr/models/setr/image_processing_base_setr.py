@@ -742,7 +742,7 @@ class SetrImageProcessingMixin:
                 target = target_sizes[i]
                 target = tuple(int(s) for s in (target.tolist() if isinstance(target, torch.Tensor) else target))
                 scores = F.interpolate(scores[None], size=target, mode="bilinear", align_corners=False)[0]
-            segmentation = scores.argmax(dim=0)
+            segmentation = labels_from_scores(scores, dim=0)
             if return_segmentation_scores:
                 results.append(
                     SemanticSegmentationPostProcessorOutput(
