@@ -706,7 +706,8 @@ class SetrImageProcessingMixin:
             target_sizes (`list[tuple[int, int]]` or `torch.Tensor`, *optional*):
                 `(height, width)` of each prediction (usually the original image size). The logits are resized there
                 bilinearly (`align_corners=False`, as mmseg does) before the argmax. If unset, the argmax is taken
-                at the logits' resolution.
+                at the logits' resolution. A binary model's single channel (`num_labels=1`) is thresholded instead
+                (logit > 0 is class 1), giving a 0/1 map (`labels_from_scores`).
             return_segmentation_scores (`bool`, *optional*, defaults to `False`):
                 If `True`, return `SemanticSegmentationPostProcessorOutput` items with `segmentation` and
                 `segmentation_scores` (the resized raw logits, `(num_labels, height, width)`).
@@ -728,7 +729,7 @@ class SetrImageProcessingMixin:
                 target = target_sizes[i]
                 target = tuple(int(s) for s in (target.tolist() if isinstance(target, torch.Tensor) else target))
                 scores = F.interpolate(scores[None], size=target, mode="bilinear", align_corners=False)[0]
-            segmentation = scores.argmax(dim=0)
+            segmentation = labels_from_scores(scores, dim=0)
             if return_segmentation_scores:
                 results.append(
                     SemanticSegmentationPostProcessorOutput(
