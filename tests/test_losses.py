@@ -290,6 +290,24 @@ def test_setr_train_refuses_a_bad_loss_in_one_line(tmp_path, capsys, overrides, 
     assert not (tmp_path / "out" / "config.json").exists()
 
 
+def test_fine_tuning_a_saved_model_into_a_binary_one_with_its_loss(tmp_path, capsys):
+    data = write_binary_folder(tmp_path / "lesions", count=4)
+    SetrForSemanticSegmentation(tiny_config("naive", palette=[[9, 9, 9]] * 5)).save_pretrained(tmp_path / "base")
+    loss = [{"type": "binary_cross_entropy", "class_weight": [4.0]}, {"type": "dice"}]
+    arguments = train_args(data, tmp_path / "run", {"num_labels": 1, "loss": loss}, steps=2)
+    arguments[arguments.index("--config_overrides") + 1] = json.dumps({"num_labels": 1, "loss": loss})
+    assert setr([*arguments, "--model_name_or_path", str(tmp_path / "base")]) == 0
+    model = AutoModelForSemanticSegmentation.from_pretrained(tmp_path / "run")
+    assert model.config.id2label == {0: "lesion"} and model.config.loss == loss and model.config.palette is None
+    assert model.config.hidden_size == 32 and model.decode_head.classifier.out_channels == 1
+    # the architecture is the checkpoint's: a different value is refused, the same one accepted
+    arguments[arguments.index("--config_overrides") + 1] = json.dumps({"hidden_size": 64})
+    with pytest.raises(SystemExit):
+        setr([*arguments, "--model_name_or_path", str(tmp_path / "base"), "--output_dir", str(tmp_path / "other")])
+    error = capsys.readouterr().err
+    assert "--config_overrides ['hidden_size'] cannot change a model loaded with --model_name_or_path" in error
+
+
 def test_binary_needs_two_class_data(tmp_path, capsys):
     data = write_binary_folder(tmp_path / "lesions", count=2)
     (data / "id2label.json").write_text(json.dumps({"0": "background", "1": "lesion", "2": "scar"}))

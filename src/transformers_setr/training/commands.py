@@ -456,13 +456,16 @@ def _pretrained_model(
 ) -> SetrForSemanticSegmentation:
     """The model of `--model_name_or_path` with the data's classes (a new classifier when they differ, every other
     weight kept) and the allowed `--config_overrides`."""
-    fixed = sorted(set(overrides) - set(PRETRAINED_OVERRIDES))
+    config = _checked_config(lambda: SetrConfig.from_pretrained(name_or_path))
+    # Other fields may be restated (the same value), not changed.
+    fixed = sorted(
+        name for name in set(overrides) - set(PRETRAINED_OVERRIDES) if getattr(config, name, None) != overrides[name]
+    )
     if fixed:
         raise CommandLineError(
             f"--config_overrides {fixed} cannot change a model loaded with --model_name_or_path (its architecture is "
             f"the checkpoint's); allowed: {', '.join(PRETRAINED_OVERRIDES)}"
         )
-    config = _checked_config(lambda: SetrConfig.from_pretrained(name_or_path))
     relabel = {int(k): v for k, v in config.id2label.items()} != id2label
     if relabel:
         # The user's classes: a new classifier (the main and auxiliary heads' last convolutions, whose shapes
