@@ -456,7 +456,7 @@ def _pretrained_model(
 ) -> SetrForSemanticSegmentation:
     """The model of `--model_name_or_path` with the data's classes (a new classifier when they differ, every other
     weight kept) and the allowed `--config_overrides`."""
-    config = _checked_config(lambda: SetrConfig.from_pretrained(name_or_path))
+    config = SetrConfig.from_pretrained(name_or_path)
     # Other fields may be restated (the same value), not changed.
     fixed = sorted(
         name for name in set(overrides) - set(PRETRAINED_OVERRIDES) if getattr(config, name, None) != overrides[name]
@@ -478,9 +478,14 @@ def _pretrained_model(
         )
         config.id2label = id2label  # also rebuilds label2id and drops a palette of the wrong length
         config.palette = palette
-    for name, value in overrides.items():
-        setattr(config, name, value)
-    _checked_config(lambda: config.validate() or config)
+
+    def apply_overrides() -> SetrConfig:
+        for name, value in overrides.items():
+            setattr(config, name, value)  # type-checked by the strict dataclass
+        config.validate()
+        return config
+
+    _checked_config(apply_overrides)
     return SetrForSemanticSegmentation.from_pretrained(name_or_path, config=config, ignore_mismatched_sizes=relabel)
 
 
