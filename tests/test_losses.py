@@ -271,6 +271,20 @@ def test_setr_train_with_a_loss_list_and_ohem(tmp_path):
     assert all(np.isfinite(logged_losses(output_dir)))
 
 
+def test_accelerate_loop_trains_a_binary_model_with_its_loss(tmp_path):
+    data = write_binary_folder(tmp_path / "lesions", count=4)
+    output_dir = tmp_path / "loop"
+    loss = [{"type": "binary_cross_entropy", "avg_non_ignore": True}, {"type": "dice", "naive_dice": True}]
+    arguments = train_args(data, output_dir, {"num_labels": 1, "loss": loss}, steps=3)
+    for flag in ("--eval_strategy", "--report_to"):  # Trainer options the loop does not have
+        index = arguments.index(flag)
+        del arguments[index : index + 2]
+    assert setr(["train-loop", *arguments[1:], "--checkpointing_steps", "1000"]) == 0
+    assert json.loads((output_dir / "config.json").read_text())["loss"] == loss
+    losses = json.loads((output_dir / "train_losses.json").read_text())["losses"]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
