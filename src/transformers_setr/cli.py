@@ -68,7 +68,10 @@ def parse_config_overrides(text: str | None) -> dict[str, Any]:
         raise ValueError(f"config overrides must be a JSON object, got {text!r}: {error.msg}{hint}") from None
     if not isinstance(overrides, dict):
         raise ValueError(f"config overrides must be a JSON object of SetrConfig fields, got {text!r}")
-    unknown = sorted(name for name in overrides if name not in SetrConfig.__dataclass_fields__)
+    # `num_labels` is no dataclass field but a constructor argument of every config (`{"num_labels": 1}`: binary)
+    unknown = sorted(
+        name for name in overrides if name not in SetrConfig.__dataclass_fields__ and name != "num_labels"
+    )
     if unknown:
         raise ValueError(f"config overrides {unknown} are not SetrConfig fields")
     return overrides

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformers import HfArgumentParser, set_seed
 
 from ..cli import parse_config_overrides
@@ -80,7 +81,9 @@ class ModelArguments:
     config_overrides: str | None = field(
         default=None,
         metadata={
-            "help": 'SetrConfig fields for a fresh model, as a JSON object: \'{"hidden_size": 64, "num_hidden_layers": 4}\''
+            "help": 'SetrConfig fields for a fresh model, as a JSON object: \'{"hidden_size": 64, "num_hidden_layers": 4}\'; '
+            'with --model_name_or_path only the loss and inference fields ("loss", "loss_sampler", ...). '
+            '{"num_labels": 1}: a binary model of two-class data'
         },
     )
 
@@ -389,36 +392,25 @@ def build_model(
     """A model for `data` and the image processor of its test pipeline."""
     preset = PRESETS[model_args.preset]
     palette = [list(colour) for colour in data.palette]
+    try:
+        overrides = parse_config_overrides(model_args.config_overrides)
+    except ValueError as error:
+        raise CommandLineError(f"--config_overrides: {error}") from None
+    id2label = data.id2label
+    if "num_labels" in overrides:
+        id2label = _binary_id2label(overrides.pop("num_labels"), data)
+        palette = None  # a binary model's predictions are 0/1 maps; the visualisers colour them
     if model_args.model_name_or_path:
-        model = SetrForSemanticSegmentation.from_pretrained(model_args.model_name_or_path)
-        if {int(k): v for k, v in model.config.id2label.items()} != data.id2label:
-            # The user's classes: a new classifier (the main and auxiliary heads' last convolutions, whose shapes
-            # change), every other weight kept.
-            logger.info(
-                "new classifier for the %d classes of %s (the model had %d)",
-                data.num_labels,
-                data.name,
-                model.config.num_labels,
-            )
-            model = SetrForSemanticSegmentation.from_pretrained(
-                model_args.model_name_or_path,
-                id2label=data.id2label,
-                palette=palette,
-                ignore_mismatched_sizes=True,
-            )
+        model = _pretrained_model(model_args.model_name_or_path, overrides, id2label, palette, data)
     else:
-        try:
-            overrides = parse_config_overrides(model_args.config_overrides)
-        except ValueError as error:
-            raise CommandLineError(f"--config_overrides: {error}") from None
         if data_args.crop_size:
             overrides.setdefault("image_size", data_args.crop_size)
             overrides.setdefault("slide_crop_size", data_args.crop_size)
             overrides.setdefault("slide_stride", default_slide_stride(data_args.crop_size))
-        if data.dataset != preset.dataset or data.num_labels != preset.num_labels:
-            overrides.setdefault("id2label", data.id2label)
+        if data.dataset != preset.dataset or len(id2label) != preset.num_labels:
+            overrides.setdefault("id2label", id2label)
             overrides.setdefault("palette", palette)
-        model = SetrForSemanticSegmentation(config_for_preset(preset, **overrides))
+        model = SetrForSemanticSegmentation(_checked_config(lambda: config_for_preset(preset, **overrides)))
         backbone = model_args.backbone or (TIMM_BACKBONE_DEFAULT if _is_vit_large(model.config) else "none")
         if backbone != "none":
             from ..conversion.from_timm import load_timm_vit_pretrain
@@ -438,6 +430,84 @@ def build_model(
         longest, shortest = _int_pair(data_args.scale, "--scale")
         processor.size = {"shortest_edge": shortest, "longest_edge": longest}
     return model, processor
+
+
+# What `--config_overrides` may change on a model loaded with `--model_name_or_path` (its architecture is the
+# checkpoint's): the training loss and the inference protocol.
+PRETRAINED_OVERRIDES = (
+    "loss",
+    "loss_sampler",
+    "auxiliary_loss_weight",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "inference_mode",
+    "slide_crop_size",
+    "slide_stride",
+    "slide_batch_size",
+)
+
+
+def _checked_config(build: Callable[[], SetrConfig]) -> SetrConfig:
+    """A config from `--config_overrides`, or a `CommandLineError` with the config's own one-line reason."""
+    try:
+        return build()
+    except (ValueError, TypeError, StrictDataclassError) as error:
+        reason = error.__cause__ if isinstance(error, StrictDataclassError) and error.__cause__ else error
+        raise CommandLineError(f"--config_overrides: {reason}") from None
+
+
+def _binary_id2label(num_labels: object, data: SegmentationData) -> dict[int, str]:
+    """`{"num_labels": 1}`: a binary model (one sigmoid channel) of two-class data; its one label is the data's
+    class 1 (the foreground), class 0 being the background. Any other count is the data's to give."""
+    if num_labels != 1:
+        raise CommandLineError(
+            f"--config_overrides: num_labels={num_labels!r}: the classes come from the data ({data.num_labels}); only "
+            "num_labels=1 may be given (a binary model of two-class data)"
+        )
+    if data.num_labels != 2:
+        raise CommandLineError(
+            f"--config_overrides: num_labels=1 (a binary model) needs data with two classes, background (0) and "
+            f"foreground (1); {data.name} has {data.num_labels}"
+        )
+    return {0: data.id2label[1]}
+
+
+def _pretrained_model(
+    name_or_path: str, overrides: dict[str, Any], id2label: dict[int, str], palette: list | None, data
+) -> SetrForSemanticSegmentation:
+    """The model of `--model_name_or_path` with the data's classes (a new classifier when they differ, every other
+    weight kept) and the allowed `--config_overrides`."""
+    config = SetrConfig.from_pretrained(name_or_path)
+    # Other fields may be restated (the same value), not changed.
+    fixed = sorted(
+        name for name in set(overrides) - set(PRETRAINED_OVERRIDES) if getattr(config, name, None) != overrides[name]
+    )
+    if fixed:
+        raise CommandLineError(
+            f"--config_overrides {fixed} cannot change a model loaded with --model_name_or_path (its architecture is "
+            f"the checkpoint's); allowed: {', '.join(PRETRAINED_OVERRIDES)}"
+        )
+    relabel = {int(k): v for k, v in config.id2label.items()} != id2label
+    if relabel:
+        # The user's classes: a new classifier (the main and auxiliary heads' last convolutions, whose shapes
+        # change), every other weight kept.
+        logger.info(
+            "new classifier for the %d classes of %s (the model had %d)",
+            len(id2label),
+            data.name,
+            config.num_labels,
+        )
+        config.id2label = id2label  # also rebuilds label2id and drops a palette of the wrong length
+        config.palette = palette
+
+    def apply_overrides() -> SetrConfig:
+        for name, value in overrides.items():
+            setattr(config, name, value)  # type-checked by the strict dataclass
+        config.validate()
+        return config
+
+    _checked_config(apply_overrides)
+    return SetrForSemanticSegmentation.from_pretrained(name_or_path, config=config, ignore_mismatched_sizes=relabel)
 
 
 def build_train_dataset(

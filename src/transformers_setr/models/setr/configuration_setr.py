@@ -25,6 +25,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.utils import logging
 
+from .loss_setr import loss_config_errors
+
 logger = logging.get_logger(__name__)
 
 # Per-decoder defaults, taken from the released mmsegmentation SETR configs (ADE20K, ViT-L/16).
@@ -207,6 +209,16 @@ class SetrConfig(PreTrainedConfig):
             Weight of each auxiliary head's loss, as mmsegmentation.
         semantic_loss_ignore_index (`int`, *optional*, defaults to 255):
             Label of the pixels the loss ignores.
+        loss (`list[dict]`, *optional*):
+            The loss of every head, a weighted sum of terms defined as mmsegmentation 1.2.2 defines them
+            (`loss_setr.py`): each `{"type": ..., "weight": 1.0, ...options}` with type `"cross_entropy"`
+            (`class_weight`, `avg_non_ignore`), `"binary_cross_entropy"` (binary models; `class_weight=[w]` is BCE's
+            `pos_weight`, `avg_non_ignore`), `"dice"` (`use_sigmoid`, `naive_dice`, `eps`) or `"focal"` (`gamma`,
+            `alpha`, `class_weight`). `None` (the default): cross-entropy averaged over all pixels, as the released
+            configs; for a binary model (`num_labels=1`) BCE over the labelled pixels, as SegFormer.
+        loss_sampler (`dict`, *optional*):
+            `{"type": "ohem", "thresh": 0.7, "min_kept": 100000}`: mmsegmentation's `OHEMPixelSampler`, which keeps
+            only the hard pixels in each head's cross-entropy / BCE terms.
         inference_mode (`str`, *optional*, defaults to `"whole"`):
             What `forward` does without `labels` in eval mode. `"whole"` returns logits at the decoder's resolution
             (transformers' convention); `"slide"` runs mmsegmentation's sliding-window inference and returns logits at
@@ -277,6 +289,8 @@ class SetrConfig(PreTrainedConfig):
     auxiliary_loss_weight: float = 0.4
 
     semantic_loss_ignore_index: int = IGNORE_INDEX
+    loss: list[dict] | None = None
+    loss_sampler: dict | None = None
 
     inference_mode: InferenceMode = "whole"
     slide_crop_size: int | list[int] | tuple[int, int] | None = None
@@ -311,9 +325,17 @@ class SetrConfig(PreTrainedConfig):
         if self.id2label is not None:
             self.id2label = _checked_id2label(self.id2label)
             if num_labels is not None and num_labels != len(self.id2label):
-                raise ValueError(
-                    f"num_labels={num_labels} contradicts id2label, which has {len(self.id2label)} entries."
+                # Stock transformers' rule (the re-head flow `from_pretrained(folder, num_labels=7,
+                # ignore_mismatched_sizes=True)` passes the saved id2label with the new count): warn, and the count
+                # wins with generic names; the saved label2id and palette described the old labels.
+                logger.warning(
+                    f"You passed `num_labels={num_labels}` which is incompatible to the `id2label` map of length "
+                    f"`{len(self.id2label)}`: the labels become LABEL_0..LABEL_{num_labels - 1}."
                 )
+                self.id2label = {index: f"LABEL_{index}" for index in range(max(num_labels, 0))}
+                self.label2id = None
+                if self.palette is not None and len(self.palette) != num_labels:
+                    self.palette = None
             kwargs.pop("num_labels", None)
             if self.label2id is None:
                 self.label2id = {name: index for index, name in self.id2label.items()}
@@ -467,6 +489,8 @@ class SetrConfig(PreTrainedConfig):
             errors.append(f"palette must hold one [r, g, b] per label ({self.num_labels}), got {len(self.palette)}")
         if self.num_labels is None or self.num_labels < 1:
             errors.append("a SETR model needs at least one label")
+        else:
+            errors += loss_config_errors(self.loss, self.loss_sampler, self.num_labels)
         if errors:
             raise ValueError("Invalid SetrConfig: " + "; ".join(errors) + ".")
 

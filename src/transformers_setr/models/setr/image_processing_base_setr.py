@@ -720,7 +720,8 @@ class SetrImageProcessingMixin:
             target_sizes (`list[tuple[int, int]]` or `torch.Tensor`, *optional*):
                 `(height, width)` of each prediction (usually the original image size). The logits are resized there
                 bilinearly (`align_corners=False`, as mmseg does) before the argmax. If unset, the argmax is taken
-                at the logits' resolution.
+                at the logits' resolution. A binary model's single channel (`num_labels=1`) is thresholded instead
+                (logit > 0 is class 1), giving a 0/1 map (`labels_from_scores`).
             return_segmentation_scores (`bool`, *optional*, defaults to `False`):
                 If `True`, return `SemanticSegmentationPostProcessorOutput` items with `segmentation` and
                 `segmentation_scores` (the resized raw logits, `(num_labels, height, width)`).

@@ -50,6 +50,7 @@ from .fast_inference_setr import (
     inference_linear,
     output_is_overwritable,
 )
+from .loss_setr import head_loss
 
 logger = logging.get_logger(__name__)
 
@@ -65,9 +66,10 @@ SETR_AUTO_MAP = {
 class SetrSemanticSegmenterOutput(SemanticSegmenterOutput):
     r"""
     loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` is provided):
-        Cross-entropy of the decode head plus `auxiliary_loss_weight` times that of each auxiliary head, each on
-        logits resized bilinearly to the label size, ignoring `semantic_loss_ignore_index` and averaged over all
-        pixels, ignored ones included (mmsegmentation's `avg_non_ignore=False`).
+        The decode head's loss plus `auxiliary_loss_weight` times that of each auxiliary head, each on logits resized
+        bilinearly to the label size, ignoring `semantic_loss_ignore_index`. By default cross-entropy averaged over all
+        pixels, ignored ones included (mmsegmentation's `avg_non_ignore=False`), or for a binary model
+        (`num_labels=1`) BCE as SegFormer; `config.loss` / `config.loss_sampler` choose others (`loss_setr.py`).
     logits (`torch.FloatTensor` of shape `(batch_size, num_labels, logits_height, logits_width)`):
         Scores at the decoder's resolution, as transformers models return them: the input padded to a multiple of
         `patch_size` (PUP), or a quarter of that (Naive, MLA). Resize them to the (unpadded) input or original image
@@ -699,19 +701,23 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
     def _loss(
         self, logits: torch.Tensor, features: list[torch.Tensor], labels: torch.Tensor
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        """The decode head's loss plus `auxiliary_loss_weight` times each auxiliary head's (mmsegmentation's sum)."""
-        ignore_index = self.config.semantic_loss_ignore_index
-        loss = segmentation_loss(logits, labels, ignore_index)
+        """The decode head's loss plus `auxiliary_loss_weight` times each auxiliary head's (mmsegmentation's sum), each
+        head with the configured loss (`config.loss`, `config.loss_sampler`)."""
+        loss = self._head_loss(logits, labels)
         if self.auxiliary_heads is None:
             return loss, None
         # One head at a time: each loss's temporaries are freed before the next head runs.
         auxiliary_logits = []
         for head, index in zip(self.auxiliary_heads, self.config.auxiliary_in_indices):
             auxiliary_logits.append(head(features[index]))
-            loss = loss + self.config.auxiliary_loss_weight * segmentation_loss(
-                auxiliary_logits[-1], labels, ignore_index
-            )
+            loss = loss + self.config.auxiliary_loss_weight * self._head_loss(auxiliary_logits[-1], labels)
         return loss, tuple(auxiliary_logits)
+
+    def _head_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        config = self.config
+        if config.loss is None and config.loss_sampler is None and not config.is_binary:
+            return segmentation_loss(logits, labels, config.semantic_loss_ignore_index)  # the released recipe's
+        return head_loss(logits, labels, config.semantic_loss_ignore_index, config.loss, config.loss_sampler)
 
 
 def slide_windows(
@@ -791,12 +797,11 @@ def check_labels(labels: torch.Tensor, pixel_values: torch.Tensor, config: SetrC
     if labels.is_floating_point():
         raise ValueError(f"labels must hold integer class ids, got dtype {labels.dtype}")
     ignore = config.semantic_loss_ignore_index
-    invalid = (labels != ignore) & ((labels < 0) | (labels >= config.num_labels))
+    classes = len(config.prediction_id2label)  # a binary model's labels are 0 (background) and 1
+    invalid = (labels != ignore) & ((labels < 0) | (labels >= classes))
     if invalid.any():
         bad = torch.unique(labels[invalid])[:10].tolist()
-        raise ValueError(
-            f"labels contain values {bad} outside [0, {config.num_labels}) that are not the ignore index {ignore}"
-        )
+        raise ValueError(f"labels contain values {bad} outside [0, {classes}) that are not the ignore index {ignore}")
 
 
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
