@@ -310,3 +310,31 @@ def test_one_adamw_layer_decay_step_of_vit_large_pup(ade_root, tmp_path, recorde
     assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) > 300_000_000
     assert json.loads((tmp_path / "pup" / "train_losses.json").read_text())["losses"][0] > 0
     assert time.perf_counter() - started < 120
+
+
+def readme_command(marker: str) -> list[str]:
+    """The `setr train` command under the README comment line `marker`, as argv (continuation lines joined)."""
+    import shlex
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = text.split(marker, 1)[1].split("\n#", 1)[0].split("```", 1)[0]
+    return shlex.split(block.replace("\\\n", " "))
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_the_readme_modern_recipe_runs_as_written(command, ade_root, tmp_path, recorded):
+    argv = readme_command("# modern: AdamW, layer decay, linear warmup, linear decay to 0")
+    assert argv[:2] == ["setr", "train"]
+    flags = [item for item in argv[2:]]
+    drop = {"--preset", "--output_dir"}  # the tiny run's own preset and folder
+    kept = [item for i, item in enumerate(flags) if item not in drop and (i == 0 or flags[i - 1] not in drop)]
+    assert "--layer_decay" in kept and "--warmup_steps" in kept
+    # the README's flags, then the tiny run's step counts (6 steps: the warmup shortened to 2)
+    assert cli.main([*base_args(command, ade_root, tmp_path / "run"), *kept, "--warmup_steps", "2"]) == 0
+    optimizer = recorded["optimizer"]
+    assert type(optimizer) is torch.optim.AdamW
+    scales = {g["name"].removesuffix("_no_decay"): g["lr_scale"] for g in optimizer.param_groups}
+    assert scales["layer_3"] == pytest.approx(0.9) and scales["embeddings"] == pytest.approx(0.9**5)
+    encoder = [lrs[[g["name"] for g in optimizer.param_groups].index("heads")] / 10 for lrs in recorded["lrs"]]
+    expected = [1e-6, 1e-6 + (1 - 1e-6) / 2, 1.0, 0.75, 0.5, 0.25]  # warmup 2, then poly power 1 to 0
+    assert encoder == pytest.approx([6e-5 * f for f in expected], rel=1e-9)
