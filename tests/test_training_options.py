@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_training import TINY
 
-from transformers_setr import SetrForSemanticSegmentation, cli
+from transformers_setr import SetrConfig, SetrForSemanticSegmentation, cli
 from transformers_setr.training import commands, recipe
 
 LR = 0.01
@@ -249,7 +249,8 @@ def test_lora_trains_saves_reloads_and_merges(command, ade_root, tiny_model_fold
     assert (output_dir / "adapter" / "adapter_model.safetensors").is_file()
 
     # the README's snippet: the base model, then the adapter
-    base = SetrForSemanticSegmentation.from_pretrained(tiny_model_folder)
+    config = SetrConfig.from_pretrained(output_dir)
+    base = SetrForSemanticSegmentation.from_pretrained(tiny_model_folder, config=config, ignore_mismatched_sizes=True)
     adapted = PeftModel.from_pretrained(base, output_dir / "adapter")
     merged = SetrForSemanticSegmentation.from_pretrained(output_dir)  # a plain SETR folder, no peft needed
     pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
