@@ -41,6 +41,7 @@ EXTRAS = {
     "pyarrow": "train",
     "accelerate": "train",
     "evaluate": "train",
+    "peft": "train",
     "torchvision": "torchvision",
     "gradio": "demo",
     "onnx": "onnx",

@@ -594,13 +594,18 @@ $citation
 """
 
 
+# What the trained card says of the default optimizer and schedule (`training.recipe.describe_optimization`).
+SETR_OPTIMIZATION = (
+    "SGD (momentum 0.9, no weight decay), decode and auxiliary heads at 10× the base learning rate, poly decay "
+    "(power 0.9) to 1e-4"
+)
+
 TRAINED_CARD_TEMPLATE = Template(
     """
 # $title
 
 A SETR-$decoder semantic-segmentation model (Zheng et al., CVPR 2021) trained with `transformers_setr`'s \
-reproduction of the mmsegmentation recipe ($recipe_name): SGD (momentum 0.9, no weight decay), decode and \
-auxiliary heads at 10× the base learning rate, poly decay (power 0.9) to 1e-4, random resize (0.5–2.0) / crop \
+reproduction of the mmsegmentation recipe ($recipe_name): $optimization, random resize (0.5–2.0) / crop \
 (`cat_max_ratio` 0.75) / flip / photometric distortion.
 
 - Encoder: ViT, $encoder; $num_labels classes; training crop $crop×$crop.$classes
@@ -727,6 +732,7 @@ def build_trained_model_card(
         + (data.name if custom else layout if local_folder is None else f"{layout}-layout data"),
         decoder=decoder,
         recipe_name=f"preset `{preset.name}`",
+        optimization=training.get("optimization", SETR_OPTIMIZATION),
         encoder=encoder,
         num_labels=config.num_labels,
         classes=f"\n- Classes: {', '.join(config.id2label[i] for i in range(config.num_labels))}." if custom else "",

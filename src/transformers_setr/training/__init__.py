@@ -1,5 +1,5 @@
-"""Training: augmentation (`augmentation`), the SETR recipe (`recipe`: optimizer groups, poly schedule,
-`SetrTrainer`) and the two command lines (`commands`: `setr train` with the Trainer, `setr train-loop` with
+"""Training: augmentation (`augmentation`), the SETR recipe (`recipe`: optimizer groups, schedules, layer decay,
+`SetrTrainer`), freezing and LoRA (`adapt`) and the two command lines (`commands`: `setr train` with the Trainer, `setr train-loop` with
 Accelerate). Needs the `[train]` extra.
 """
 
@@ -14,6 +14,15 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "build_sgd_optimizer",
             "poly_learning_rate",
             "build_poly_scheduler",
+            "OPTIMIZERS",
+            "SCHEDULES",
+            "RecipeArguments",
+            "build_optimizer",
+            "build_scheduler",
+            "check_recipe_arguments",
+            "encoder_layer_id",
+            "parameter_groups",
+            "warmup_poly_learning_rate",
             "sample_seed",
             "SegmentationTrainDataset",
             "train_collate",

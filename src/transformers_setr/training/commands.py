@@ -41,13 +41,19 @@ from ..files import save_json_atomically, write_text_atomically
 from ..inference.predict import INFERENCE_MODES
 from ..models.setr.configuration_setr import SetrConfig, default_slide_stride
 from ..models.setr.modeling_setr import SetrForSemanticSegmentation
+from .adapt import adapt_for_training, is_lora_model, save_trained_model, trainable_parameter_count
 from .augmentation import SetrTrainAugmentation
 from .recipe import (
+    RecipeArguments,
     SegmentationTrainDataset,
     SetrTrainer,
     SetrTrainingArguments,
+    check_recipe_arguments,
     config_for_preset,
+    describe_optimization,
+    optimizer_from_arguments,
     recipe_training_defaults,
+    scheduler_from_arguments,
     train_collate,
     uses_sync_batch_norm,
 )
@@ -164,6 +170,10 @@ class DataArguments:
     )
     ratio_range: str = field(default="0.5,2.0", metadata={"help": "random resize ratio range 'low,high'"})
     data_cache_dir: str | None = field(default=None, metadata={"help": "datasets cache directory"})
+
+    def __post_init__(self):
+        if self.crop_size is not None and self.crop_size < 1:
+            raise ValueError(f"--crop_size must be a positive number of pixels, got {self.crop_size}")
 
 
 def _int_pair(text: str, what: str) -> tuple[int, int]:
@@ -597,7 +607,10 @@ def write_model_card(
 def _start_command(argv: list[str] | None, arguments_class: type, resume: Any) -> tuple:
     """What both training commands do first: parse the arguments, set up logging and check the output folder
     before any process writes (so the checks see it as the user left it)."""
-    model_args, data_args, args = parse_arguments(list(sys.argv[1:] if argv is None else argv), (arguments_class,))
+    try:
+        model_args, data_args, args = parse_arguments(list(sys.argv[1:] if argv is None else argv), (arguments_class,))
+    except ValueError as error:  # the arguments' own checks (`check_recipe_arguments`, TrainingArguments')
+        exit_with_error(str(error))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
         check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, resume=bool(resume(args)))
@@ -652,6 +665,15 @@ def data_errors_as_one_line(command: Callable[..., int]) -> Callable[..., int]:
     return run
 
 
+def _adapt_model(model: SetrForSemanticSegmentation, args: "SetrTrainingArguments | LoopArguments"):
+    """The model with its encoder frozen or LoRA-wrapped as the options ask (`training.adapt`)."""
+    model = adapt_for_training(model, args)
+    if args.freeze_encoder or args.lora_rank:
+        trainable, total = trainable_parameter_count(model)
+        logger.info("training %d of %d parameters (%.2f%%)", trainable, total, 100 * trainable / total)
+    return model
+
+
 def _training_record(
     preset: CheckpointPreset,
     data: SegmentationData,
@@ -668,6 +690,7 @@ def _training_record(
         "global_batch": args.per_device_train_batch_size * num_processes * args.gradient_accumulation_steps,
         "learning_rate": args.learning_rate,
         "crop": data_args.crop_size or config.slide_window[0][0],
+        "optimization": describe_optimization(args),
     }
 
 
@@ -689,6 +712,7 @@ def main_trainer(argv: list[str] | None = None) -> int:
     except CommandLineError as error:
         exit_with_error(str(error))
     preset, data, model, processor = _load_data_and_model(model_args, data_args, training_args.seed)
+    model = _adapt_model(model, training_args)
     if uses_sync_batch_norm(training_args):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     push_repo = _push_repo_id(training_args.hub_model_id, training_args.push_to_hub, training_args.output_dir)
@@ -700,7 +724,8 @@ def main_trainer(argv: list[str] | None = None) -> int:
     training = _training_record(preset, data, data_args, model.config, training_args, training_args.world_size)
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=resume)
-        trainer.save_model()
+        if not is_lora_model(model):  # a LoRA model is saved at the end: its adapter, then merged
+            trainer.save_model()
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)
         trainer.save_state()
@@ -715,13 +740,16 @@ def main_trainer(argv: list[str] | None = None) -> int:
         trainer.save_metrics("eval", metrics)
     if trainer.is_world_process_zero():
         Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
+        saved = trainer.accelerator.unwrap_model(model)
+        if is_lora_model(saved) and training_args.do_train:
+            saved = save_trained_model(saved, training_args.output_dir)
         processor.save_pretrained(training_args.output_dir)
         summary = _summary_from_eval(metrics, model.config) if metrics else None
         if summary is not None:
             summary["mode"] = training_args.eval_mode
         write_model_card(
             training_args.output_dir,
-            trainer.accelerator.unwrap_model(model),
+            saved,
             model_args,
             data,
             data_args,
@@ -758,8 +786,9 @@ def push_trained_folder(folder: str | Path, repo_id: str, token: str | None = No
 
 
 @dataclass
-class LoopArguments:
-    """Arguments of the plain Accelerate loop (`scripts/train_no_trainer.py`)."""
+class LoopArguments(RecipeArguments):
+    """Arguments of the plain Accelerate loop (`scripts/train_no_trainer.py`); the optimizer, schedule, layer decay,
+    freezing and LoRA options are `RecipeArguments`, the same as `setr train`'s."""
 
     output_dir: str = field(default="setr-output")
     overwrite_output_dir: bool = field(
@@ -770,10 +799,6 @@ class LoopArguments:
     max_steps: int = field(default=160_000)
     learning_rate: float = field(default=0.001)
     weight_decay: float = field(default=0.0)
-    head_lr_multiplier: float = field(default=10.0)
-    sgd_momentum: float = field(default=0.9)
-    poly_power: float = field(default=0.9)
-    poly_min_lr: float = field(default=1e-4)
     mixed_precision: str = field(default="no", metadata={"choices": ["no", "bf16", "fp16"]})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute encoder layers in backward"})
     seed: int = field(default=42)
@@ -786,6 +811,11 @@ class LoopArguments:
     push_to_hub: bool = field(default=False)
     hub_model_id: str | None = field(default=None)
     hub_token: str | None = field(default=None)
+
+    def __post_init__(self):
+        if self.max_steps < 1:
+            raise ValueError(f"--max_steps must be at least 1, got {self.max_steps}")
+        check_recipe_arguments(self)
 
 
 LOOP_STATE_FILE = "loop_state.json"
@@ -804,7 +834,6 @@ def main_no_trainer(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from ..evaluation.protocol import evaluate_segmentation
-    from .recipe import build_poly_scheduler, build_sgd_optimizer
 
     model_args, data_args, args = _start_command(argv, LoopArguments, lambda args: args.resume_from_checkpoint)
     accelerator = Accelerator(
@@ -820,7 +849,8 @@ def main_no_trainer(argv: list[str] | None = None) -> int:
             f"on {accelerator.device.type}: the processes would train separately"
         )
     preset, data, model, processor = _load_data_and_model(model_args, data_args, args.seed)
-    if args.activation_checkpointing:
+    model = _adapt_model(model, args)
+    if args.activation_checkpointing:  # after LoRA: peft would hook the embeddings' (tuple) output for checkpointing
         model.activation_checkpointing_enable()
     if accelerator.num_processes > 1 and accelerator.device.type in ("cuda", "xpu"):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -833,15 +863,9 @@ def main_no_trainer(argv: list[str] | None = None) -> int:
         collate_fn=train_collate,
         num_workers=args.dataloader_num_workers,
     )
-    optimizer = build_sgd_optimizer(
-        model,
-        args.learning_rate,
-        momentum=args.sgd_momentum,
-        weight_decay=args.weight_decay,
-        head_lr_multiplier=args.head_lr_multiplier,
-    )
-    # Not prepared: Accelerate's scheduler wrapper steps once per process; the poly schedule counts optimizer steps.
-    scheduler = build_poly_scheduler(optimizer, args.max_steps, power=args.poly_power, min_lr=args.poly_min_lr)
+    optimizer = optimizer_from_arguments(model, args)
+    # Not prepared: Accelerate's scheduler wrapper steps once per process; the schedule counts optimizer steps.
+    scheduler = scheduler_from_arguments(optimizer, args, args.max_steps)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     accelerator.register_for_checkpointing(scheduler)
 
@@ -915,7 +939,7 @@ def main_no_trainer(argv: list[str] | None = None) -> int:
             isinstance(m, torch.nn.SyncBatchNorm) for m in unwrapped.modules()
         ):
             unwrapped = _revert_sync_batch_norm(unwrapped)
-        unwrapped.save_pretrained(output_dir)
+        unwrapped = save_trained_model(unwrapped, output_dir)
         processor.save_pretrained(output_dir)
         training = _training_record(preset, data, data_args, unwrapped.config, args, accelerator.num_processes)
         training["train_loss"] = sum(losses) / len(losses) if losses else None

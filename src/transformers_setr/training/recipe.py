@@ -3,7 +3,8 @@
 The recipe (mmsegmentation's SETR configs, `setr-reference.md` §4.3): SGD with momentum 0.9 and no weight decay;
 every parameter whose name contains `"head"` (the decode head and the auxiliary heads, not the encoder and not the MLA
 neck) at 10× the base learning rate; poly decay with power 0.9 down to 1e-4, stepped every iteration, no warmup.
-`PRESETS` gives each released model's dataset, decoder, crop, batch, iterations and base learning rate.
+That is the default; `RecipeArguments` (both commands) names another optimizer (AdamW), schedule
+(`transformers.get_scheduler`'s), a warmup, and BEiT / MAE's layer-wise lr decay, each used or refused. `PRESETS` gives each released model's dataset, decoder, crop, batch, iterations and base learning rate.
 
 Augmentation randomness is a pure function of `(seed, epoch, sample index)` (`sample_seed`), not of a process-wide
 random state. A sample therefore looks the same whichever process or data-loader worker reads it, so a run on N
@@ -11,7 +12,10 @@ processes sees exactly the batches of a single-process run with N× gradient acc
 the same augmentations as an uninterrupted one.
 """
 
+import dataclasses
+import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +25,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import Dataset
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments, get_scheduler
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from .._imports import require
@@ -34,19 +38,121 @@ require("accelerate", "SETR training")  # the Trainer needs it
 
 HEAD_PARAMETER_KEY = "head"  # mmseg `paramwise_cfg=dict(custom_keys={'head': dict(lr_mult=10.)})`
 
+# The optimizers SETR builds itself (its parameter groups: head multiplier, layer decay, no decay on biases, norms and
+# position / cls embeddings); `--optim` names them as transformers' `OptimizerNames` does.
+OPTIMIZERS = ("sgd", "adamw_torch", "adamw_torch_fused")
+# "poly" is mmseg's PolyLR (each group to the same absolute floor); the others are `transformers.get_scheduler`'s
+# LambdaLR schedules, applied to every parameter group as a factor of its own learning rate.
+POLY_SCHEDULE = "poly"
+SCHEDULES = (
+    POLY_SCHEDULE,
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
+)
+WARMUP_START_FACTOR = 1e-6  # mmseg's warmup: `LinearLR(start_factor=1e-6, by_epoch=False, begin=0, end=warmup)`
+_ENCODER_LAYER = re.compile(r"(?:^|\.)setr\.layers\.(\d+)\.")
+_ENCODER_EMBEDDINGS = re.compile(r"(?:^|\.)setr\.embeddings\.")
+_NO_WEIGHT_DECAY = re.compile(r"(?:^|\.)(?:position_embeddings|cls_token)$")
+
+
+def encoder_layer_id(name: str, num_layers: int) -> int:
+    """BEiT / MAE's layer id of a parameter: 0 for the embeddings, i + 1 for encoder layer i, num_layers + 1 for the
+    rest (MLA neck, decode and auxiliary heads). Also for a LoRA-wrapped model (`base_model.model.setr...`)."""
+    if _ENCODER_EMBEDDINGS.search(name):
+        return 0
+    match = _ENCODER_LAYER.search(name)
+    return int(match.group(1)) + 1 if match else num_layers + 1
+
+
+def uses_weight_decay(name: str, parameter: torch.Tensor) -> bool:
+    """Weight decay except on biases, norm weights (every 1-d parameter) and the position / cls embeddings (BEiT,
+    MAE, and transformers' own exclusion of biases and LayerNorm)."""
+    return parameter.ndim > 1 and not _NO_WEIGHT_DECAY.search(name)
+
+
+def parameter_groups(
+    model: nn.Module,
+    learning_rate: float,
+    *,
+    head_lr_multiplier: float = 10.0,
+    weight_decay: float = 0.0,
+    layer_decay: float | None = None,
+) -> list[dict[str, Any]]:
+    """Optimizer groups of the trainable parameters.
+
+    - "head" in the name (decode and auxiliary heads, mmseg's `custom_keys`): `head_lr_multiplier`× the lr;
+    - `layer_decay` (BEiT / MAE): the embeddings at decay^(L+1), encoder layer i at decay^(L-i), neck and heads 1;
+    - `weight_decay` on every parameter but biases, norms and position / cls embeddings.
+    Each group records `lr_scale` (its lr / `learning_rate`) and `layer_scale` (the layer decay part alone). Without
+    layer decay and weight decay: mmseg's two groups, "encoder" (encoder and MLA neck) and "heads".
+    """
+    num_layers = getattr(getattr(model, "config", None), "num_hidden_layers", 0)
+    groups: dict[tuple, dict[str, Any]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        is_head = HEAD_PARAMETER_KEY in name
+        layer_scale, part = 1.0, "heads" if is_head else "encoder"
+        if layer_decay is not None:
+            layer_id = encoder_layer_id(name, num_layers)
+            layer_scale = layer_decay ** (num_layers + 1 - layer_id)
+            if not is_head:
+                part = "embeddings" if layer_id == 0 else "neck" if layer_id > num_layers else f"layer_{layer_id - 1}"
+        decay = weight_decay if weight_decay and uses_weight_decay(name, parameter) else 0.0
+        key = (part, decay)
+        if key not in groups:
+            lr_scale = layer_scale * (head_lr_multiplier if is_head else 1.0)
+            groups[key] = {
+                "params": [],
+                "lr": learning_rate * lr_scale,
+                "weight_decay": decay,
+                "name": part if decay or not weight_decay else f"{part}_no_decay",
+                "lr_scale": lr_scale,
+                "layer_scale": layer_scale,
+            }
+        groups[key]["params"].append(parameter)
+    # mmseg's order: the encoder side first, then the heads
+    return sorted(groups.values(), key=lambda group: group["name"].startswith("heads"))
+
 
 def split_parameter_groups(
     model: nn.Module, learning_rate: float, head_lr_multiplier: float = 10.0
 ) -> list[dict[str, Any]]:
     """Two optimizer groups, mmseg's `custom_keys={'head': lr_mult}`: names containing "head" get the multiplier."""
-    heads, others = [], []
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            (heads if HEAD_PARAMETER_KEY in name else others).append(parameter)
-    groups = [{"params": others, "lr": learning_rate, "name": "encoder"}]
-    if heads:
-        groups.append({"params": heads, "lr": learning_rate * head_lr_multiplier, "name": "heads"})
-    return groups
+    return parameter_groups(model, learning_rate, head_lr_multiplier=head_lr_multiplier)
+
+
+def build_optimizer(
+    model: nn.Module,
+    name: str = "sgd",
+    learning_rate: float = 0.001,
+    *,
+    weight_decay: float = 0.0,
+    head_lr_multiplier: float = 10.0,
+    layer_decay: float | None = None,
+    momentum: float = 0.9,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> torch.optim.Optimizer:
+    """The optimizer `name` (one of `OPTIMIZERS`) over `parameter_groups`: SGD with `momentum`, or AdamW with
+    `betas` and `eps` (`adamw_torch_fused`: torch's fused kernel)."""
+    groups = parameter_groups(
+        model, learning_rate, head_lr_multiplier=head_lr_multiplier, weight_decay=weight_decay, layer_decay=layer_decay
+    )
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=learning_rate, momentum=momentum, weight_decay=0.0)
+    if name in ("adamw_torch", "adamw_torch_fused"):
+        fused = True if name == "adamw_torch_fused" else None
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, weight_decay=0.0, fused=fused)
+    raise ValueError(f"--optim {name} is not supported; choose one of {', '.join(OPTIMIZERS)}")
 
 
 def build_sgd_optimizer(
@@ -58,8 +164,29 @@ def build_sgd_optimizer(
     head_lr_multiplier: float = 10.0,
 ) -> torch.optim.SGD:
     """mmseg's SETR optimizer: SGD(momentum 0.9, weight decay 0), heads at `head_lr_multiplier`× the base lr."""
-    groups = split_parameter_groups(model, learning_rate, head_lr_multiplier)
-    return torch.optim.SGD(groups, lr=learning_rate, momentum=momentum, weight_decay=weight_decay)
+    return build_optimizer(
+        model,
+        "sgd",
+        learning_rate,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        head_lr_multiplier=head_lr_multiplier,
+    )
+
+
+def optimizer_from_arguments(model: nn.Module, args: Any) -> torch.optim.Optimizer:
+    """`build_optimizer` with the options of either training command (`RecipeArguments` and the learning rate)."""
+    return build_optimizer(
+        model,
+        str(getattr(args.optim, "value", args.optim)),
+        args.learning_rate,
+        weight_decay=args.weight_decay,
+        head_lr_multiplier=args.head_lr_multiplier,
+        layer_decay=args.layer_decay,
+        momentum=args.sgd_momentum,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+    )
 
 
 def poly_learning_rate(base_lr: float, step: int, total_steps: int, power: float = 0.9, min_lr: float = 1e-4) -> float:
@@ -69,21 +196,286 @@ def poly_learning_rate(base_lr: float, step: int, total_steps: int, power: float
     return (base_lr - min_lr) * (1.0 - progress) ** power + min_lr
 
 
+def warmup_poly_learning_rate(
+    base_lr: float, step: int, total_steps: int, warmup_steps: int = 0, power: float = 0.9, min_lr: float = 1e-4
+) -> float:
+    """mmseg's `[LinearLR(start_factor=1e-6, end=warmup_steps), PolyLR(begin=warmup_steps, end=total_steps)]`:
+    linear from 1e-6 × `base_lr` to `base_lr` over the warmup, then poly down to `min_lr` at `total_steps`."""
+    if step < warmup_steps:
+        return base_lr * (WARMUP_START_FACTOR + (1.0 - WARMUP_START_FACTOR) * step / warmup_steps)
+    return poly_learning_rate(base_lr, step - warmup_steps, total_steps - warmup_steps, power, min_lr)
+
+
 def build_poly_scheduler(
-    optimizer: torch.optim.Optimizer, total_steps: int, *, power: float = 0.9, min_lr: float = 1e-4
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    *,
+    power: float = 0.9,
+    min_lr: float = 1e-4,
+    warmup_steps: int = 0,
 ) -> LambdaLR:
-    """Poly decay of every group from its own initial lr to the same absolute `min_lr` (as mmengine does)."""
+    """Poly decay of every group from its own initial lr to the same absolute `min_lr` (as mmengine does; with layer
+    decay, `min_lr` times the group's `layer_scale`, as BEiT scales its floor), after an optional linear warmup."""
     if total_steps <= 0:
         raise ValueError(f"the poly schedule needs a positive number of steps, got {total_steps}")
+    if not 0 <= warmup_steps < total_steps:
+        raise ValueError(f"the warmup ({warmup_steps} steps) must end before the last step ({total_steps})")
 
-    def factor_for(base_lr: float) -> Callable[[int], float]:
+    def factor_for(group: dict[str, Any]) -> Callable[[int], float]:
+        base_lr = group["initial_lr"]
         if base_lr == 0:  # a frozen group (learning rate 0) stays frozen; a multiplicative schedule cannot lift it
             return lambda step: 0.0
-        return lambda step: poly_learning_rate(base_lr, step, total_steps, power, min_lr) / base_lr
+        floor = min_lr * group.get("layer_scale", 1.0)
+        return lambda step: warmup_poly_learning_rate(base_lr, step, total_steps, warmup_steps, power, floor) / base_lr
 
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
-    return LambdaLR(optimizer, [factor_for(group["initial_lr"]) for group in optimizer.param_groups])
+    return LambdaLR(optimizer, [factor_for(group) for group in optimizer.param_groups])
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    name: str,
+    total_steps: int,
+    *,
+    warmup_steps: int = 0,
+    scheduler_kwargs: dict[str, Any] | None = None,
+    poly_power: float = 0.9,
+    poly_min_lr: float = 1e-4,
+) -> LambdaLR:
+    """The schedule `name` (one of `SCHEDULES`), stepped once per optimizer step: "poly" is `build_poly_scheduler`,
+    the others `transformers.get_scheduler` with `warmup_steps` and `scheduler_kwargs`."""
+    if name == POLY_SCHEDULE:
+        if scheduler_kwargs:
+            raise ValueError("the poly schedule takes --poly_power and --poly_min_lr, not --lr_scheduler_kwargs")
+        return build_poly_scheduler(
+            optimizer, total_steps, power=poly_power, min_lr=poly_min_lr, warmup_steps=warmup_steps
+        )
+    if name not in SCHEDULES:
+        raise ValueError(f"--lr_scheduler_type {name} is not supported; choose one of {', '.join(SCHEDULES)}")
+    if name == "constant" and warmup_steps:
+        raise ValueError("the constant schedule has no warmup: use --lr_scheduler_type constant_with_warmup")
+    return get_scheduler(
+        name,
+        optimizer,
+        num_warmup_steps=warmup_steps,
+        num_training_steps=total_steps,
+        scheduler_specific_kwargs=dict(scheduler_kwargs or {}),
+    )
+
+
+def warmup_steps_for(warmup_steps: float, total_steps: int) -> int:
+    """`--warmup_steps` as transformers reads it: a number of steps, or below 1 a fraction of `total_steps`."""
+    return int(warmup_steps) if warmup_steps >= 1 else math.ceil(total_steps * warmup_steps)
+
+
+def scheduler_from_arguments(optimizer: torch.optim.Optimizer, args: Any, total_steps: int) -> LambdaLR:
+    """`build_scheduler` with the options of either training command."""
+    return build_scheduler(
+        optimizer,
+        str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+        total_steps,
+        warmup_steps=warmup_steps_for(args.warmup_steps, total_steps),
+        scheduler_kwargs=args.lr_scheduler_kwargs,
+        poly_power=args.poly_power,
+        poly_min_lr=args.poly_min_lr,
+    )
+
+
+def _short_number(value: float) -> str:
+    """1e-4 rather than 0.0001 for small round values, as mmseg's configs write them."""
+    short = f"{value:.0e}".replace("e-0", "e-")
+    return short if 0 < value < 1e-3 and float(short) == value else f"{value:g}"
+
+
+def describe_optimization(args: Any) -> str:
+    """The optimizer, schedule and trained parameters of a run, in words, for the model card."""
+    optim = str(_option_value(args.optim))
+    schedule = str(_option_value(args.lr_scheduler_type))
+    if optim == "sgd":
+        parts = [
+            f"SGD (momentum {args.sgd_momentum}, "
+            + (f"weight decay {args.weight_decay})" if args.weight_decay else "no weight decay)")
+        ]
+    else:
+        parts = [
+            f"AdamW (betas {args.adam_beta1}/{args.adam_beta2}, weight decay {args.weight_decay}, none on biases, "
+            "norms and position / cls embeddings)"
+        ]
+    parts.append(f"decode and auxiliary heads at {args.head_lr_multiplier:g}× the base learning rate")
+    if args.layer_decay is not None:
+        parts.append(f"layer-wise learning-rate decay {args.layer_decay}")
+    warmup = (
+        f"linear warm-up ({args.warmup_steps:g} {'steps' if args.warmup_steps >= 1 else 'of the steps'}), then "
+        if args.warmup_steps
+        else ""
+    )
+    if schedule == POLY_SCHEDULE:
+        parts.append(f"{warmup}poly decay (power {args.poly_power:g}) to {_short_number(args.poly_min_lr)}")
+    else:
+        kwargs = f" {json.dumps(args.lr_scheduler_kwargs)}" if args.lr_scheduler_kwargs else ""
+        parts.append(f"{warmup}{schedule} schedule{kwargs}")
+    if args.freeze_encoder:
+        parts.append("encoder frozen (neck and heads trained)")
+    if args.lora_rank:
+        parts.append(
+            f"LoRA rank {args.lora_rank} (alpha {args.lora_alpha:g}) on the encoder's projections, merged into the "
+            "saved weights"
+        )
+    return ", ".join(parts)
+
+
+def _training_argument(name: str, **changes: Any) -> Any:
+    """A field of `TrainingArguments` (its default and help), for the options both training commands share."""
+    original = TrainingArguments.__dataclass_fields__[name]
+    metadata = {**original.metadata, **changes.pop("metadata", {})}
+    return field(default=changes.pop("default", original.default), metadata=metadata)
+
+
+@dataclass
+class RecipeArguments:
+    """The optimizer, schedule, layer decay, freezing and LoRA options of both training commands (`setr train`
+    inherits the rest from `TrainingArguments`; `setr train-loop` from `LoopArguments`). The defaults are mmseg's
+    SETR recipe; every option named is used or refused (`check_recipe_arguments`)."""
+
+    optim: str = _training_argument(
+        "optim",
+        default="sgd",
+        metadata={
+            "help": "optimizer: sgd (SETR's, momentum --sgd_momentum), adamw_torch, adamw_torch_fused "
+            "(--adam_beta1/2, --adam_epsilon); heads at --head_lr_multiplier x, no weight decay on biases, norms and "
+            "position / cls embeddings",
+            "choices": list(OPTIMIZERS),
+        },
+    )
+    lr_scheduler_type: str = _training_argument(
+        "lr_scheduler_type",
+        default=POLY_SCHEDULE,
+        metadata={
+            "help": "learning-rate schedule, per iteration: poly (mmseg's PolyLR, --poly_power, --poly_min_lr) or "
+            "one of transformers' get_scheduler schedules (--lr_scheduler_kwargs)",
+            "choices": list(SCHEDULES),
+        },
+    )
+    lr_scheduler_kwargs: dict | str | None = _training_argument("lr_scheduler_kwargs")
+    warmup_steps: float = _training_argument(
+        "warmup_steps",
+        metadata={
+            "help": "linear warmup: a number of steps, or below 1 a fraction of max_steps (with poly, mmseg's "
+            "LinearLR from 1e-6 x the lr)"
+        },
+    )
+    adam_beta1: float = _training_argument("adam_beta1")
+    adam_beta2: float = _training_argument("adam_beta2")
+    adam_epsilon: float = _training_argument("adam_epsilon")
+    head_lr_multiplier: float = field(default=10.0, metadata={"help": "lr multiplier of parameters named *head*"})
+    sgd_momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    poly_power: float = field(default=0.9, metadata={"help": "power of the poly learning-rate decay"})
+    poly_min_lr: float = field(default=1e-4, metadata={"help": "learning rate reached at the last step"})
+    layer_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "layer-wise lr decay in (0, 1] (BEiT / MAE): encoder layer i at decay^(L-i), the embeddings at "
+            "decay^(L+1), neck and heads 1"
+        },
+    )
+    freeze_encoder: bool = field(
+        default=False, metadata={"help": "train only the MLA neck and the heads (encoder requires_grad False)"}
+    )
+    lora_rank: int = field(
+        default=0,
+        metadata={
+            "help": "LoRA (peft) of this rank on the encoder's attention and MLP projections; neck and heads "
+            "trained fully; 0: off"
+        },
+    )
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (scale = alpha / rank)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
+
+
+RECIPE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RecipeArguments)}
+_ADAMW_OPTIONS = ("adam_beta1", "adam_beta2", "adam_epsilon")
+
+
+def _option_value(value: Any) -> Any:
+    return getattr(value, "value", value)
+
+
+def _are(options: list[str]) -> str:
+    return f"{' and '.join(options)} {'is' if len(options) == 1 else 'are'}"
+
+
+def check_recipe_arguments(args: Any) -> None:
+    """Refuse (ValueError, one line naming the options) what would be ignored, contradictory or meaningless; parse
+    `lr_scheduler_kwargs` given as JSON text."""
+    optim = str(_option_value(args.optim))
+    schedule = str(_option_value(args.lr_scheduler_type))
+    if optim not in OPTIMIZERS:
+        raise ValueError(f"--optim {optim} is not supported; choose one of {', '.join(OPTIMIZERS)}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"--lr_scheduler_type {schedule} is not supported; choose one of {', '.join(SCHEDULES)}")
+    if not args.learning_rate > 0:
+        raise ValueError(f"--learning_rate must be positive, got {args.learning_rate}")
+    if args.per_device_train_batch_size < 1:
+        raise ValueError(f"--per_device_train_batch_size must be at least 1, got {args.per_device_train_batch_size}")
+    if args.gradient_accumulation_steps < 1:
+        raise ValueError(f"--gradient_accumulation_steps must be at least 1, got {args.gradient_accumulation_steps}")
+    if args.weight_decay < 0:
+        raise ValueError(f"--weight_decay must not be negative, got {args.weight_decay}")
+    if args.head_lr_multiplier < 0:
+        raise ValueError(f"--head_lr_multiplier must not be negative, got {args.head_lr_multiplier}")
+    if args.warmup_steps < 0:
+        raise ValueError(f"--warmup_steps must not be negative, got {args.warmup_steps}")
+    if args.layer_decay is not None and not 0 < args.layer_decay <= 1:
+        raise ValueError(f"--layer_decay must be in (0, 1], got {args.layer_decay}")
+    if optim != "sgd" and args.sgd_momentum != RECIPE_DEFAULTS["sgd_momentum"]:
+        raise ValueError(f"--sgd_momentum is for --optim sgd, not {optim}")
+    if optim == "sgd":
+        given = [f"--{name}" for name in _ADAMW_OPTIONS if getattr(args, name) != RECIPE_DEFAULTS[name]]
+        if given:
+            raise ValueError(f"{_are(given)} for AdamW; the optimizer is sgd (pass --optim adamw_torch)")
+    if getattr(args, "optim_args", None):
+        raise ValueError(
+            "--optim_args is not used by SETR's optimizers; use --sgd_momentum, --adam_beta1, --adam_beta2, "
+            "--adam_epsilon, --weight_decay"
+        )
+    if isinstance(args.lr_scheduler_kwargs, str):
+        try:
+            args.lr_scheduler_kwargs = json.loads(args.lr_scheduler_kwargs) if args.lr_scheduler_kwargs else {}
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--lr_scheduler_kwargs is not a JSON object: {error}") from None
+    if args.lr_scheduler_kwargs is not None and not isinstance(args.lr_scheduler_kwargs, dict):
+        raise ValueError(f"--lr_scheduler_kwargs must be a JSON object, got {args.lr_scheduler_kwargs!r}")
+    if schedule == POLY_SCHEDULE:
+        if args.learning_rate < args.poly_min_lr:
+            raise ValueError(
+                f"--learning_rate {args.learning_rate} is below --poly_min_lr {args.poly_min_lr}, where the poly "
+                "schedule ends: the learning rate would rise; pass a smaller --poly_min_lr (e.g. 0)"
+            )
+    else:
+        given = [f"--{name}" for name in ("poly_power", "poly_min_lr") if getattr(args, name) != RECIPE_DEFAULTS[name]]
+        if given:
+            raise ValueError(f"{_are(given)} for --lr_scheduler_type poly, not {schedule}")
+    if args.max_steps > 0:  # the schedule and its keyword arguments, tried on a stand-in optimizer
+        stand_in = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
+        try:
+            scheduler_from_arguments(stand_in, args, args.max_steps)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"--lr_scheduler_type {schedule}: {error}") from None
+    if args.freeze_encoder and args.lora_rank:
+        raise ValueError("--freeze_encoder and --lora_rank contradict: LoRA already freezes the encoder's weights")
+    if args.freeze_encoder and args.layer_decay is not None:
+        raise ValueError("--layer_decay scales the encoder's layers, which --freeze_encoder freezes")
+    if args.lora_rank < 0:
+        raise ValueError(f"--lora_rank must not be negative, got {args.lora_rank}")
+    if not 0 <= args.lora_dropout < 1:
+        raise ValueError(f"--lora_dropout must be in [0, 1), got {args.lora_dropout}")
+    if not args.lora_rank:
+        given = [
+            f"--{name}" for name in ("lora_alpha", "lora_dropout") if getattr(args, name) != RECIPE_DEFAULTS[name]
+        ]
+        if given:
+            raise ValueError(f"{' and '.join(given)} need --lora_rank (LoRA is off)")
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -158,17 +550,15 @@ def recipe_training_defaults(preset: CheckpointPreset) -> dict[str, Any]:
 
 
 @dataclass
-class SetrTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus mmseg's SETR optimizer, schedule and evaluation settings.
-
-    `optim`, `lr_scheduler_type` and the warmup arguments are not used: the optimizer is always SGD with the head
-    multiplier and the schedule always poly (`create_optimizer` / `create_scheduler` of `SetrTrainer`).
+class SetrTrainingArguments(RecipeArguments, TrainingArguments):
+    """`TrainingArguments` plus SETR's recipe options (`RecipeArguments`: optimizer, schedule, warmup, layer decay,
+    frozen encoder, LoRA) and evaluation settings. The defaults are mmseg's SETR recipe (`optim="sgd"`,
+    `lr_scheduler_type="poly"`); `create_optimizer` / `create_scheduler` of `SetrTrainer` build what they name.
     """
 
-    head_lr_multiplier: float = field(default=10.0, metadata={"help": "lr multiplier of parameters named *head*"})
-    sgd_momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
-    poly_power: float = field(default=0.9, metadata={"help": "power of the poly learning-rate decay"})
-    poly_min_lr: float = field(default=1e-4, metadata={"help": "learning rate reached at the last step"})
+    learning_rate: float = field(
+        default=0.001, metadata={"help": "base learning rate (encoder; the heads at --head_lr_multiplier x)"}
+    )
     eval_mode: str = field(
         default="slide",
         metadata={"help": f"evaluation inference: {', '.join(INFERENCE_MODES)}", "choices": list(INFERENCE_MODES)},
@@ -191,9 +581,21 @@ class SetrTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        # `TrainingArguments` knows only transformers' schedule names; "poly" (mmseg's) is SETR's own.
+        schedule = _option_value(self.lr_scheduler_type)
+        if schedule == POLY_SCHEDULE:
+            self.lr_scheduler_type = "constant"
         super().__post_init__()
+        if schedule == POLY_SCHEDULE:
+            self.lr_scheduler_type = POLY_SCHEDULE
         if self.eval_mode not in ("whole", "slide", "ms_flip"):
             raise ValueError(f"eval_mode must be whole, slide or ms_flip, got {self.eval_mode!r}")
+        if self.remove_unused_columns:
+            raise ValueError(
+                "--remove_unused_columns must stay false: SETR's datasets decode their own columns, and evaluation "
+                "needs the items' extra keys"
+            )
+        check_recipe_arguments(self)
 
 
 class _AugmentationEpochCallback(TrainerCallback):
@@ -275,7 +677,8 @@ class CompactPrinterCallback(PrinterCallback):
 
 
 class SetrTrainer(Trainer):
-    """`Trainer` with mmseg's SGD + poly recipe and SETR's evaluation protocol.
+    """`Trainer` with SETR's optimizer and schedule (mmseg's SGD + poly by default, `RecipeArguments`) and SETR's
+    evaluation protocol.
 
     Evaluation runs the configured inference (`eval_mode`: whole / slide / ms+flip), resizes the logits to the
     original ground-truth resolution and returns, per image, the (4, num_labels) areas of mmseg's `IoUMetric`
@@ -296,22 +699,13 @@ class SetrTrainer(Trainer):
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         if self.optimizer is None:
-            self.optimizer = build_sgd_optimizer(
-                self.model if model is None else model,
-                self.args.learning_rate,
-                momentum=getattr(self.args, "sgd_momentum", 0.9),
-                weight_decay=self.args.weight_decay,
-                head_lr_multiplier=getattr(self.args, "head_lr_multiplier", 10.0),
-            )
+            self.optimizer = optimizer_from_arguments(self.model if model is None else model, self.args)
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         if self.lr_scheduler is None:
-            self.lr_scheduler = build_poly_scheduler(
-                optimizer if optimizer is not None else self.optimizer,
-                num_training_steps,
-                power=getattr(self.args, "poly_power", 0.9),
-                min_lr=getattr(self.args, "poly_min_lr", 1e-4),
+            self.lr_scheduler = scheduler_from_arguments(
+                optimizer if optimizer is not None else self.optimizer, self.args, num_training_steps
             )
             self._created_lr_scheduler = True
         return self.lr_scheduler
@@ -335,13 +729,25 @@ class SetrTrainer(Trainer):
 
 
 __all__ = [
+    "OPTIMIZERS",
     "PRESETS",
+    "SCHEDULES",
+    "RecipeArguments",
     "CompactPrinterCallback",
     "CompactProgressCallback",
     "SegmentationTrainDataset",
     "SetrTrainer",
     "SetrTrainingArguments",
+    "build_optimizer",
     "build_poly_scheduler",
+    "build_scheduler",
+    "check_recipe_arguments",
+    "describe_optimization",
+    "encoder_layer_id",
+    "optimizer_from_arguments",
+    "warmup_poly_learning_rate",
+    "parameter_groups",
+    "scheduler_from_arguments",
     "build_sgd_optimizer",
     "config_for_preset",
     "format_log_line",

@@ -1,0 +1,102 @@
+"""Training less than the whole model: a frozen encoder, or LoRA adapters (the `peft` library) on the encoder.
+
+- `--freeze_encoder`: the encoder's parameters (`model.setr`: patch and position embeddings, every layer) get
+  `requires_grad=False`; the MLA neck and the heads train.
+- `--lora_rank R`: `peft` LoRA of rank R on the encoder's attention (`q_proj`, `k_proj`, `v_proj`, `o_proj`) and MLP
+  (`fc1`, `fc2`) projections; the neck and the heads are trained fully (`modules_to_save`). The encoder's own weights
+  are frozen. At the end the run saves the adapter in `OUTPUT/adapter/` (`PeftModel.from_pretrained(base, ...)`
+  loads it on the model the run started from) and the merged model (`merge_and_unload`) in `OUTPUT/`, a plain SETR
+  folder that `from_pretrained` loads without `peft`.
+
+Both combine with activation checkpointing (non-reentrant, so frozen inputs still carry the adapters' gradients).
+"""
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .._imports import require
+
+ADAPTER_FOLDER = "adapter"
+# The encoder's linear projections, by module name (`SetrAttention`, `SetrMLP` in modeling_setr.py).
+LORA_TARGET_MODULES = r".*\bsetr\.layers\.\d+\.(?:attention\.(?:q_proj|k_proj|v_proj|o_proj)|mlp\.(?:fc1|fc2))"
+FULLY_TRAINED_MODULES = ("neck", "decode_head", "auxiliary_heads")
+
+
+def freeze_encoder(model: nn.Module) -> int:
+    """`requires_grad=False` on every encoder parameter (`model.setr`); returns how many tensors were frozen."""
+    parameters = list(model.setr.parameters())
+    for parameter in parameters:
+        parameter.requires_grad_(False)
+    return len(parameters)
+
+
+def add_lora(model: nn.Module, rank: int, alpha: float = 16.0, dropout: float = 0.0) -> nn.Module:
+    """`model` wrapped by `peft.get_peft_model`: LoRA on the encoder's projections, neck and heads fully trained."""
+    require("peft", "LoRA training (--lora_rank)")
+    from peft import LoraConfig, get_peft_model
+
+    modules_to_save = []
+    for name in FULLY_TRAINED_MODULES:
+        module = getattr(model, name, None)
+        if isinstance(module, nn.ModuleList):  # peft wraps modules, not lists of them: each auxiliary head
+            modules_to_save += [f"{name}.{index}" for index in range(len(module))]
+        elif module is not None:
+            modules_to_save.append(name)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=LORA_TARGET_MODULES,
+        modules_to_save=modules_to_save,
+        bias="none",
+    )
+    return get_peft_model(model, config)
+
+
+def adapt_for_training(model: nn.Module, args: Any) -> nn.Module:
+    """The model as the options ask: encoder frozen (`freeze_encoder`), wrapped with LoRA (`lora_rank`), or as is."""
+    if args.freeze_encoder:
+        freeze_encoder(model)
+    if args.lora_rank:
+        model = add_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)
+    return model
+
+
+def is_lora_model(model: nn.Module) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def trainable_parameter_count(model: nn.Module) -> tuple[int, int]:
+    """(trainable, all) parameter counts."""
+    counts = [(parameter.numel(), parameter.requires_grad) for parameter in model.parameters()]
+    return sum(n for n, trainable in counts if trainable), sum(n for n, _ in counts)
+
+
+def save_trained_model(model: nn.Module, output_dir: str | Path) -> nn.Module:
+    """Save the trained model in `output_dir` and return the model saved there. A LoRA model: the adapter in
+    `output_dir/adapter/`, then the merged plain SETR model (`merge_and_unload`, which consumes the wrapper) in
+    `output_dir`."""
+    output_dir = Path(output_dir)
+    if is_lora_model(model):
+        model.save_pretrained(output_dir / ADAPTER_FOLDER)
+        model = model.merge_and_unload()
+    model.save_pretrained(output_dir)
+    return model
+
+
+__all__ = [
+    "ADAPTER_FOLDER",
+    "LORA_TARGET_MODULES",
+    "adapt_for_training",
+    "add_lora",
+    "freeze_encoder",
+    "is_lora_model",
+    "save_trained_model",
+    "trainable_parameter_count",
+]
