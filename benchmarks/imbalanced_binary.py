@@ -1,9 +1,9 @@
 """Imbalanced binary segmentation: foreground IoU of plain cross-entropy against weighted cross-entropy and
 sigmoid BCE + Dice, after the same short CPU run (issue 21).
 
-The data is synthetic and stored the way people store binary masks: PNG masks of 0 (background) and 255 (defect),
-`id2label.json` `{"0": "background", "1": "defect"}`. Each image is a noisy grey texture with one thin, slightly
-brighter scratch covering about 2 % of the pixels. Every run goes through `setr train` exactly as the README writes
+The data is `data.synthetic.make_synthetic_defects`, stored the way people store binary masks: PNG masks of 0
+(background) and 255 (defect), `id2label.json` `{"0": "background", "1": "defect"}`. Each image is a noisy grey
+texture with one thin, slightly brighter scratch covering about 2 % of the pixels. Every run goes through `setr train` exactly as the README writes
 it (`--mask_values 0,255` maps the stored values to the declared classes), on a tiny random SETR, same data, same
 steps, same seed; only the loss differs.
 
@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from transformers_setr.data.synthetic import make_synthetic_defects
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -37,38 +39,6 @@ TINY_MODEL = {
     "auxiliary_channels": 16,
     "use_auxiliary_head": False,
 }
-
-
-def scratch_mask(rng: np.random.Generator, size: int, share: float) -> np.ndarray:
-    """A thin straight scratch (1-2 px wide) whose area is about `share` of the image."""
-    mask = np.zeros((size, size), dtype=bool)
-    angle = rng.uniform(0, np.pi)
-    centre = rng.uniform(size * 0.3, size * 0.7, 2)
-    width = 1.0 if rng.random() < 0.5 else 1.6
-    length = share * size * size / (2 * width)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    along = (xx - centre[1]) * np.cos(angle) + (yy - centre[0]) * np.sin(angle)
-    across = -(xx - centre[1]) * np.sin(angle) + (yy - centre[0]) * np.cos(angle)
-    mask |= (np.abs(across) <= width) & (np.abs(along) <= length / 2)
-    return mask
-
-
-def make_defect_data(root: Path, *, size: int, num_train: int, num_validation: int, seed: int = 0) -> Path:
-    """images/{train,val}/*.png and masks/{train,val}/*.png (0 / 255), id2label.json."""
-    rng = np.random.default_rng(seed)
-    for split, count in (("train", num_train), ("val", num_validation)):
-        (root / "images" / split).mkdir(parents=True)
-        (root / "masks" / split).mkdir(parents=True)
-        for index in range(count):
-            mask = scratch_mask(rng, size, share=0.02)
-            base = rng.uniform(90, 150)
-            image = base + rng.normal(0, 14, (size, size)) + 6 * np.sin(np.arange(size) / rng.uniform(3, 9))[None]
-            image[mask] += rng.uniform(28, 40)
-            rgb = np.clip(np.repeat(image[..., None], 3, axis=2), 0, 255).astype(np.uint8)
-            Image.fromarray(rgb).save(root / "images" / split / f"{index:04d}.png")
-            Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / split / f"{index:04d}.png")
-    (root / "id2label.json").write_text(json.dumps({"0": "background", "1": "defect"}) + "\n")
-    return root
 
 
 def foreground_share(root: Path) -> float:
@@ -112,7 +82,7 @@ def main() -> int:
     parser.add_argument("--validation-images", type=int, default=32)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temporary:
-        data = make_defect_data(
+        data = make_synthetic_defects(
             Path(temporary) / "defects",
             size=args.size,
             num_train=args.train_images,

@@ -573,3 +573,54 @@ def make_synthetic_custom(
             (folder / "saved").rmdir()
         (folder / "id2label.json").write_text(id2label + "\n")
     return Path(root)
+
+
+DEFECT_CLASSES = ("background", "defect")
+
+
+def _scratch_mask(rng: np.random.Generator, size: int, share: float) -> np.ndarray:
+    """A thin straight scratch (2 or 3 px wide) at a random angle whose area is about `share` of the image."""
+    angle = rng.uniform(0, np.pi)
+    centre_y, centre_x = rng.uniform(size * 0.3, size * 0.7, 2)
+    half_width = 1.0 if rng.random() < 0.5 else 1.6
+    length = share * size * size / (2 * half_width)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    along = (xx - centre_x) * np.cos(angle) + (yy - centre_y) * np.sin(angle)
+    across = -(xx - centre_x) * np.sin(angle) + (yy - centre_y) * np.cos(angle)
+    return (np.abs(across) <= half_width) & (np.abs(along) <= length / 2)
+
+
+def make_synthetic_defects(
+    root: str | os.PathLike,
+    *,
+    num_train: int = 64,
+    num_validation: int = 32,
+    size: int = 64,
+    foreground_share: float = 0.02,
+    seed: int = 0,
+) -> Path:
+    """Write an imbalanced binary dataset stored the way people store binary masks, at `root`; return `root`.
+
+    `images/{train,val}/<stem>.png`: a noisy grey texture with one thin, slightly brighter scratch covering about
+    `foreground_share` of the pixels; `masks/{train,val}/<stem>.png`: 8-bit masks of 0 (background) and 255 (the
+    scratch); `id2label.json`: `{"0": "background", "1": "defect"}`. Training on it needs `--mask_values 0,255`.
+    """
+    _check_arguments("folder", ("folder",), num_train, num_validation, (size, size))
+    import json
+
+    rng = np.random.default_rng(seed)
+    with _atomic_directory(Path(root)) as folder:
+        for split, count in (("train", num_train), ("val", num_validation)):
+            (folder / "images" / split).mkdir(parents=True)
+            (folder / "masks" / split).mkdir(parents=True)
+            for index in range(count):
+                mask = _scratch_mask(rng, size, foreground_share)
+                image = rng.uniform(90, 150) + rng.normal(0, 14, (size, size))
+                image = image + 6 * np.sin(np.arange(size) / rng.uniform(3, 9))[None]
+                image[mask] += rng.uniform(28, 40)
+                rgb = np.clip(np.repeat(image[..., None], 3, axis=2), 0, 255).astype(np.uint8)
+                Image.fromarray(rgb).save(folder / "images" / split / f"{index:04d}.png")
+                Image.fromarray(mask.astype(np.uint8) * 255).save(folder / "masks" / split / f"{index:04d}.png")
+        id2label = {str(index): name for index, name in enumerate(DEFECT_CLASSES)}
+        (folder / "id2label.json").write_text(json.dumps(id2label) + "\n")
+    return Path(root)
