@@ -25,8 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import count_inference_gflop, format_table, print_report  # noqa: E402
 
-from transformers_setr.configuration_setr import SetrConfig  # noqa: E402
-from transformers_setr.modeling_setr import SetrForSemanticSegmentation  # noqa: E402
+from transformers_setr.models.setr.configuration_setr import SetrConfig  # noqa: E402
+from transformers_setr.models.setr.modeling_setr import SetrForSemanticSegmentation  # noqa: E402
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from the vendors' data sheets.
 PEAK_BF16_TFLOPS = {

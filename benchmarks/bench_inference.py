@@ -46,7 +46,7 @@ from common import (  # noqa: E402
 )
 
 from transformers_setr.conversion import load_checkpoint_file  # noqa: E402
-from transformers_setr.convert_mmseg import build_converted_model  # noqa: E402
+from transformers_setr.conversion.from_mmseg import build_converted_model  # noqa: E402
 from transformers_setr.presets import PRESETS  # noqa: E402
 
 # decoder -> (the fixture script's released-variant name, our preset)

@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import format_table, print_report, set_threads  # noqa: E402
 
-from transformers_setr.metrics import MeanIoU, evaluate_metric_path  # noqa: E402
+from transformers_setr.evaluation.metrics import MeanIoU, evaluate_metric_path  # noqa: E402
 
 NUM_LABELS, IGNORE_INDEX = 150, 255
 SIZES = [(512, 683), (683, 512), (512, 512), (512, 768), (384, 512), (512, 1024), (640, 480), (512, 910)]

@@ -30,8 +30,8 @@ from common import (  # noqa: E402
     set_threads,
 )
 
-from transformers_setr.image_processing_pil_setr import SetrImageProcessorPil  # noqa: E402
-from transformers_setr.image_processing_setr import SetrImageProcessor  # noqa: E402
+from transformers_setr.models.setr.image_processing_pil_setr import SetrImageProcessorPil  # noqa: E402
+from transformers_setr.models.setr.image_processing_setr import SetrImageProcessor  # noqa: E402
 from transformers_setr.presets import PRESETS  # noqa: E402
 
 # (name, image height x width, preset whose test scale applies)

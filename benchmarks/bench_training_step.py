@@ -64,7 +64,7 @@ def run_child(args: argparse.Namespace) -> None:
     import torch
 
     from transformers_setr.conversion import load_checkpoint_file
-    from transformers_setr.convert_mmseg import build_converted_model
+    from transformers_setr.conversion.from_mmseg import build_converted_model
     from transformers_setr.presets import PRESETS
 
     set_threads(args.threads)

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, format_table, print_report, set_threads  # noqa: E402
 
 from transformers_setr import SetrConfig, SetrForSemanticSegmentation  # noqa: E402
-from transformers_setr.image_processing_setr import SetrImageProcessor  # noqa: E402
+from transformers_setr.models.setr.image_processing_setr import SetrImageProcessor  # noqa: E402
 
 MAIN_JOB = ROOT / "outputs" / "main-job"
 NEAR_TIE_MARGIN = 0.1  # as in bench_inference.py

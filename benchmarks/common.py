@@ -382,7 +382,7 @@ def inference_gflop_by_kind(config: Any, height: int, width: int, mode: str) -> 
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from transformers_setr.modeling_setr import SetrForSemanticSegmentation, slide_windows
+    from transformers_setr.models.setr.modeling_setr import SetrForSemanticSegmentation, slide_windows
 
     with torch.device("meta"):
         model = SetrForSemanticSegmentation(config).eval()
@@ -408,7 +408,7 @@ def training_gflop_by_kind(config: Any, batch: int, height: int, width: int) -> 
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from transformers_setr.modeling_setr import SetrForSemanticSegmentation
+    from transformers_setr.models.setr.modeling_setr import SetrForSemanticSegmentation
 
     with torch.device("meta"):
         model = SetrForSemanticSegmentation(config).train()

@@ -50,7 +50,7 @@ from common import (  # noqa: E402
     training_gflop_by_kind,
 )
 
-from transformers_setr.modeling_setr import SetrForSemanticSegmentation  # noqa: E402
+from transformers_setr.models.setr.modeling_setr import SetrForSemanticSegmentation  # noqa: E402
 from transformers_setr.presets import PRESETS  # noqa: E402
 from transformers_setr.training import config_for_preset  # noqa: E402
 

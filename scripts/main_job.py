@@ -234,9 +234,9 @@ def main() -> int:
 
     import transformers_setr  # noqa: F401  (registers SETR with the Auto classes and the pipeline)
     from transformers_setr.data import load_segmentation_data
-    from transformers_setr.synthetic import make_synthetic_ade20k
-    from transformers_setr.training_script import main_trainer
-    from transformers_setr.visualize import overlay_with_legend, upscale_for_display
+    from transformers_setr.data.synthetic import make_synthetic_ade20k
+    from transformers_setr.inference.visualize import overlay_with_legend, upscale_for_display
+    from transformers_setr.training.commands import main_trainer
 
     hf_logging.disable_progress_bar()  # one bar per phase: not transformers' one-item weight loading/saving bars
     started = time.perf_counter()

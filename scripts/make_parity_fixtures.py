@@ -558,20 +558,18 @@ PRESET_OF_VARIANT = {
 
 
 def _load_presets() -> dict:
-    """`transformers_setr/conversion/presets.py` without the package (this script runs where transformers is not
+    """`transformers_setr/presets.py` without the package (this script runs where transformers is not
     installed): the file is run as `presets` of a stand-in package whose only other module holds the one slide-stride
     rule, `default_slide_stride`, taken from `configuration_setr.py` itself (its other code needs transformers)."""
     package_root = REPO_ROOT / "src" / "transformers_setr"
     config_tree = ast.parse((package_root / "models" / "setr" / "configuration_setr.py").read_text())
     (rule,) = [n for n in config_tree.body if isinstance(n, ast.FunctionDef) and n.name == "default_slide_stride"]
-    for name in ("setr_reference", "setr_reference.models", "setr_reference.models.setr", "setr_reference.conversion"):
+    for name in ("setr_reference", "setr_reference.models", "setr_reference.models.setr"):
         sys.modules.setdefault(name, types.ModuleType(name)).__path__ = []
     configuration = types.ModuleType("setr_reference.models.setr.configuration_setr")
     exec(compile(ast.Module([rule], type_ignores=[]), "configuration_setr.py", "exec"), configuration.__dict__)
     sys.modules[configuration.__name__] = configuration
-    spec = importlib.util.spec_from_file_location(
-        "setr_reference.conversion.presets", package_root / "conversion" / "presets.py"
-    )
+    spec = importlib.util.spec_from_file_location("setr_reference.presets", package_root / "presets.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(module)

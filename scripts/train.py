@@ -13,7 +13,7 @@ the command line; `--help` lists them. See the README ("Training") for the data 
 
 import sys
 
-from transformers_setr.training_script import main_trainer as main
+from transformers_setr.training.commands import main_trainer as main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -11,7 +11,7 @@ last` continues from the newest one.
 
 import sys
 
-from transformers_setr.training_script import main_no_trainer
+from transformers_setr.training.commands import main_no_trainer
 
 if __name__ == "__main__":
     sys.exit(main_no_trainer(sys.argv[1:]))

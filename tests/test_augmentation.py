@@ -8,7 +8,8 @@ import PIL.Image
 import pytest
 import torch
 
-from transformers_setr.augmentation import (
+from transformers_setr.presets import PRESETS
+from transformers_setr.training.augmentation import (
     PhotometricDistortionParameters,
     SetrTrainAugmentation,
     TorchRandomSource,
@@ -18,7 +19,6 @@ from transformers_setr.augmentation import (
     resize_nearest,
     rgb_to_hsv_uint8,
 )
-from transformers_setr.presets import PRESETS
 
 FIXTURE = Path(__file__).parent / "fixtures" / "augmentation" / "mmseg_train_pipeline.npz"
 MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)

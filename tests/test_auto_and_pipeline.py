@@ -16,7 +16,7 @@ from transformers import AutoImageProcessor, pipeline
 from transformers.utils import is_torchvision_available
 
 from transformers_setr import SetrForSemanticSegmentation, SetrImageProcessorPil
-from transformers_setr.label_tables import id2label_for
+from transformers_setr.data.label_tables import id2label_for
 
 skimage_data = pytest.importorskip("skimage.data")
 

@@ -17,9 +17,9 @@ import pytest
 import torch
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
-import transformers_setr.convert_mmseg as convert_mmseg
+import transformers_setr.conversion.from_mmseg as convert_mmseg
 from transformers_setr.conversion import CheckpointMismatchError, load_checkpoint_file
-from transformers_setr.convert_mmseg import (
+from transformers_setr.conversion.from_mmseg import (
     build_converted_model,
     config_from_mmseg_checkpoint,
     convert_checkpoint,

@@ -1,4 +1,4 @@
-"""timm ViT -> SETR encoder initialisation (`transformers_setr.convert_timm`), against timm itself on small random
+"""timm ViT -> SETR encoder initialisation (`transformers_setr.conversion.from_timm`), against timm itself on small random
 models, plus a key/shape check of the full `vit_large_patch16_384` architecture on the meta device."""
 
 from functools import partial
@@ -11,7 +11,7 @@ from torch import nn
 
 from transformers_setr import SetrConfig, SetrForSemanticSegmentation, SetrModel
 from transformers_setr.conversion import CheckpointMismatchError
-from transformers_setr.convert_timm import (
+from transformers_setr.conversion.from_timm import (
     TIMM_VIT_PRESETS,
     convert_timm_vit_state_dict,
     load_timm_vit_pretrain,

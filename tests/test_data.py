@@ -15,8 +15,8 @@ from transformers_setr.data import (
     SegmentationData,
     load_segmentation_data,
 )
-from transformers_setr.label_tables import cityscapes_label_id_to_train_id
-from transformers_setr.synthetic import make_synthetic_ade20k, make_synthetic_cityscapes
+from transformers_setr.data.label_tables import cityscapes_label_id_to_train_id
+from transformers_setr.data.synthetic import make_synthetic_ade20k, make_synthetic_cityscapes
 
 ADE_SIZE = (40, 56)  # (height, width)
 CITYSCAPES_SIZE = (32, 64)

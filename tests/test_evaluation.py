@@ -21,6 +21,7 @@ from PIL import Image
 
 from transformers_setr import SetrForSemanticSegmentation, SetrImageProcessorPil
 from transformers_setr.data import SegmentationData, load_segmentation_data
+from transformers_setr.data.synthetic import make_synthetic_ade20k
 from transformers_setr.evaluation import (
     SegmentationEvalDataset,
     batch_areas,
@@ -28,8 +29,7 @@ from transformers_setr.evaluation import (
     evaluate_segmentation,
     predict_labels,
 )
-from transformers_setr.metrics import intersect_and_union
-from transformers_setr.synthetic import make_synthetic_ade20k
+from transformers_setr.evaluation.metrics import intersect_and_union
 
 REPO = Path(__file__).resolve().parents[1]
 ADE_LABELS = 150
@@ -38,7 +38,7 @@ IMAGE_SIZES = ((40, 56), (50, 30), (40, 56))  # (H, W); the processor brings the
 
 
 def numpy_miou(predictions, labels, num_labels, ignore_index=255):
-    """mmseg's IoUMetric written out with numpy histograms (independent of transformers_setr.metrics)."""
+    """mmseg's IoUMetric written out with numpy histograms (independent of transformers_setr.evaluation.metrics)."""
     total = np.zeros((4, num_labels))
     for prediction, label in zip(predictions, labels):
         keep = label != ignore_index

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, Trainer, TrainingArguments
 
 from transformers_setr import SetrConfig, SetrForSemanticSegmentation, SetrImageProcessorPil
-from transformers_setr.label_tables import ADE20K_CLASSES, ADE20K_PALETTE
+from transformers_setr.data.label_tables import ADE20K_CLASSES, ADE20K_PALETTE
 
 NEW_ID2LABEL = {0: "background", 1: "cat", 2: "dog"}
 

@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 
-from transformers_setr.image_processing_pil_setr import (
+from transformers_setr.models.setr import image_processing_base_setr
+from transformers_setr.models.setr.image_processing_pil_setr import (
     SetrImageProcessorPil,
     get_setr_resize_output_size,
     nearest_source_indices,
     reduce_segmentation_labels,
 )
-from transformers_setr.models.setr import image_processing_base_setr
 
 ADE = {"shortest_edge": 512, "longest_edge": 2048}  # mmseg scale (2048, 512)
 CITYSCAPES = {"shortest_edge": 1025, "longest_edge": 2049}  # mmseg scale (2049, 1025)
@@ -36,7 +36,7 @@ RAW = {"do_rescale": False, "do_normalize": False}  # return the resized uint8 p
 def processor_class(request):
     if request.param == "torchvision":
         pytest.importorskip("torchvision", reason="the torchvision backend needs torchvision")
-        from transformers_setr.image_processing_setr import SetrImageProcessor
+        from transformers_setr.models.setr.image_processing_setr import SetrImageProcessor
 
         return SetrImageProcessor
     return SetrImageProcessorPil
@@ -45,7 +45,7 @@ def processor_class(request):
 @pytest.fixture
 def torchvision_processor_class():
     pytest.importorskip("torchvision", reason="the torchvision backend needs torchvision")
-    from transformers_setr.image_processing_setr import SetrImageProcessor
+    from transformers_setr.models.setr.image_processing_setr import SetrImageProcessor
 
     return SetrImageProcessor
 
@@ -512,7 +512,7 @@ def test_save_load_round_trip(processor_class, tmp_path):
 
 def test_pil_module_imports_are_hub_safe():
     """The PIL file ships next to the weights: no torchvision, no transformers_setr, only relative imports otherwise."""
-    import transformers_setr.image_processing_pil_setr as module
+    import transformers_setr.models.setr.image_processing_pil_setr as module
 
     tree = ast.parse(Path(module.__file__).read_text())
     roots = set()

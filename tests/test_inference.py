@@ -10,7 +10,7 @@ from transformers import pipeline
 
 from transformers_setr import SetrForSemanticSegmentation, SetrImageProcessorPil
 from transformers_setr.inference import multi_scale_flip_probabilities
-from transformers_setr.modeling_setr import slide_windows
+from transformers_setr.models.setr.modeling_setr import slide_windows
 
 
 def build(decoder_type: str = "pup", **overrides) -> SetrForSemanticSegmentation:

@@ -14,8 +14,8 @@ from conftest import DECODERS, randomise_batch_norm, tiny_config
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from transformers_setr import SetrForSemanticSegmentation
-from transformers_setr.modeling_setr import InferenceTensorCache, channel_layernorm, upsample_bilinear
 from transformers_setr.models.setr.fast_inference_setr import onednn_matmul_usable
+from transformers_setr.models.setr.modeling_setr import InferenceTensorCache, channel_layernorm, upsample_bilinear
 
 FP32_TOLERANCE = 1e-5
 

@@ -97,7 +97,7 @@ def test_zero_255_masks_with_classes_0_and_1_are_refused_in_one_line(tmp_path, c
 
 
 def test_mask_values_0_255_trains_the_foreground(tmp_path, capsys, caplog):
-    from transformers_setr.conversion.presets import PRESETS
+    from transformers_setr.presets import PRESETS
     from transformers_setr.training.commands import (
         DataArguments,
         ModelArguments,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import EvalPrediction
 
-from transformers_setr.metrics import (
+from transformers_setr.evaluation.metrics import (
     MeanIoU,
     evaluate_metric_path,
     intersect_and_union,

@@ -13,8 +13,7 @@ from huggingface_hub import ModelCard
 from PIL import Image
 
 from transformers_setr import SetrConfig, SetrForSemanticSegmentation, SetrImageProcessorPil
-from transformers_setr.label_tables import id2label_for
-from transformers_setr.model_card import (
+from transformers_setr.cards.model_card import (
     CITATION,
     CONVERTER_SCRIPT,
     HUB_REPO_NAME_SCHEME,
@@ -24,6 +23,7 @@ from transformers_setr.model_card import (
     slide_window_grid,
     vit_large_parameters,
 )
+from transformers_setr.data.label_tables import id2label_for
 from transformers_setr.presets import (
     HUB_DATASETS,
     HUB_ORGANISATION,
@@ -222,7 +222,7 @@ def test_encoder_parameter_count_matches_the_model(crop):
 
 
 def test_card_references_exist():
-    from transformers_setr.convert_mmseg import processor_for
+    from transformers_setr.conversion.from_mmseg import processor_for
     from transformers_setr.inference import multi_scale_flip_segmentation
 
     assert callable(multi_scale_flip_segmentation)

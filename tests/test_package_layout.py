@@ -1,5 +1,6 @@
-"""The package's rooms: the module paths of the flat 0.1 layout still work, folders saved by 0.1 still load with the
-same logits, the shipped files stay self-contained, and the `setr` command dispatches to every command line."""
+"""The package's rooms: the module paths of the flat 0.1 layout are gone, each room exports public names only, the
+rooms import each other without a cycle, folders saved by 0.1 still load with the same logits, the shipped files
+stay self-contained, and the `setr` command dispatches to every command line."""
 
 import ast
 import importlib
@@ -16,59 +17,41 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSeg
 
 import transformers_setr
 from transformers_setr import SetrConfig, SetrForSemanticSegmentation
-from transformers_setr._imports import MOVED_MODULES
+from transformers_setr._imports import lazy_exports
 
 ROOT = Path(__file__).resolve().parent.parent
 PRE_0_2_FOLDER = Path(__file__).parent / "fixtures" / "pre-0.2-folder"  # scripts/make_layout_fixture.py
-SHIPPED = Path(transformers_setr.__file__).parent / "models" / "setr"
+PACKAGE = Path(transformers_setr.__file__).parent
+SHIPPED = PACKAGE / "models" / "setr"
+ROOMS = ("models", "inference", "conversion", "data", "training", "evaluation", "cards", "apps")
 
-# What tests, scripts and users imported from the flat modules of 0.1 (one or more names each).
-NAMES_OF_0_1 = {
-    "configuration_setr": ["SetrConfig", "check_slide_window", "default_slide_stride"],
-    "modeling_setr": ["SetrForSemanticSegmentation", "SetrModel", "InferenceTensorCache", "slide_windows"],
-    "image_processing_pil_setr": [
-        "SetrImageProcessorPil",
-        "SetrImageProcessingMixin",
-        "SetrImageProcessorKwargs",
-        "get_setr_resize_output_size",
-        "reduce_segmentation_labels",
-        "nearest_source_indices",
-    ],
-    "image_processing_setr": ["SetrImageProcessor"],
-    "inference": ["multi_scale_flip_probabilities", "multi_scale_flip_segmentation", "MMSEG_TTA_RATIOS"],
-    "segmentation_pipeline": ["SetrImageSegmentationPipeline"],
-    "visualize": ["overlay_with_legend", "upscale_for_display", "colorize"],
-    "conversion": ["CheckpointMismatchError", "load_checkpoint_file", "load_mmseg_state_dict", "MMSEG_KEY_RULES"],
-    "convert_mmseg": ["convert_checkpoint", "config_from_mmseg_checkpoint", "processor_for", "verify_against_mmseg"],
-    "convert_timm": ["TIMM_VIT_PRESETS", "convert_timm_vit_state_dict", "load_timm_vit_pretrain", "map_timm_key"],
-    "presets": ["PRESETS", "HUB_DATASETS", "TIMM_VIT_LARGE_URL"],
-    "data": ["DatasetFormatError", "SegmentationData", "UndeclaredClassesError", "load_segmentation_data"],
-    "label_tables": ["ADE20K_CLASSES", "DATASETS", "id2label_for", "generate_palette"],
-    "synthetic": ["make_synthetic_ade20k", "make_synthetic_cityscapes", "make_synthetic_custom"],
-    "augmentation": ["SetrTrainAugmentation", "photometric_distortion"],
-    "training": ["SetrTrainer", "SetrTrainingArguments", "build_poly_scheduler", "config_for_preset"],
-    "training_script": ["main_trainer", "main_no_trainer", "parse_config_overrides", "build_model"],
-    "metrics": ["MeanIoU", "evaluate_metric_path", "intersect_and_union", "trainer_compute_metrics"],
-    "evaluation": ["EVAL_MODES", "evaluate_segmentation", "predict_labels", "needs_cpu_process_group"],
-    "model_card": ["build_model_card", "hub_repo_id"],
-    "mmseg_reference": ["reference_inputs"],
-    "registration": ["register_auto_classes"],
+# The flat modules of 0.1 (never published) and the modules that hold their code now. (`presets` is no alias: the
+# table of released checkpoints is the top-level module `transformers_setr.presets`, read by four rooms.)
+PATHS_OF_0_1 = {
+    "configuration_setr": "models.setr.configuration_setr",
+    "modeling_setr": "models.setr.modeling_setr",
+    "image_processing_pil_setr": "models.setr.image_processing_pil_setr",
+    "image_processing_setr": "models.setr.image_processing_setr",
+    "segmentation_pipeline": "inference.pipeline",
+    "visualize": "inference.visualize",
+    "convert_mmseg": "conversion.from_mmseg",
+    "convert_timm": "conversion.from_timm",
+    "mmseg_reference": "conversion.mmseg_reference",
+    "label_tables": "data.label_tables",
+    "synthetic": "data.synthetic",
+    "augmentation": "training.augmentation",
+    "training_script": "training.commands",
+    "metrics": "evaluation.metrics",
+    "model_card": "cards.model_card",
 }
 
 
-@pytest.mark.parametrize("old_name", sorted(NAMES_OF_0_1))
-def test_every_module_path_of_0_1_still_imports_its_names(old_name):
-    module = importlib.import_module(f"transformers_setr.{old_name}")
-    for name in NAMES_OF_0_1[old_name]:
-        assert getattr(module, name) is not None, f"transformers_setr.{old_name}.{name}"
-    if old_name in MOVED_MODULES:
-        # the very module object of the new path: isinstance checks and monkeypatching keep working
-        new = importlib.import_module(f"transformers_setr.{MOVED_MODULES[old_name]}")
-        assert module is new and module.__spec__.name == new.__name__
-
-
-def test_the_0_1_names_cover_every_moved_module():
-    assert set(MOVED_MODULES) <= set(NAMES_OF_0_1)
+@pytest.mark.parametrize(("old_path", "new_path"), sorted(PATHS_OF_0_1.items()))
+def test_the_module_paths_of_0_1_are_gone(old_path, new_path):
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(f"transformers_setr.{old_path}")
+    assert importlib.import_module(f"transformers_setr.{new_path}").__spec__.name == f"transformers_setr.{new_path}"
+    assert not [finder for finder in sys.meta_path if type(finder).__module__.startswith("transformers_setr")]
 
 
 def test_an_unknown_module_is_still_an_import_error():
@@ -76,6 +59,89 @@ def test_an_unknown_module_is_still_an_import_error():
         importlib.import_module("transformers_setr.no_such_module")
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
         transformers_setr.data.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize("room", ["", *ROOMS[1:], "models.setr"])
+def test_each_room_exports_public_names_only(room):
+    module = importlib.import_module("transformers_setr" + (f".{room}" if room else ""))
+    assert module.__all__, "every room says what it exports"
+    assert not [name for name in module.__all__ if name.startswith("_")]
+    for name in module.__all__:
+        assert getattr(module, name) is not None, f"{module.__name__}.{name}"
+
+
+def test_no_room_re_exports_a_private_name():
+    for init in sorted(PACKAGE.rglob("__init__.py")):
+        for node in ast.walk(ast.parse(init.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                private = [alias.name for alias in node.names if alias.name.startswith("_")]
+                assert not private, f"{init.relative_to(PACKAGE)} imports {private}"
+    with pytest.raises(ValueError, match=r"private names \['_helper'\]"):
+        lazy_exports("transformers_setr.somewhere", {"module": ("helper", "_helper")})
+
+
+def _room_of(parts: tuple[str, ...]) -> str:
+    """The room of a module path inside the package (`conversion.from_mmseg` -> `conversion`); a top-level module
+    (`cli`, `files`, `hub`, `presets`, ...) is its own node, the package itself is `__init__`."""
+    return parts[0] if parts else "__init__"
+
+
+def room_import_graph() -> dict[str, dict[str, list[str]]]:
+    """room -> {room it imports: [where]}, from every import statement of every module (also those inside
+    functions), relative or absolute."""
+    graph: dict[str, dict[str, list[str]]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        package_parts = parts[:-1]  # the package a `from .` import starts from (for __init__ too)
+        source = _room_of(parts[:-1] if parts[-1] == "__init__" else parts)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package_parts[: len(package_parts) - node.level + 1]
+                targets = [(*base, *node.module.split("."))] if node.module else []
+                if not node.module:  # `from .. import name`: a module or a name of that package
+                    targets = [(*base, alias.name) for alias in node.names]
+                    targets = [
+                        t
+                        if (PACKAGE.joinpath(*t).is_dir() or PACKAGE.joinpath(*t).with_suffix(".py").is_file())
+                        else base
+                        for t in targets
+                    ]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "transformers_setr":
+                targets = [tuple(node.module.split(".")[1:])]
+            elif isinstance(node, ast.Import):
+                targets = [
+                    tuple(a.name.split(".")[1:]) for a in node.names if a.name.split(".")[0] == "transformers_setr"
+                ]
+            else:
+                continue
+            for target in targets:
+                room = _room_of(target)
+                if room != source:
+                    graph.setdefault(source, {}).setdefault(room, []).append(
+                        f"{path.relative_to(PACKAGE)}:{node.lineno}"
+                    )
+    return graph
+
+
+def test_the_rooms_import_each_other_without_a_cycle():
+    graph = room_import_graph()
+    # the graph is read right: edges every version of the package has
+    assert "data" in graph["training"] and "models" in graph["inference"] and "cards" in graph["conversion"]
+    done: set[str] = set()
+
+    def visit(room: str, path: list[str]) -> None:
+        if room in path:
+            cycle = path[path.index(room) :] + [room]
+            where = [f"{a} -> {b} ({', '.join(graph[a][b])})" for a, b in zip(cycle, cycle[1:])]
+            pytest.fail("import cycle between rooms: " + "; ".join(where))
+        if room in done:
+            return
+        for target in graph.get(room, {}):
+            visit(target, [*path, room])
+        done.add(room)
+
+    for room in sorted(graph):
+        visit(room, [])
 
 
 def _load_fixture_copy(tmp_path: Path) -> Path:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForSemanticSegmentation
 
 from transformers_setr.conversion import load_checkpoint_file
-from transformers_setr.convert_mmseg import convert_checkpoint
+from transformers_setr.conversion.from_mmseg import convert_checkpoint
 from transformers_setr.presets import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]

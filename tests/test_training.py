@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from transformers_setr import SetrForSemanticSegmentation
-from transformers_setr.training import _AugmentationEpochCallback, uses_sync_batch_norm
-from transformers_setr.training_script import _revert_sync_batch_norm, main_trainer, parse_config_overrides
+from transformers_setr.training import AugmentationEpochCallback, uses_sync_batch_norm
+from transformers_setr.training.commands import _revert_sync_batch_norm, main_trainer, parse_config_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -54,7 +54,7 @@ TINY = json.dumps(TINY_FIELDS)
 
 @pytest.fixture(scope="module")
 def ade_root(tmp_path_factory):
-    from transformers_setr.synthetic import make_synthetic_ade20k
+    from transformers_setr.data.synthetic import make_synthetic_ade20k
 
     return make_synthetic_ade20k(
         tmp_path_factory.mktemp("ade"), layout="raw", num_train=16, num_validation=4, image_size=(48, 64), seed=0
@@ -273,7 +273,7 @@ def test_no_trainer_loop_refuses_launched_processes_that_formed_no_group(ade_roo
     """A launch Accelerate does not turn into a group (here: WORLD_SIZE=2, a device it has no backend for)."""
     code = (
         "import sys, torch; torch.accelerator.is_available = lambda: True; "
-        "from transformers_setr.training_script import main_no_trainer; sys.exit(main_no_trainer(sys.argv[1:]))"
+        "from transformers_setr.training.commands import main_no_trainer; sys.exit(main_no_trainer(sys.argv[1:]))"
     )
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2"}
     environment.pop("LOCAL_RANK", None)
@@ -362,10 +362,10 @@ def test_epoch_callback_follows_the_trainer_state():
         epoch = 2.5  # restored from a checkpoint in the middle of epoch 2
 
     dataset = Dataset()
-    _AugmentationEpochCallback(dataset).on_epoch_begin(None, State(), None)
+    AugmentationEpochCallback(dataset).on_epoch_begin(None, State(), None)
     assert dataset.epoch == 2
     State.epoch = 3.0
-    _AugmentationEpochCallback(dataset).on_epoch_begin(None, State(), None)
+    AugmentationEpochCallback(dataset).on_epoch_begin(None, State(), None)
     assert dataset.epoch == 3
 
 

@@ -20,7 +20,7 @@ STEPS = 6
 
 @pytest.fixture(scope="module")
 def ade_root(tmp_path_factory):
-    from transformers_setr.synthetic import make_synthetic_ade20k
+    from transformers_setr.data.synthetic import make_synthetic_ade20k
 
     return make_synthetic_ade20k(
         tmp_path_factory.mktemp("ade"), layout="raw", num_train=4, num_validation=1, image_size=(48, 64), seed=0

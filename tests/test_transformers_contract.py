@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import DECODERS, tiny_config
 
-from transformers_setr import SetrForSemanticSegmentation, configuration_setr
+from transformers_setr import SetrForSemanticSegmentation
+from transformers_setr.models.setr import configuration_setr
 
 
 @pytest.mark.parametrize("decoder_type", DECODERS)
@@ -45,7 +46,7 @@ def processor_class(request):
 
         return SetrImageProcessorPil
     pytest.importorskip("torchvision")
-    from transformers_setr.image_processing_setr import SetrImageProcessor
+    from transformers_setr.models.setr.image_processing_setr import SetrImageProcessor
 
     return SetrImageProcessor
 

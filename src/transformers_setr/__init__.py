@@ -8,7 +8,7 @@ imported when first used, and the training ones need the `[train]` extra.
 
 from transformers.utils import is_torchvision_available
 
-from ._imports import install_moved_module_finder, lazy_exports
+from ._imports import lazy_exports
 from .models.setr.configuration_setr import SetrConfig
 from .models.setr.image_processing_pil_setr import SetrImageProcessorPil
 from .models.setr.modeling_setr import (
@@ -26,7 +26,6 @@ else:  # transformers' own convention: the processor name falls back to the PIL 
 
 __version__ = "0.2.0"
 
-install_moved_module_finder()
 register_auto_classes()
 
 _getattr, __dir__, _lazy_names = lazy_exports(

@@ -6,6 +6,8 @@ Each command module has `build_parser()` and `main(argv) -> int`.
 
 import argparse
 
+__all__ = ["OneLineArgumentParser"]
+
 
 class OneLineArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are one line, `setr <command>: error: ...` with exit status 2, the usage left to `--help`

@@ -1,1 +1,11 @@
-"""Model cards of the converted and the trained checkpoints (`model_card`)."""
+"""Model cards: of the seven released checkpoints (`build_model_card`), of a trained model
+(`build_trained_model_card`) and of any other converted checkpoint (`build_converted_model_card`); `setr cards`
+(`command`) writes or checks the committed ones.
+"""
+
+from .._imports import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {"model_card": ("build_model_card", "build_trained_model_card", "build_converted_model_card", "hub_repo_id")},
+)

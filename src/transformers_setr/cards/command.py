@@ -11,8 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..conversion.presets import PRESETS
 from ..files import write_text_atomically
+from ..presets import PRESETS
 from .model_card import build_model_card
 
 DEFAULT_DIR = Path("model_cards")

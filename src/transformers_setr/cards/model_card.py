@@ -18,7 +18,11 @@ from string import Template
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..conversion.presets import (
+from ..data.label_tables import id2label_for
+from ..inference.multi_scale import MMSEG_TTA_RATIOS
+from ..models.setr.image_processing_base_setr import get_setr_resize_output_size
+from ..models.setr.modeling_setr import slide_windows
+from ..presets import (
     HUB_DATASETS,
     HUB_ORGANISATION,
     MMSEG_BENCHMARK_DEVICE,
@@ -28,10 +32,6 @@ from ..conversion.presets import (
     TIMM_VIT_LARGE_URL,
     CheckpointPreset,
 )
-from ..data.label_tables import id2label_for
-from ..inference.multi_scale import MMSEG_TTA_RATIOS
-from ..models.setr.image_processing_base_setr import get_setr_resize_output_size
-from ..models.setr.modeling_setr import slide_windows
 
 HUB_REPO_NAME_SCHEME = "{organisation}/{preset_name}"
 """Repo id of a converted checkpoint (see `hub_repo_id`); the default equals `preset.hub_repo_id`."""

@@ -8,9 +8,9 @@ from ..cli import config_overrides_argument
 from ..data.label_tables import id2label_for
 from ..models.setr.configuration_setr import MODEL_INFERENCE_MODES, SetrConfig
 from ..models.setr.modeling_setr import SetrForSemanticSegmentation
+from ..presets import PRESETS
 from .from_mmseg import convert_checkpoint, resolve_checkpoint, verify_against_mmseg
 from .from_timm import TIMM_VIT_PRESETS, load_timm_vit_pretrain
-from .presets import PRESETS
 
 CONVERT_DOC = """Convert a released mmsegmentation SETR checkpoint into a transformers folder.
 

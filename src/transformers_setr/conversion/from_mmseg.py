@@ -29,11 +29,12 @@ from urllib.parse import urlparse
 import torch
 
 from ..data.label_tables import DATASETS
+from ..hub import push_folder_to_hub
 from ..models.setr.configuration_setr import SetrConfig
 from ..models.setr.image_processing_pil_setr import SetrImageProcessorPil
 from ..models.setr.modeling_setr import SetrForSemanticSegmentation
+from ..presets import PRESETS, RELEASED_ENCODER, CheckpointPreset
 from .checkpoints import default_cache_dir, download_cached, load_checkpoint_file, load_mmseg_state_dict
-from .presets import PRESETS, RELEASED_ENCODER, CheckpointPreset
 
 logger = logging.getLogger(__name__)
 CACHE_DIR = default_cache_dir()
@@ -617,35 +618,14 @@ def convert_checkpoint(
 
     folder = write_folder_atomically(Path(output_dir), write, overwrite=overwrite)
     if push_to_hub:
-        push_folder_to_hub(folder, push_to_hub)
+        # only the files this conversion wrote (its manifest), never other files kept in the folder
+        push_folder_to_hub(
+            folder,
+            push_to_hub,
+            commit_message="Upload converted SETR checkpoint",
+            allow_patterns=sorted(read_conversion_manifest(folder)) or None,
+        )
     return folder, model
-
-
-def push_folder_to_hub(
-    folder: str | Path,
-    repo_id: str,
-    token: str | None = None,
-    *,
-    ignore_patterns: list[str] | None = None,
-    commit_message: str = "Upload converted SETR checkpoint",
-) -> str:
-    """Create the model repo if needed and upload the folder (weights, configs, code, card): only the files its
-    conversion wrote (`CONVERSION_MANIFEST`) when it has a manifest, never other files kept there."""
-    from huggingface_hub import HfApi
-
-    converted = read_conversion_manifest(Path(folder))
-
-    api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="model", exist_ok=True)
-    commit = api.upload_folder(
-        folder_path=str(folder),
-        repo_id=repo_id,
-        repo_type="model",
-        commit_message=commit_message,
-        allow_patterns=sorted(converted) or None,
-        ignore_patterns=ignore_patterns,
-    )
-    return getattr(commit, "commit_url", str(commit))
 
 
 def find_mmseg_python(explicit: str | None = None) -> str | None:

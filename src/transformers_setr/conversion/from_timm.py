@@ -25,6 +25,7 @@ import torch
 
 from ..models.setr.configuration_setr import SetrConfig
 from ..models.setr.modeling_setr import SetrModel, resize_position_embeddings
+from ..presets import TIMM_VIT_LARGE_URL
 from .checkpoints import (
     CheckpointMismatchError,
     default_cache_dir,
@@ -33,7 +34,6 @@ from .checkpoints import (
     load_checkpoint_file,
 )
 from .key_rules import POSITION_EMBEDDINGS_KEY, TIMM_VIT_KEY_RULES, map_key, rename_state_dict
-from .presets import TIMM_VIT_LARGE_URL
 
 TIMM_VIT_PRESETS: dict[str, str] = {"vit-large-p16-384": TIMM_VIT_LARGE_URL}
 

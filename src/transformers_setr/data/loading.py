@@ -63,8 +63,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers.utils import logging
 
 from .._imports import require
-from ..conversion.presets import HUB_DATASETS
 from ..models.setr.configuration_setr import IGNORE_INDEX
+from ..presets import HUB_DATASETS
 from .label_tables import (
     ADE20K_CLASSES,
     CITYSCAPES_CLASSES,
@@ -357,7 +357,7 @@ def declare_classes(
     return ClassDeclaration(dict(enumerate(names.values())), mask_values=stored)
 
 
-def _describe(value: Any, fallback: str) -> str:
+def cell_file_name(value: Any, fallback: str) -> str:
     """The file a cell refers to (its path; Parquet exports keep the base name), else `fallback`."""
     path = value.get("path") if isinstance(value, dict) else value if isinstance(value, str | os.PathLike) else None
     return str(path) if path else fallback
@@ -515,7 +515,7 @@ class SegmentationData:
 
     def decode(self, row: dict) -> SegmentationExample:
         """One row of a split -> RGB image (EXIF orientation applied) and train ids, checked against each other."""
-        file_name = row.get("file_name") or _describe(row.get("image"), "<row without a file name>")
+        file_name = row.get("file_name") or cell_file_name(row.get("image"), "<row without a file name>")
         image = _open(row.get("image"), file_name, "image")
         orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
         image = ImageOps.exif_transpose(image)
@@ -525,7 +525,7 @@ class SegmentationData:
         annotation = row.get("annotation")
         if annotation is None:
             raise DatasetFormatError(f"{file_name}: the row has no annotation (test splits usually have none)")
-        mask_name = f"{_describe(annotation, 'annotation')} (annotation of {file_name})"
+        mask_name = f"{cell_file_name(annotation, 'annotation')} (annotation of {file_name})"
         values = self.read_stored_mask(annotation, mask_name)
         if values.shape != (image.height, image.width):
             rotated = f" after applying its EXIF orientation {orientation}" if orientation != 1 else ""
@@ -597,10 +597,11 @@ class SegmentationData:
         )
 
     def example(self, split: str, index: int) -> SegmentationExample:
-        return self.decode(self.splits[_normalise_split(split)][index])
+        return self.decode(self.splits[normalise_split(split)][index])
 
 
-def _normalise_split(name: str) -> str:
+def normalise_split(name: str) -> str:
+    """The canonical name of a split (`val` -> `validation`, ...); other names unchanged."""
     return _SPLIT_ALIASES.get(str(name).lower(), str(name))
 
 
@@ -608,7 +609,7 @@ def _choose_splits(wanted: Sequence[str] | None, available: Sequence[str], sourc
     if wanted is None:
         chosen = [split for split in DEFAULT_SPLITS if split in available] or list(available)
     else:
-        chosen = list(dict.fromkeys(_normalise_split(split) for split in wanted))
+        chosen = list(dict.fromkeys(normalise_split(split) for split in wanted))
         missing = [split for split in chosen if split not in available]
         if missing:
             raise DatasetFormatError(f"{source}: no split {missing}; available: {list(available)}")
@@ -772,7 +773,7 @@ def _by_split_name(loaded: datasets.Dataset | datasets.DatasetDict, source: str)
         raise TypeError(f"{source}: expected a datasets.Dataset or DatasetDict, got {type(loaded).__name__}")
     by_name: dict[str, datasets.Dataset] = {}
     for name, split in loaded.items():
-        normalised = _normalise_split(name)
+        normalised = normalise_split(name)
         if normalised in by_name:
             raise DatasetFormatError(f"{source}: splits {sorted(loaded)} give {normalised!r} twice")
         by_name[normalised] = split
@@ -783,7 +784,7 @@ def _with_validation_split(
     by_name: dict[str, datasets.Dataset], wanted: Sequence[str] | None, fraction: float | None, source: str
 ) -> dict[str, datasets.Dataset]:
     """Carve a validation split out of train (fixed seed) when there is none and it is wanted."""
-    wants_validation = wanted is None or "validation" in [_normalise_split(split) for split in wanted]
+    wants_validation = wanted is None or "validation" in [normalise_split(split) for split in wanted]
     if "validation" in by_name or "train" not in by_name or not fraction or not wants_validation:
         return by_name
     if not 0 < fraction < 1:
@@ -937,7 +938,7 @@ def _from_table(
     columns = by_name["train"].column_names if "train" in by_name else columns
     image_column = _pick_column(columns, options.image_column, IMAGE_COLUMNS, "image", source)
     label_column = _pick_column(columns, options.label_column, LABEL_COLUMNS, "label", source)
-    asked = [_normalise_split(split) for split in wanted] if wanted is not None else list(DEFAULT_SPLITS)
+    asked = [normalise_split(split) for split in wanted] if wanted is not None else list(DEFAULT_SPLITS)
     wanted_now = [split for split in by_name if split in ("train", *asked)] or list(by_name)
     normalised = _normalised_splits(by_name, wanted_now, image_column, label_column, None, source)
     by_name = _with_validation_split(dict(normalised), wanted, options.train_val_split, source)
@@ -994,18 +995,18 @@ def _pair_folders(root: Path) -> dict[str, tuple[Path, Path]] | None:
     known = {"train", "validation", "test"}
     per_split = {}
     for child in sorted(root.iterdir()):  # train/images + train/masks, val/images + val/masks
-        if child.is_dir() and _normalise_split(child.name) in known and (child / "images").is_dir():
+        if child.is_dir() and normalise_split(child.name) in known and (child / "images").is_dir():
             masks = mask_folder(child)
             if masks is not None:
-                per_split[_normalise_split(child.name)] = (child / "images", masks)
+                per_split[normalise_split(child.name)] = (child / "images", masks)
     if per_split:
         return per_split
     masks = mask_folder(root)
     if not (root / "images").is_dir() or masks is None:
         return None
     for child in sorted((root / "images").iterdir()):  # images/train + masks/train
-        if child.is_dir() and _normalise_split(child.name) in known and (masks / child.name).is_dir():
-            per_split[_normalise_split(child.name)] = (child, masks / child.name)
+        if child.is_dir() and normalise_split(child.name) in known and (masks / child.name).is_dir():
+            per_split[normalise_split(child.name)] = (child, masks / child.name)
     return per_split or {"train": (root / "images", masks)}
 
 

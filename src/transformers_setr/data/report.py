@@ -21,8 +21,8 @@ from .loading import (
     IGNORE_INDEX,
     DatasetFormatError,
     SegmentationData,
-    _describe,
-    _normalise_split,
+    cell_file_name,
+    normalise_split,
 )
 
 DEFAULT_MAX_MASKS = 256  # per split: a few hundred masks give the shares to a fraction of a percent
@@ -109,11 +109,11 @@ def _read_split(data: SegmentationData, split: str, rows: int, max_masks: int) -
     table = data.splits[split]
     for index in sample_indices(rows, max_masks).tolist():
         row = table[index]
-        file_name = row.get("file_name") or _describe(row.get("image"), f"{split}/{index}")
+        file_name = row.get("file_name") or cell_file_name(row.get("image"), f"{split}/{index}")
         annotation = row.get("annotation")
         if annotation is None:
             raise DatasetFormatError(f"{file_name}: the row has no annotation (test splits usually have none)")
-        mask_name = _describe(annotation, f"annotation of {file_name}")
+        mask_name = cell_file_name(annotation, f"annotation of {file_name}")
         values = data.read_stored_mask(annotation, mask_name)
         width, height = _image_size(row.get("image"), file_name)
         if values.shape != (height, width):
@@ -181,7 +181,7 @@ def data_report(
     """
     if max_masks < 1:
         raise ValueError(f"max_masks must be at least 1, got {max_masks}")
-    names = [_normalise_split(split) for split in (splits if splits is not None else data.splits)]
+    names = [normalise_split(split) for split in (splits if splits is not None else data.splits)]
     names = list(dict.fromkeys(names))
     rows: dict[str, int] = {}
     for split in names:
@@ -209,7 +209,7 @@ def data_report(
                 f"{_named(list(dict.fromkeys(n for f in counts[split].files.values() for n in f)))}: no labelled "
                 f"pixel in the {split} masks read ({len(sample_indices(rows[split], max_masks))} of "
                 f"{rows[split]}): every pixel is the ignore index {data.ignore_index}, nothing to "
-                f"{'train' if split == _normalise_split(train_split) else 'evaluate'} on{hint}"
+                f"{'train' if split == normalise_split(train_split) else 'evaluate'} on{hint}"
             )
     report = DataReport(
         source=data.source,
@@ -219,7 +219,7 @@ def data_report(
         class_pixels=class_pixels,
         ignored_pixels=ignored,
     )
-    train = _normalise_split(train_split)
+    train = normalise_split(train_split)
     if train in class_pixels:
         absent = [data.id2label[i] for i in np.flatnonzero(class_pixels[train] == 0).tolist()]
         if absent:

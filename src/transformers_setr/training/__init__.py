@@ -29,7 +29,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "config_for_preset",
             "recipe_training_defaults",
             "SetrTrainingArguments",
-            "_AugmentationEpochCallback",
+            "AugmentationEpochCallback",
             "uses_sync_batch_norm",
             "format_log_line",
             "CompactProgressCallback",

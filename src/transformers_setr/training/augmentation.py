@@ -37,7 +37,7 @@ from ..models.setr.configuration_setr import IGNORE_INDEX, int_pair
 from ..models.setr.image_processing_base_setr import get_setr_resize_output_size, nearest_source_indices
 
 if TYPE_CHECKING:
-    from ..conversion.presets import CheckpointPreset
+    from ..presets import CheckpointPreset
 
 __all__ = [
     "PhotometricDistortionParameters",

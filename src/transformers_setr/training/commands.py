@@ -22,8 +22,7 @@ from huggingface_hub.errors import StrictDataclassError
 from transformers import HfArgumentParser, set_seed
 
 from ..cli import parse_config_overrides
-from ..conversion.from_mmseg import processor_for, push_folder_to_hub
-from ..conversion.presets import HUB_DATASETS, PRESETS, CheckpointPreset
+from ..conversion.from_mmseg import processor_for
 from ..data.label_tables import DATASETS
 from ..data.loading import (
     DEFAULT_TRAIN_VAL_SPLIT,
@@ -31,16 +30,18 @@ from ..data.loading import (
     UNDECLARED_COLORS,
     DatasetFormatError,
     SegmentationData,
-    _normalise_split,
     load_segmentation_data,
+    normalise_split,
     parse_mask_values,
 )
 from ..data.report import data_report
 from ..evaluation.protocol import SegmentationEvalDataset, eval_collate, needs_cpu_process_group
 from ..files import save_json_atomically, write_text_atomically
+from ..hub import push_folder_to_hub
 from ..inference.predict import INFERENCE_MODES
 from ..models.setr.configuration_setr import SetrConfig, default_slide_stride
 from ..models.setr.modeling_setr import SetrForSemanticSegmentation
+from ..presets import HUB_DATASETS, PRESETS, CheckpointPreset
 from .adapt import adapt_for_training, is_lora_model, save_trained_model, trainable_parameter_count
 from .augmentation import SetrTrainAugmentation
 from .recipe import (
@@ -559,9 +560,9 @@ def build_trainer(
 
     data_args = data_args or DataArguments()
     if train is None:
-        train = _normalise_split(data_args.train_split) in data.splits
+        train = normalise_split(data_args.train_split) in data.splits
     if evaluate is None:
-        evaluate = _normalise_split(data_args.eval_split) in data.splits
+        evaluate = normalise_split(data_args.eval_split) in data.splits
     return SetrTrainer(
         model=model,
         args=training_args,
@@ -635,10 +636,10 @@ def _load_data_and_model(
 
 def report_data(data: SegmentationData, data_args: DataArguments) -> None:
     """The data report of the run's splits, logged once (rank 0); its refusals are `CommandLineError`s."""
-    splits = [s for s in (data_args.train_split, data_args.eval_split) if _normalise_split(s) in data.splits]
+    splits = [s for s in (data_args.train_split, data_args.eval_split) if normalise_split(s) in data.splits]
     limits = {
-        _normalise_split(data_args.train_split): data_args.max_train_samples,
-        _normalise_split(data_args.eval_split): data_args.max_eval_samples,
+        normalise_split(data_args.train_split): data_args.max_train_samples,
+        normalise_split(data_args.eval_split): data_args.max_eval_samples,
     }
     try:
         report = data_report(data, splits, max_rows=limits, train_split=data_args.train_split)
@@ -782,7 +783,9 @@ def _summary_from_eval(metrics: dict[str, float], config: SetrConfig) -> dict[st
 
 def push_trained_folder(folder: str | Path, repo_id: str, token: str | None = None) -> str:
     """Upload the final model folder (not the intermediate checkpoints) to the Hub."""
-    return push_folder_to_hub(folder, repo_id, token=token, ignore_patterns=HUB_PUSH_IGNORE)
+    return push_folder_to_hub(
+        folder, repo_id, token=token, commit_message="Upload trained SETR model", ignore_patterns=HUB_PUSH_IGNORE
+    )
 
 
 @dataclass

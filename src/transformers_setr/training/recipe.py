@@ -29,10 +29,10 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, get_schedu
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from .._imports import require
-from ..conversion.presets import PRESETS, CheckpointPreset
 from ..data.label_tables import DATASETS, id2label_for
 from ..inference.predict import INFERENCE_MODES
 from ..models.setr.configuration_setr import SetrConfig
+from ..presets import PRESETS, CheckpointPreset
 
 require("accelerate", "SETR training")  # the Trainer needs it
 
@@ -598,7 +598,7 @@ class SetrTrainingArguments(RecipeArguments, TrainingArguments):
         check_recipe_arguments(self)
 
 
-class _AugmentationEpochCallback(TrainerCallback):
+class AugmentationEpochCallback(TrainerCallback):
     """Tells the training dataset which epoch is starting (also after a resume, where `state.epoch` is restored)."""
 
     def __init__(self, dataset: SegmentationTrainDataset):
@@ -695,7 +695,7 @@ class SetrTrainer(Trainer):
                 self.remove_callback(callback)
                 self.add_callback(compact_for[type(callback)])
         if isinstance(self.train_dataset, SegmentationTrainDataset):
-            self.add_callback(_AugmentationEpochCallback(self.train_dataset))
+            self.add_callback(AugmentationEpochCallback(self.train_dataset))
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         if self.optimizer is None:

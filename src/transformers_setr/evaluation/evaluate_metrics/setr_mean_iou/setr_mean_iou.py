@@ -7,7 +7,7 @@
     metric.compute(predictions=[...], references=[...], num_labels=150, ignore_index=255)
 
 Same call and result keys as the Hub's `mean_iou` metric (`evaluate.load("mean_iou")`, which needs the network), and
-the same numbers as `transformers_setr.metrics.MeanIoU`, whose code it uses: areas summed over the dataset, classes
+the same numbers as `transformers_setr.evaluation.metrics.MeanIoU`, whose code it uses: areas summed over the dataset, classes
 absent from the whole set skipped by the means. `label_map`, then `reduce_labels`, apply to the references only, as
 in `mean_iou`. Unlike `mean_iou`, a reference value outside `[0, num_labels)` that is not `ignore_index` is an error
 instead of being dropped silently.

@@ -7,7 +7,7 @@ Numbers are mmsegmentation's, as reported in its SETR model zoo (V100; `miou_rep
 
 from dataclasses import dataclass
 
-from ..models.setr.configuration_setr import default_slide_stride
+from .models.setr.configuration_setr import default_slide_stride
 
 MMSEG_DOWNLOAD_ROOT = "https://download.openmmlab.com/mmsegmentation/v0.5/setr"
 HUB_ORGANISATION = "transformers-setr"
