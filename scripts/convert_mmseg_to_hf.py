@@ -1,9 +1,7 @@
 #!/usr/bin/env python3
 """`setr convert` from a checkout: see `setr convert --help`."""
 
-import sys
-
-from transformers_setr.conversion.commands import convert_main as main
+from transformers_setr.conversion.convert_command import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    raise SystemExit(main())

@@ -1,9 +1,7 @@
 #!/usr/bin/env python3
 """`setr convert-timm` from a checkout: see `setr convert-timm --help`."""
 
-import sys
-
-from transformers_setr.conversion.commands import convert_timm_main as main
+from transformers_setr.conversion.convert_timm_command import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    raise SystemExit(main())

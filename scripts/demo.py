@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""`setr demo ...` from a checkout: `python scripts/demo.py --help` (see transformers_setr/apps/demo.py)."""
+"""`setr demo` from a checkout: see `setr demo --help`."""
 
 from transformers_setr.apps.demo import main
 

@@ -9,7 +9,7 @@ from pathlib import Path
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
 
-from transformers_setr.evaluation.command import cli_main, format_table, main, parse_args  # noqa: E402, F401
+from transformers_setr.evaluation.command import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(cli_main(sys.argv[1:], prog="evaluate.py"))
+    raise SystemExit(main())

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""`setr export-onnx ...` from a checkout: `python scripts/export_onnx.py --help` (see transformers_setr/apps/onnx_export.py)."""
+"""`setr export-onnx` from a checkout: see `setr export-onnx --help`."""
 
 from transformers_setr.apps.onnx_export import main
 

@@ -236,7 +236,7 @@ def main() -> int:
     from transformers_setr.data import load_segmentation_data
     from transformers_setr.data.synthetic import make_synthetic_ade20k
     from transformers_setr.inference.visualize import overlay_with_legend, upscale_for_display
-    from transformers_setr.training.commands import main_trainer
+    from transformers_setr.training.train_command import main as train
 
     hf_logging.disable_progress_bar()  # one bar per phase: not transformers' one-item weight loading/saving bars
     started = time.perf_counter()
@@ -278,7 +278,7 @@ def main() -> int:
         "--use_cpu", "true",
     ]  # fmt: skip
     training_started = time.perf_counter()
-    main_trainer(train_args)
+    train(train_args)
     training_seconds = time.perf_counter() - training_started
 
     eval_results = json.loads((model_dir / "eval_results.json").read_text())

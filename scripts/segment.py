@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""`setr segment ...` from a checkout: `python scripts/segment.py --help` (see transformers_setr/apps/segment.py)."""
+"""`setr segment` from a checkout: see `setr segment --help`."""
 
 from transformers_setr.apps.segment import main
 

@@ -22,7 +22,7 @@ from transformers_setr.data import loading as data_module
 from transformers_setr.data.label_tables import ADE20K_CLASSES, generate_palette
 from transformers_setr.data.synthetic import SIDEWALK_CLASSES, make_synthetic_custom
 from transformers_setr.training.augmentation import SetrTrainAugmentation
-from transformers_setr.training.commands import main_trainer
+from transformers_setr.training.train_command import main as main_trainer
 
 SIZE = (48, 64)  # (height, width)
 THREE_CLASSES = {0: "background", 1: "cat", 2: "dog"}
@@ -304,10 +304,10 @@ def cli(**arguments: str) -> list[str]:
 @pytest.fixture(scope="module")
 def tiny_ade20k_model(tmp_path_factory) -> Path:
     """A converted-style SETR folder with ADE20K's 150 classes, to fine-tune from."""
+    from transformers_setr.cli import parse_config_overrides
     from transformers_setr.conversion.from_mmseg import processor_for
     from transformers_setr.presets import PRESETS
     from transformers_setr.training import config_for_preset
-    from transformers_setr.training.commands import parse_config_overrides
 
     preset = PRESETS["setr-naive-vit-large-ade20k-512"]
     overrides = parse_config_overrides(TINY) | {"image_size": 32, "slide_crop_size": 32, "slide_stride": 21}
@@ -388,7 +388,7 @@ def test_train_script_learns_the_users_classes(trained, layout):
 
 def test_fine_tuning_keeps_the_decoder_and_replaces_the_classifier(trained, tiny_ade20k_model):
     assert "new classifier for the 35 classes of folder (the model had 150)" in trained["folder"]["stdout"]
-    from transformers_setr.training.commands import DataArguments, ModelArguments, build_model
+    from transformers_setr.training.workflow import DataArguments, ModelArguments, build_model
 
     base = SetrForSemanticSegmentation.from_pretrained(tiny_ade20k_model).state_dict()
     data = trained["folder"]["data"]
@@ -499,7 +499,7 @@ def test_accelerate_loop_trains_on_custom_data(layouts, tmp_path):
 def test_ignore_index_option_of_the_training_commands(layouts, tmp_path):
     """--ignore_index: the mask value of custom data that is not a class (nor scored, nor a training target)."""
     from transformers_setr.presets import PRESETS
-    from transformers_setr.training.commands import CommandLineError, DataArguments, build_model, load_data
+    from transformers_setr.training.workflow import CommandLineError, DataArguments, build_model, load_data
 
     preset = PRESETS["setr-naive-vit-large-ade20k-512"]
     classes = tmp_path / "classes.json"
@@ -507,7 +507,7 @@ def test_ignore_index_option_of_the_training_commands(layouts, tmp_path):
     data_args = DataArguments(data=str(layouts["folder"]), id2label=str(classes), ignore_index=34, crop_size=32)
     data = load_data(preset, data_args)
     assert data.ignore_index == 34 and data.num_labels == 34
-    from transformers_setr.training.commands import ModelArguments
+    from transformers_setr.training.workflow import ModelArguments
 
     model, _ = build_model(ModelArguments(preset=preset.name, config_overrides=TINY, backbone="none"), data_args, data)
     assert model.config.semantic_loss_ignore_index == 34

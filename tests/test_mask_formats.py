@@ -98,7 +98,8 @@ def test_zero_255_masks_with_classes_0_and_1_are_refused_in_one_line(tmp_path, c
 
 def test_mask_values_0_255_trains_the_foreground(tmp_path, capsys, caplog):
     from transformers_setr.presets import PRESETS
-    from transformers_setr.training.commands import (
+    from transformers_setr.training.recipe import SetrTrainingArguments
+    from transformers_setr.training.workflow import (
         DataArguments,
         ModelArguments,
         build_model,
@@ -106,7 +107,6 @@ def test_mask_values_0_255_trains_the_foreground(tmp_path, capsys, caplog):
         load_data,
         parse_arguments,
     )
-    from transformers_setr.training.recipe import SetrTrainingArguments
 
     folder = write_folder(tmp_path / "lesions", zero_255)
     argv = common_args(folder, tmp_path / "run", mask_values="0,255", max_steps=4, eval_strategy="no")
@@ -280,10 +280,10 @@ def test_a_mask_of_another_size_is_one_line_before_and_during_training(tmp_path,
     )
     # beyond the report's sample (here only the first mask is read) the training's own check stops the run in one
     # line, also from a data-loader worker process
-    from transformers_setr.training import commands
+    from transformers_setr.training import workflow
 
-    real_report = commands.data_report
-    monkeypatch.setattr(commands, "data_report", lambda *args, **kwargs: real_report(*args, **kwargs, max_masks=1))
+    real_report = workflow.data_report
+    monkeypatch.setattr(workflow, "data_report", lambda *args, **kwargs: real_report(*args, **kwargs, max_masks=1))
     for workers in ("0", "1"):
         code, error = train(
             folder, tmp_path / f"run{workers}", capsys, mask_values="0,255", dataloader_num_workers=workers

@@ -40,7 +40,7 @@ PATHS_OF_0_1 = {
     "label_tables": "data.label_tables",
     "synthetic": "data.synthetic",
     "augmentation": "training.augmentation",
-    "training_script": "training.commands",
+    "training_script": "training.train_command",
     "metrics": "evaluation.metrics",
     "model_card": "cards.model_card",
 }

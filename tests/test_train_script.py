@@ -16,7 +16,7 @@ from test_training import PYTHON, ROOT, TINY, TINY_FIELDS, common_args, step_los
 from transformers_setr import SetrForSemanticSegmentation
 from transformers_setr.presets import PRESETS, TIMM_VIT_LARGE_URL
 from transformers_setr.training import SetrTrainingArguments
-from transformers_setr.training.commands import main_trainer
+from transformers_setr.training.train_command import main as main_trainer
 
 # TINY plus the MLA widths (decoder_channels = 4 feature levels x mla_channels), so one string fits all seven presets.
 TINY_ANY_DECODER = json.dumps({**TINY_FIELDS, "mla_channels": 4, "mla_neck_channels": 8})
@@ -253,7 +253,7 @@ def test_help_lists_every_option_with_the_preset_defaults():
 
 
 def test_help_of_another_preset_shows_its_recipe(capsys, monkeypatch):
-    from transformers_setr.training.commands import parse_arguments
+    from transformers_setr.training.workflow import parse_arguments
 
     monkeypatch.setenv("COLUMNS", "400")
     with pytest.raises(SystemExit) as exit_info:
@@ -266,7 +266,7 @@ def test_help_of_another_preset_shows_its_recipe(capsys, monkeypatch):
 
 
 def test_a_json_arguments_file_gets_the_preset_recipe_too(tmp_path):
-    from transformers_setr.training.commands import parse_arguments
+    from transformers_setr.training.workflow import parse_arguments
 
     arguments = tmp_path / "args.json"
     arguments.write_text(
@@ -290,7 +290,7 @@ def test_a_json_arguments_file_gets_the_preset_recipe_too(tmp_path):
 def test_crop_size_sets_the_released_slide_stride(ade_root, tmp_path, crop, stride):
     """mmseg's SETR configs: stride 341 for the 512 crop (ADE20K), 512 for 768 (Cityscapes)."""
     from transformers_setr.data import load_segmentation_data
-    from transformers_setr.training.commands import build_model, parse_arguments
+    from transformers_setr.training.workflow import build_model, parse_arguments
 
     argv = ["--preset", "setr-naive-vit-large-ade20k-512", "--config_overrides", TINY, "--crop_size", str(crop)]
     model_args, data_args, _ = parse_arguments([*argv, "--output_dir", str(tmp_path)], (SetrTrainingArguments,))
@@ -401,7 +401,7 @@ def write_complete_checkpoint(folder: Path, step: int) -> Path:
 
 
 def test_checkpoint_completeness_and_resume_resolution(tmp_path):
-    from transformers_setr.training.commands import (
+    from transformers_setr.training.workflow import (
         OutputDirError,
         resolve_resume_checkpoint,
         trainer_checkpoint_problem,
@@ -435,7 +435,7 @@ def test_checkpoint_completeness_and_resume_resolution(tmp_path):
 
 
 def test_output_dir_guard_cases(tmp_path):
-    from transformers_setr.training.commands import OutputDirError, check_output_dir, resolve_resume_checkpoint
+    from transformers_setr.training.workflow import OutputDirError, check_output_dir, resolve_resume_checkpoint
 
     check_output_dir(tmp_path / "new", overwrite=False, resume=False)  # absent: a first run
     (tmp_path / "empty").mkdir()

@@ -15,8 +15,10 @@ import torch
 from safetensors.torch import load_file
 
 from transformers_setr import SetrForSemanticSegmentation
+from transformers_setr.cli import parse_config_overrides
 from transformers_setr.training import AugmentationEpochCallback, uses_sync_batch_norm
-from transformers_setr.training.commands import _revert_sync_batch_norm, main_trainer, parse_config_overrides
+from transformers_setr.training.train_command import main as main_trainer
+from transformers_setr.training.train_loop_command import _revert_sync_batch_norm
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -273,7 +275,7 @@ def test_no_trainer_loop_refuses_launched_processes_that_formed_no_group(ade_roo
     """A launch Accelerate does not turn into a group (here: WORLD_SIZE=2, a device it has no backend for)."""
     code = (
         "import sys, torch; torch.accelerator.is_available = lambda: True; "
-        "from transformers_setr.training.commands import main_no_trainer; sys.exit(main_no_trainer(sys.argv[1:]))"
+        "from transformers_setr.training.train_loop_command import main; sys.exit(main(sys.argv[1:]))"
     )
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2"}
     environment.pop("LOCAL_RANK", None)

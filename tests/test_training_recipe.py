@@ -140,7 +140,7 @@ def test_sample_seeds_are_distinct_and_stable():
 
 def test_train_script_arguments_default_to_the_preset_recipe_and_can_be_overridden(tmp_path):
     from transformers_setr.training import SetrTrainingArguments
-    from transformers_setr.training.commands import parse_arguments
+    from transformers_setr.training.workflow import parse_arguments
 
     base = ["--preset", "setr-pup-vit-large-cityscapes-768", "--output_dir", str(tmp_path)]
     model_args, data_args, args = parse_arguments(base, (SetrTrainingArguments,))

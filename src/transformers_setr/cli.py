@@ -15,37 +15,21 @@ from typing import Any
 
 from ._imports import DISTRIBUTION, EXTRAS
 
-# name -> (module, function, summary, the extra it needs beyond the inference install)
-COMMANDS: dict[str, tuple[str, str, str, str | None]] = {
-    "convert": ("conversion.commands", "convert_main", "convert a released mmsegmentation SETR checkpoint", None),
+# name -> (the module whose `main(argv) -> int` it runs, summary, the extra it needs beyond the inference install)
+COMMANDS: dict[str, tuple[str, str, str | None]] = {
+    "convert": ("conversion.convert_command", "convert a released mmsegmentation SETR checkpoint", None),
     "convert-timm": (
-        "conversion.commands",
-        "convert_timm_main",
+        "conversion.convert_timm_command",
         "start a SETR model from timm's ImageNet ViT weights (SETR's training initialisation)",
         None,
     ),
-    "train": ("training.commands", "main_trainer", "train or fine-tune with the Hugging Face Trainer", "train"),
-    "train-loop": ("training.commands", "main_no_trainer", "the same recipe as a plain Accelerate loop", "train"),
-    "evaluate": (
-        "evaluation.command",
-        "cli_main",
-        "mIoU on ADE20K, Cityscapes or your data (SETR's protocol)",
-        "train",
-    ),
-    "cards": ("cards.command", "main", "write or check the model cards of the seven released checkpoints", None),
-    "segment": (
-        "apps.segment",
-        "main",
-        "segment images, folders, globs or URLs: label maps, overlays, an index",
-        None,
-    ),
-    "demo": ("apps.demo", "main", "a Gradio web demo, offline, on CPU by default", "demo"),
-    "export-onnx": (
-        "apps.onnx_export",
-        "main",
-        "export to ONNX and check it against PyTorch with onnxruntime",
-        "onnx",
-    ),
+    "train": ("training.train_command", "train or fine-tune with the Hugging Face Trainer", "train"),
+    "train-loop": ("training.train_loop_command", "the same recipe as a plain Accelerate loop", "train"),
+    "evaluate": ("evaluation.command", "mIoU on ADE20K, Cityscapes or your data (SETR's protocol)", "train"),
+    "cards": ("cards.command", "write or check the model cards of the seven released checkpoints", None),
+    "segment": ("apps.segment", "segment images, folders, globs or URLs: label maps, overlays, an index", None),
+    "demo": ("apps.demo", "a Gradio web demo, offline, on CPU by default", "demo"),
+    "export-onnx": ("apps.onnx_export", "export to ONNX and check it against PyTorch with onnxruntime", "onnx"),
 }
 
 
@@ -90,7 +74,7 @@ def config_overrides_argument(text: str) -> dict[str, Any]:
 def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [__doc__.strip(), "", "commands:"]
-    for name, (_, _, summary, extra) in COMMANDS.items():
+    for name, (_, summary, extra) in COMMANDS.items():
         needs = f"  [needs {DISTRIBUTION}[{extra}]]" if extra else ""
         lines.append(f"  {name:<{width}}  {summary}{needs}")
     return "\n".join(lines)
@@ -110,10 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"setr: unknown command {name!r}; the commands are: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    module_name, function, _, _ = COMMANDS[name]
+    module_name, _, _ = COMMANDS[name]
     program, sys.argv[0] = sys.argv[0], f"setr {name}"  # argparse's default `prog`: "usage: setr train ..."
     try:
-        command = getattr(importlib.import_module(f"{__package__}.{module_name}"), function)
+        command = importlib.import_module(f"{__package__}.{module_name}").main
         return int(command(argv[1:]) or 0)
     except ImportError as error:
         missing = (error.name or "").partition(".")[0]

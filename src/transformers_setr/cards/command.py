@@ -40,14 +40,18 @@ def stale_cards(directory: Path) -> list[str]:
     return stale
 
 
-def main(argv: list[str] | None = None, default_dir: Path = DEFAULT_DIR) -> int:
-    """`setr cards`; `scripts/make_model_cards.py` passes the checkout's `model_cards/`."""
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="setr cards", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--check", action="store_true", help="only check that the cards are up to date")
-    parser.add_argument("--output-dir", type=Path, default=default_dir, help=f"default: {default_dir}")
-    args = parser.parse_args(argv)
+    parser.add_argument("--output-dir", type=Path, default=DEFAULT_DIR, help=f"default: {DEFAULT_DIR}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`setr cards` (`scripts/make_model_cards.py` runs it on the checkout's `model_cards/`)."""
+    args = build_parser().parse_args(argv)
     if args.check:
         stale = stale_cards(args.output_dir)
         if stale:

@@ -1,6 +1,7 @@
 """Conversion of the released checkpoints: the mmsegmentation SETR checkpoints (`from_mmseg`) and the timm ViT
-pretrain (`from_timm`), the one key-rule engine and checkpoint loading (`checkpoints`), the presets of the released
-checkpoints and recipes (`presets`), and the reference-side helpers run with mmsegmentation (`mmseg_reference`).
+pretrain (`from_timm`), the one key-rule engine and checkpoint loading (`checkpoints`), the reference-side helpers
+run with mmsegmentation (`mmseg_reference`), and the commands `setr convert` (`convert_command`) and
+`setr convert-timm` (`convert_timm_command`). The released checkpoints themselves are `transformers_setr.presets`.
 """
 
 from .._imports import lazy_exports

@@ -35,7 +35,7 @@ def _true_or_false(text: str) -> bool:
     return text.lower() in ("true", "1", "yes")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="setr evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -78,6 +78,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_workers", type=int, default=2, help="DataLoader workers decoding the images")
     parser.add_argument("--output", type=Path, default=None, help="write the results to this JSON file")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.max_samples is not None and args.max_samples < 1:
         parser.error("--max_samples must be positive")
@@ -126,7 +131,8 @@ def _custom_classes_of(model, args: argparse.Namespace) -> dict[int, str] | None
     return {index + 1: name for index, name in classes.items()} if args.do_reduce_labels else classes
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def evaluate_command_line(argv: list[str] | None = None) -> dict[str, Any]:
+    """`setr evaluate` itself: the results it prints (and writes with `--output`)."""
     args = parse_args(argv)
 
     accelerator = None
@@ -199,11 +205,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return results
 
 
-def cli_main(argv: list[str] | None = None, prog: str = "setr evaluate") -> int:
-    """`setr evaluate` (`scripts/evaluate.py`): `main`, with bad data as one line naming it, no traceback."""
+def main(argv: list[str] | None = None) -> int:
+    """`setr evaluate` (`scripts/evaluate.py`), with bad data as one line naming it, no traceback."""
     try:
-        main(argv)
+        evaluate_command_line(argv)
     except (DatasetFormatError, FileNotFoundError) as error:
-        print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        print(f"setr evaluate: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     return 0

@@ -1,6 +1,7 @@
 """Training: augmentation (`augmentation`), the SETR recipe (`recipe`: optimizer groups, schedules, layer decay,
-`SetrTrainer`), freezing and LoRA (`adapt`) and the two command lines (`commands`: `setr train` with the Trainer, `setr train-loop` with
-Accelerate). Needs the `[train]` extra.
+`SetrTrainer`), freezing and LoRA (`adapt`), what both command lines share (`workflow`: the model and data arguments,
+data, model, output folder, card) and the commands themselves (`train_command`: `setr train` with the Trainer;
+`train_loop_command`: `setr train-loop` with Accelerate). Needs the `[train]` extra.
 """
 
 from .._imports import lazy_exports

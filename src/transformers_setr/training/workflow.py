@@ -1,8 +1,6 @@
-"""The command lines of `scripts/train.py` (HF Trainer) and `scripts/train_no_trainer.py` (plain Accelerate loop).
-
-Both parse the same model and data arguments, build the same model, datasets and image processor, and end the same
-way: evaluation with SETR's protocol, a transformers folder with a model card carrying the measured mIoU, and an
-optional push to the Hub.
+"""What `setr train` (`train_command`, the Hugging Face Trainer) and `setr train-loop` (`train_loop_command`, a plain
+Accelerate loop) share: the model and data arguments and their parsing, the data, the model and image processor, the
+output folder checks, the model card with the measured mIoU and the push to the Hub.
 """
 
 import functools
@@ -17,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-import torch
 from huggingface_hub.errors import StrictDataclassError
 from transformers import HfArgumentParser, set_seed
 
@@ -35,28 +32,22 @@ from ..data.loading import (
     parse_mask_values,
 )
 from ..data.report import data_report
-from ..evaluation.protocol import SegmentationEvalDataset, eval_collate, needs_cpu_process_group
-from ..files import save_json_atomically, write_text_atomically
+from ..evaluation.protocol import SegmentationEvalDataset, eval_collate
+from ..files import write_text_atomically
 from ..hub import push_folder_to_hub
-from ..inference.predict import INFERENCE_MODES
 from ..models.setr.configuration_setr import SetrConfig, default_slide_stride
 from ..models.setr.modeling_setr import SetrForSemanticSegmentation
 from ..presets import HUB_DATASETS, PRESETS, CheckpointPreset
-from .adapt import adapt_for_training, is_lora_model, save_trained_model, trainable_parameter_count
+from .adapt import adapt_for_training, trainable_parameter_count
 from .augmentation import SetrTrainAugmentation
 from .recipe import (
     RecipeArguments,
     SegmentationTrainDataset,
     SetrTrainer,
     SetrTrainingArguments,
-    check_recipe_arguments,
     config_for_preset,
     describe_optimization,
-    optimizer_from_arguments,
     recipe_training_defaults,
-    scheduler_from_arguments,
-    train_collate,
-    uses_sync_batch_norm,
 )
 
 logger = logging.getLogger("transformers_setr.train")
@@ -184,8 +175,14 @@ def _int_pair(text: str, what: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
-def parse_arguments(argv: list[str], extra=()) -> tuple:
-    """Parse `ModelArguments`, `DataArguments`, the given extra dataclasses; preset recipe values are defaults."""
+def build_argument_parser(*extra: type) -> HfArgumentParser:
+    """The parser of `ModelArguments`, `DataArguments` and a command's own arguments (`extra` dataclasses)."""
+    return HfArgumentParser((ModelArguments, DataArguments, *extra))
+
+
+def parse_arguments(argv: list[str], extra=(), parser: HfArgumentParser | None = None) -> tuple:
+    """Parse `ModelArguments`, `DataArguments` and the `extra` dataclasses (or the command's `parser`, from its
+    `build_parser()`); the preset's recipe values are the defaults."""
     json_file = argv[0] if len(argv) == 1 and argv[0].endswith(".json") else None
     if json_file:  # all arguments in one JSON file, as in the Hugging Face examples
         from_file = json.loads(Path(json_file).read_text())
@@ -199,7 +196,7 @@ def parse_arguments(argv: list[str], extra=()) -> tuple:
         pre = HfArgumentParser(ModelArguments, add_help=False)
         preset_name = pre.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)[0].preset
     preset = PRESETS[preset_name]
-    parser = HfArgumentParser((ModelArguments, DataArguments, *extra))
+    parser = parser or build_argument_parser(*extra)
     defaults = {
         **recipe_training_defaults(preset),
         "do_train": True,
@@ -605,11 +602,11 @@ def write_model_card(
     return path
 
 
-def _start_command(argv: list[str] | None, arguments_class: type, resume: Any) -> tuple:
-    """What both training commands do first: parse the arguments, set up logging and check the output folder
-    before any process writes (so the checks see it as the user left it)."""
+def start_command(argv: list[str] | None, parser: HfArgumentParser, resume: Callable[[Any], Any]) -> tuple:
+    """What both training commands do first: parse the arguments with the command's `parser`, set up logging and
+    check the output folder before any process writes (so the checks see it as the user left it)."""
     try:
-        model_args, data_args, args = parse_arguments(list(sys.argv[1:] if argv is None else argv), (arguments_class,))
+        model_args, data_args, args = parse_arguments(list(sys.argv[1:] if argv is None else argv), parser=parser)
     except ValueError as error:  # the arguments' own checks (`check_recipe_arguments`, TrainingArguments')
         exit_with_error(str(error))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -620,7 +617,7 @@ def _start_command(argv: list[str] | None, arguments_class: type, resume: Any) -
     return model_args, data_args, args
 
 
-def _load_data_and_model(
+def load_data_and_model(
     model_args: "ModelArguments", data_args: "DataArguments", seed: int
 ) -> tuple[CheckpointPreset, SegmentationData, SetrForSemanticSegmentation, Any]:
     set_seed(seed)
@@ -666,7 +663,7 @@ def data_errors_as_one_line(command: Callable[..., int]) -> Callable[..., int]:
     return run
 
 
-def _adapt_model(model: SetrForSemanticSegmentation, args: "SetrTrainingArguments | LoopArguments"):
+def adapt_model(model: SetrForSemanticSegmentation, args: RecipeArguments):
     """The model with its encoder frozen or LoRA-wrapped as the options ask (`training.adapt`)."""
     model = adapt_for_training(model, args)
     if args.freeze_encoder or args.lora_rank:
@@ -675,12 +672,12 @@ def _adapt_model(model: SetrForSemanticSegmentation, args: "SetrTrainingArgument
     return model
 
 
-def _training_record(
+def training_record(
     preset: CheckpointPreset,
     data: SegmentationData,
     data_args: DataArguments,
     config: SetrConfig,
-    args: "SetrTrainingArguments | LoopArguments",
+    args: RecipeArguments,
     num_processes: int,
 ) -> dict[str, Any]:
     """What the model card says of a training run (both commands; their arguments share these names)."""
@@ -695,90 +692,8 @@ def _training_record(
     }
 
 
-def _push_repo_id(hub_model_id: str | None, push_to_hub: bool, output_dir: str | os.PathLike) -> str | None:
+def push_repo_id(hub_model_id: str | None, push_to_hub: bool, output_dir: str | os.PathLike) -> str | None:
     return hub_model_id or (Path(output_dir).name if push_to_hub else None)
-
-
-@data_errors_as_one_line
-def main_trainer(argv: list[str] | None = None) -> int:
-    """`setr train` (`scripts/train.py`): the Trainer path."""
-    model_args, data_args, training_args = _start_command(
-        argv, SetrTrainingArguments, lambda args: args.resume_from_checkpoint if args.do_train else None
-    )
-    try:
-        resume = training_args.resume_from_checkpoint if training_args.do_train else None
-        resume = resolve_resume_checkpoint(
-            resume, training_args.output_dir, overwrite=training_args.overwrite_output_dir
-        )
-    except CommandLineError as error:
-        exit_with_error(str(error))
-    preset, data, model, processor = _load_data_and_model(model_args, data_args, training_args.seed)
-    model = _adapt_model(model, training_args)
-    if uses_sync_batch_norm(training_args):
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    push_repo = _push_repo_id(training_args.hub_model_id, training_args.push_to_hub, training_args.output_dir)
-    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # we push once, with our card
-
-    trainer = build_trainer(
-        model, processor, data, training_args, data_args, train=training_args.do_train, evaluate=training_args.do_eval
-    )
-    training = _training_record(preset, data, data_args, model.config, training_args, training_args.world_size)
-    if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=resume)
-        if not is_lora_model(model):  # a LoRA model is saved at the end: its adapter, then merged
-            trainer.save_model()
-        trainer.log_metrics("train", result.metrics)
-        trainer.save_metrics("train", result.metrics)
-        trainer.save_state()
-        training["train_loss"] = result.training_loss
-    metrics = None
-    if training_args.do_eval:
-        metrics = trainer.evaluate()
-        # The summary only: the per-class IoUs and accuracies (NaN for absent classes) stay in eval_results.json.
-        trainer.log_metrics(
-            "eval", {key: value for key, value in metrics.items() if not key.startswith(("eval_IoU-", "eval_Acc-"))}
-        )
-        trainer.save_metrics("eval", metrics)
-    if trainer.is_world_process_zero():
-        Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
-        saved = trainer.accelerator.unwrap_model(model)
-        if is_lora_model(saved) and training_args.do_train:
-            saved = save_trained_model(saved, training_args.output_dir)
-        processor.save_pretrained(training_args.output_dir)
-        summary = _summary_from_eval(metrics, model.config) if metrics else None
-        if summary is not None:
-            summary["mode"] = training_args.eval_mode
-        write_model_card(
-            training_args.output_dir,
-            saved,
-            model_args,
-            data,
-            data_args,
-            summary,
-            training,
-            repo_id=push_repo,
-        )
-        if push_to_hub:
-            push_trained_folder(training_args.output_dir, push_repo, training_args.hub_token)
-    # Every process leaves together, after the process group is torn down: a rank that exits while rank 0 is still
-    # writing, with the group alive, can abort in gloo's teardown ("terminate called without an active exception").
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()
-    return 0
-
-
-def _summary_from_eval(metrics: dict[str, float], config: SetrConfig) -> dict[str, Any]:
-    """The Trainer's `eval_*` floats back into `summarize_areas` form (fractions; per-class by name)."""
-    per_class = {
-        name: metrics.get(f"eval_IoU-{name}", float("nan"))
-        for name in (config.id2label[i] for i in range(config.num_labels))
-    }
-    return {
-        "mIoU": metrics["eval_mIoU"],
-        "mAcc": metrics["eval_mAcc"],
-        "aAcc": metrics["eval_aAcc"],
-        "per_class_iou": per_class,
-    }
 
 
 def push_trained_folder(folder: str | Path, repo_id: str, token: str | None = None) -> str:
@@ -786,187 +701,3 @@ def push_trained_folder(folder: str | Path, repo_id: str, token: str | None = No
     return push_folder_to_hub(
         folder, repo_id, token=token, commit_message="Upload trained SETR model", ignore_patterns=HUB_PUSH_IGNORE
     )
-
-
-@dataclass
-class LoopArguments(RecipeArguments):
-    """Arguments of the plain Accelerate loop (`scripts/train_no_trainer.py`); the optimizer, schedule, layer decay,
-    freezing and LoRA options are `RecipeArguments`, the same as `setr train`'s."""
-
-    output_dir: str = field(default="setr-output")
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "write over a non-empty --output_dir (refused otherwise, unless resuming)"}
-    )
-    per_device_train_batch_size: int = field(default=2)
-    gradient_accumulation_steps: int = field(default=1)
-    max_steps: int = field(default=160_000)
-    learning_rate: float = field(default=0.001)
-    weight_decay: float = field(default=0.0)
-    mixed_precision: str = field(default="no", metadata={"choices": ["no", "bf16", "fp16"]})
-    activation_checkpointing: bool = field(default=False, metadata={"help": "recompute encoder layers in backward"})
-    seed: int = field(default=42)
-    checkpointing_steps: int = field(default=16_000, metadata={"help": "save the loop state every N steps"})
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a step_* folder, or 'last'"})
-    logging_steps: int = field(default=50)
-    eval_mode: str = field(default="slide", metadata={"choices": list(INFERENCE_MODES)})
-    do_eval: bool = field(default=True)
-    dataloader_num_workers: int = field(default=0)
-    push_to_hub: bool = field(default=False)
-    hub_model_id: str | None = field(default=None)
-    hub_token: str | None = field(default=None)
-
-    def __post_init__(self):
-        if self.max_steps < 1:
-            raise ValueError(f"--max_steps must be at least 1, got {self.max_steps}")
-        check_recipe_arguments(self)
-
-
-LOOP_STATE_FILE = "loop_state.json"
-
-
-def _last_step_folder(output_dir: Path) -> Path | None:
-    folders = [p for p in output_dir.glob("step_*") if (p / LOOP_STATE_FILE).is_file()]
-    return max(folders, key=lambda p: int(p.name.split("_")[1]), default=None)
-
-
-@data_errors_as_one_line
-def main_no_trainer(argv: list[str] | None = None) -> int:
-    """`setr train-loop` (`scripts/train_no_trainer.py`): the same recipe as a plain Accelerate loop."""
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration
-    from tqdm.auto import tqdm
-
-    from ..evaluation.protocol import evaluate_segmentation
-
-    model_args, data_args, args = _start_command(argv, LoopArguments, lambda args: args.resume_from_checkpoint)
-    accelerator = Accelerator(
-        cpu=needs_cpu_process_group(),
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
-    launched = os.environ.get("WORLD_SIZE")  # set by torchrun / `accelerate launch`
-    if launched is not None and int(launched) != accelerator.num_processes:
-        exit_with_error(
-            f"launched as {launched} processes but Accelerate formed a group of {accelerator.num_processes} "
-            f"on {accelerator.device.type}: the processes would train separately"
-        )
-    preset, data, model, processor = _load_data_and_model(model_args, data_args, args.seed)
-    model = _adapt_model(model, args)
-    if args.activation_checkpointing:  # after LoRA: peft would hook the embeddings' (tuple) output for checkpointing
-        model.activation_checkpointing_enable()
-    if accelerator.num_processes > 1 and accelerator.device.type in ("cuda", "xpu"):
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    train_dataset = build_train_dataset(data, data_args, model, processor, args.seed)
-    loader = torch.utils.data.DataLoader(
-        train_dataset,
-        batch_size=args.per_device_train_batch_size,
-        shuffle=True,
-        drop_last=True,
-        collate_fn=train_collate,
-        num_workers=args.dataloader_num_workers,
-    )
-    optimizer = optimizer_from_arguments(model, args)
-    # Not prepared: Accelerate's scheduler wrapper steps once per process; the schedule counts optimizer steps.
-    scheduler = scheduler_from_arguments(optimizer, args, args.max_steps)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    accelerator.register_for_checkpointing(scheduler)
-
-    output_dir = Path(args.output_dir)
-    step, epoch, batches_done = 0, 0, 0
-    resume = args.resume_from_checkpoint
-    if resume == "last":
-        resume = _last_step_folder(output_dir)
-    if resume:
-        accelerator.load_state(str(resume))
-        state = json.loads((Path(resume) / LOOP_STATE_FILE).read_text())
-        step, epoch, batches_done = state["step"], state["epoch"], state["batches_in_epoch"]
-        logger.info("resumed from %s at step %d", resume, step)
-
-    model.train()
-    progress = tqdm(total=args.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
-    running_loss, losses = 0.0, []
-    while step < args.max_steps:
-        train_dataset.set_epoch(epoch)
-        loader.set_epoch(epoch)
-        epoch_loader = accelerator.skip_first_batches(loader, batches_done) if batches_done else loader
-        for batch in epoch_loader:
-            batches_done += 1
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                optimizer.step()
-                optimizer.zero_grad()
-            running_loss += loss.detach().float() / args.gradient_accumulation_steps
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            step += 1
-            step_loss = accelerator.reduce(running_loss, reduction="mean").item()
-            running_loss = 0.0
-            losses.append(step_loss)
-            progress.update(1)
-            if step % args.logging_steps == 0 or step == args.max_steps:
-                accelerator.print(json.dumps({"step": step, "loss": step_loss, "lr": scheduler.get_last_lr()[0]}))
-            if step % args.checkpointing_steps == 0 or step == args.max_steps:
-                folder = output_dir / f"step_{step}"
-                accelerator.save_state(str(folder))
-                if accelerator.is_main_process:
-                    save_json_atomically(
-                        folder / LOOP_STATE_FILE,
-                        {"step": step, "epoch": epoch, "batches_in_epoch": batches_done, "loss": step_loss},
-                    )
-            if step >= args.max_steps:
-                break
-        else:
-            epoch, batches_done = epoch + 1, 0
-    progress.close()
-
-    metrics = None
-    unwrapped = accelerator.unwrap_model(model)
-    if args.do_eval:
-        eval_dataset_split = data_args.eval_split
-        metrics = evaluate_segmentation(
-            unwrapped,
-            processor,
-            data,
-            split=eval_dataset_split,
-            mode=args.eval_mode,
-            accelerator=accelerator,
-            max_samples=data_args.max_eval_samples,
-            progress=accelerator.is_local_main_process,
-        )
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if isinstance(unwrapped, torch.nn.Module) and any(
-            isinstance(m, torch.nn.SyncBatchNorm) for m in unwrapped.modules()
-        ):
-            unwrapped = _revert_sync_batch_norm(unwrapped)
-        unwrapped = save_trained_model(unwrapped, output_dir)
-        processor.save_pretrained(output_dir)
-        training = _training_record(preset, data, data_args, unwrapped.config, args, accelerator.num_processes)
-        training["train_loss"] = sum(losses) / len(losses) if losses else None
-        if metrics is not None:
-            metrics = {**metrics, "mode": args.eval_mode}
-            save_json_atomically(output_dir / "eval_results.json", metrics)
-        save_json_atomically(
-            output_dir / "train_losses.json",
-            {"losses": losses, "first_step": step - len(losses) + 1, "num_processes": accelerator.num_processes},
-        )
-        repo_id = _push_repo_id(args.hub_model_id, args.push_to_hub, output_dir)
-        write_model_card(output_dir, unwrapped, model_args, data, data_args, metrics, training, repo_id=repo_id)
-        if args.push_to_hub:
-            push_trained_folder(output_dir, repo_id, args.hub_token)
-    accelerator.end_training()
-    return 0
-
-
-def _revert_sync_batch_norm(module: torch.nn.Module) -> torch.nn.Module:
-    """SyncBatchNorm -> BatchNorm2d (same parameters and statistics), so the saved model loads anywhere."""
-    converted = module
-    if isinstance(module, torch.nn.SyncBatchNorm):
-        converted = torch.nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine)
-        converted.load_state_dict(module.state_dict())
-    for name, child in module.named_children():
-        converted.add_module(name, _revert_sync_batch_norm(child))
-    return converted

@@ -1,18 +1,4 @@
-"""The conversion command lines: `setr convert` (mmsegmentation checkpoints) and `setr convert-timm` (the timm ViT
-pretrain SETR trains from)."""
-
-import argparse
-import sys
-
-from ..cli import config_overrides_argument
-from ..data.label_tables import id2label_for
-from ..models.setr.configuration_setr import MODEL_INFERENCE_MODES, SetrConfig
-from ..models.setr.modeling_setr import SetrForSemanticSegmentation
-from ..presets import PRESETS
-from .from_mmseg import convert_checkpoint, resolve_checkpoint, verify_against_mmseg
-from .from_timm import TIMM_VIT_PRESETS, load_timm_vit_pretrain
-
-CONVERT_DOC = """Convert a released mmsegmentation SETR checkpoint into a transformers folder.
+"""Convert a released mmsegmentation SETR checkpoint into a transformers folder.
 
     setr convert --checkpoint setr-pup-vit-large-ade20k-512 --output converted/setr-pup
     setr convert --checkpoint https://.../setr_....pth --output DIR --push-to-hub ORG/NAME
@@ -26,20 +12,18 @@ carries, else from the preset; a checkpoint with neither needs `--num-attention-
 layers, `--overrides '{"out_indices": [...]}'`). `--overwrite` replaces only what an earlier conversion wrote.
 """
 
-CONVERT_TIMM_DOC = """Build a SETR model whose encoder starts from timm's ImageNet ViT weights (mmsegmentation's training
-initialisation) and save it with `save_pretrained`; decode and auxiliary heads keep their random initialisation.
+import argparse
+import sys
 
-    setr convert-timm --decoder-type pup --dataset ade20k --image-size 512 --output setr-pup-init
-    setr convert-timm --source /path/to/jx_vit_large_p16_384-b3be5167.pth --output out
-
-`--source` is a preset name (default `vit-large-p16-384`: timm's `jx_vit_large_p16_384`, downloaded once into
-`~/.cache/transformers_setr/timm/`), an http(s) URL or a local `.pth`.
-"""
+from ..cli import config_overrides_argument
+from ..models.setr.configuration_setr import MODEL_INFERENCE_MODES
+from ..presets import PRESETS
+from .from_mmseg import convert_checkpoint, resolve_checkpoint, verify_against_mmseg
 
 
-def build_convert_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="setr convert", description=CONVERT_DOC, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="setr convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--checkpoint", help="preset name, URL or local .pth")
     parser.add_argument("--output", help="folder to write (created atomically)")
@@ -68,9 +52,9 @@ def build_convert_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def convert_main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """`setr convert` (`scripts/convert_mmseg_to_hf.py`)."""
-    parser = build_convert_parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.list:
         for name, preset in PRESETS.items():
@@ -105,48 +89,4 @@ def convert_main(argv: list[str] | None = None) -> int:
             if max(errors.values()) > 1e-4:
                 print("error: logits differ from mmsegmentation by more than 1e-4", file=sys.stderr)
                 return 1
-    return 0
-
-
-def build_convert_timm_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="setr convert-timm", description=CONVERT_TIMM_DOC, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--source", default="vit-large-p16-384", help=f"preset ({', '.join(TIMM_VIT_PRESETS)}), URL or path"
-    )
-    parser.add_argument("--decoder-type", choices=("naive", "pup", "mla"), default="pup")
-    parser.add_argument("--dataset", choices=("ade20k", "cityscapes"), default="ade20k", help="label set")
-    parser.add_argument("--image-size", type=int, default=512, help="training crop: 512 (ADE20K) or 768 (Cityscapes)")
-    parser.add_argument(
-        "--auxiliary-num-convs", type=int, default=None, help="default: the ADE20K recipe's value for the decoder"
-    )
-    parser.add_argument(
-        "--cache-dir",
-        default=None,
-        help="download cache (default: $TRANSFORMERS_SETR_CACHE/timm, else ~/.cache/transformers_setr/timm)",
-    )
-    parser.add_argument("--output", required=True, help="folder for save_pretrained")
-    return parser
-
-
-def convert_timm_main(argv: list[str] | None = None) -> int:
-    """`setr convert-timm` (`scripts/convert_timm_vit.py`)."""
-    args = build_convert_timm_parser().parse_args(argv)
-
-    config = SetrConfig(
-        decoder_type=args.decoder_type,
-        image_size=args.image_size,
-        id2label=id2label_for(args.dataset),
-        auxiliary_num_convs=args.auxiliary_num_convs,
-    )
-    model = SetrForSemanticSegmentation(config)
-    try:
-        report = load_timm_vit_pretrain(model, args.source, cache_dir=args.cache_dir)
-    except (ValueError, OSError) as error:  # a missing, truncated or foreign file: one line, no traceback
-        print("error: " + " ".join(str(error).split()), file=sys.stderr)
-        return 1
-    print(report)
-    model.save_pretrained(args.output)
-    print(f"saved to {args.output}")
     return 0
