@@ -292,13 +292,20 @@ def test_setr_cards_check_runs_on_the_checkout():
     assert completed.returncode == 0 and "7 model cards up to date" in completed.stdout
 
 
-def test_decoder_type_set_on_a_built_config_resolves_the_decoder_defaults(tmp_path):
-    config = SetrConfig()  # PUP
-    config.decoder_type = "mla"
+def test_the_decoder_defaults_are_resolved_explicitly(tmp_path):
+    config = SetrConfig.for_decoder("mla")
     assert (config.out_indices, config.use_cls_token, config.decoder_channels) == ([5, 11, 17, 23], False, 512)
     assert (config.auxiliary_num_convs, config.auxiliary_in_indices) == (0, [0, 1, 2, 3])
     config.validate()
-    # the same through from_pretrained's kwargs (set on the config built from the saved, explicit values)
+    assert config.to_dict() == SetrConfig(decoder_type="mla").to_dict()
+    # no attribute magic: `decoder_type` set on a built config changes that field only, and `validate` says what
+    # no longer fits
+    built = SetrConfig()  # PUP
+    built.decoder_type = "mla"
+    assert (built.out_indices, built.decoder_channels) == ([9, 14, 19, 23], 256)
+    with pytest.raises(Exception, match="decoder_channels must be 512"):
+        built.validate()
+    # from_pretrained's kwargs switch the decoder of the saved, explicit values
     SetrConfig(decoder_type="naive").save_pretrained(tmp_path)
     loaded = SetrConfig.from_pretrained(tmp_path, decoder_type="pup")
     assert (loaded.decoder_num_convs, loaded.decoder_kernel_size, loaded.decoder_up_scale) == (4, 3, 2)
@@ -306,10 +313,9 @@ def test_decoder_type_set_on_a_built_config_resolves_the_decoder_defaults(tmp_pa
     assert {k: v for k, v in loaded.to_dict().items() if k not in saved_only} == {
         k: v for k, v in SetrConfig(decoder_type="pup").to_dict().items() if k not in saved_only
     }
-    # a value set by hand is kept; an unknown decoder changes nothing
-    custom = SetrConfig(decoder_channels=64)
-    custom.decoder_type = "naive"
+    # a value set by hand is kept; an unknown decoder is refused
+    SetrConfig(decoder_channels=64).save_pretrained(tmp_path / "custom")
+    custom = SetrConfig.from_pretrained(tmp_path / "custom", decoder_type="naive")
     assert (custom.decoder_channels, custom.decoder_num_convs) == (64, 1)
     with pytest.raises(Exception, match="decoder_type"):
-        custom.decoder_type = "unet"
-    assert custom.decoder_type == "naive"
+        SetrConfig.from_pretrained(tmp_path / "custom", decoder_type="unet")

@@ -31,7 +31,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "UndeclaredClassesError",
             "SegmentationExample",
             "DATASETS_PRETTY_NAMES",
-            "checked_id2label",
+            "checked_dataset_id2label",
             "read_id2label",
             "classes_for",
             "ClassDeclaration",

@@ -63,7 +63,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers.utils import logging
 
 from .._imports import require
-from ..models.setr.configuration_setr import IGNORE_INDEX
+from ..models.setr.configuration_setr import IGNORE_INDEX, checked_id2label
 from ..presets import HUB_DATASETS
 from .label_tables import (
     ADE20K_CLASSES,
@@ -184,26 +184,25 @@ def _custom_lookup_table(
     return table
 
 
-def checked_id2label(id2label: Any, origin: str, *, contiguous: bool = True) -> dict[int, str]:
-    """`id2label` (keys int or digit strings, names strings), with keys 0..N-1 when `contiguous`; `origin` names it
-    in errors."""
+def _int_keyed(id2label: Any, origin: str, contiguous: bool) -> dict[int, Any]:
+    """The model's rule for label maps (`checked_id2label`: int keys or digit strings, 0..N-1 when `contiguous`), in
+    key order, on a non-empty object; the names are left to the caller."""
     if not isinstance(id2label, dict) or not id2label:
         raise DatasetFormatError(f'{origin}: id2label must be a non-empty JSON object {{"0": "name", ...}}')
-    checked = {}
-    for key, value in id2label.items():
-        try:
-            class_id = int(key)
-        except (TypeError, ValueError):
-            raise DatasetFormatError(f"{origin}: id2label key {key!r} is not an integer class id") from None
-        if not isinstance(value, str) or not value.strip():
-            raise DatasetFormatError(f"{origin}: id2label[{key!r}] must be a class name, got {value!r}")
-        checked[class_id] = value
-    if contiguous and sorted(checked) != list(range(len(checked))):
-        raise DatasetFormatError(
-            f"{origin}: id2label keys must be the class ids 0..{len(checked) - 1} without gaps, got "
-            f"{sorted(checked)[:10]}{'...' if len(checked) > 10 else ''}"
-        )
-    return dict(sorted(checked.items()))
+    try:
+        return dict(sorted(checked_id2label(id2label, contiguous=contiguous).items()))
+    except ValueError as error:
+        raise DatasetFormatError(f"{origin}: {error}") from None
+
+
+def checked_dataset_id2label(id2label: Any, origin: str, *, contiguous: bool = True) -> dict[int, str]:
+    """The `id2label` of a dataset in key order: the model's rule (`checked_id2label`) and the data's own (names are
+    non-empty strings); `origin` names it in errors."""
+    checked = _int_keyed(id2label, origin, contiguous)
+    for class_id, name in checked.items():
+        if not isinstance(name, str) or not name.strip():
+            raise DatasetFormatError(f"{origin}: id2label[{class_id!r}] must be a class name, got {name!r}")
+    return checked
 
 
 def _read_json_id2label(path: str | os.PathLike) -> Any:
@@ -217,13 +216,13 @@ def _read_json_id2label(path: str | os.PathLike) -> Any:
 
 def read_id2label(path: str | os.PathLike) -> dict[int, str]:
     """An `id2label.json` file (`{"0": "name", ...}`), checked."""
-    return checked_id2label(_read_json_id2label(path), str(path))
+    return checked_dataset_id2label(_read_json_id2label(path), str(path))
 
 
 def classes_for(stored_id2label: dict[int, str], reduce_labels: bool, origin: str) -> dict[int, str]:
     """The classes (train ids) that an `id2label` of stored mask values gives: with `reduce_labels` the entry 0
     (the "unlabelled" value, ignored) is dropped and the others move down by one."""
-    stored = checked_id2label(stored_id2label, origin, contiguous=not reduce_labels)
+    stored = checked_dataset_id2label(stored_id2label, origin, contiguous=not reduce_labels)
     if not reduce_labels:
         return stored
     shifted = {}
@@ -234,7 +233,7 @@ def classes_for(stored_id2label: dict[int, str], reduce_labels: bool, origin: st
             logger.info(
                 "%s: reduce_labels: value 0 (%r) is unlabelled (ignored), the other ids move down", origin, value
             )
-    return checked_id2label(shifted, f"{origin} (after reduce_labels dropped value 0)")
+    return checked_dataset_id2label(shifted, f"{origin} (after reduce_labels dropped value 0)")
 
 
 @dataclass(frozen=True)
@@ -297,16 +296,8 @@ def declare_classes(
     docstring): class ids 0..N-1 stored as themselves; with `reduce_labels` 0 unlabelled and v stored as v + 1;
     with `mask_values` class i stored as `mask_values[i]`; keys that are not 0..N-1 (without `reduce_labels`): the
     keys are the stored values; names with colours: colour masks."""
-    if not isinstance(id2label, dict) or not id2label:
-        raise DatasetFormatError(f'{origin}: id2label must be a non-empty JSON object {{"0": "name", ...}}')
-    entries = {}
-    for key, value in id2label.items():
-        try:
-            stored = int(key)
-        except (TypeError, ValueError):
-            raise DatasetFormatError(f"{origin}: id2label key {key!r} is not an integer class id") from None
-        entries[stored] = _declared_entry(stored, value, origin)
-    entries = dict(sorted(entries.items()))
+    # the keys are class ids or stored values (not necessarily 0..N-1), the values names or {"name", "color"}
+    entries = {key: _declared_entry(key, value, origin) for key, value in _int_keyed(id2label, origin, False).items()}
     mask_values = parse_mask_values(mask_values, "--mask_values")
     colours = [colour for _, colour in entries.values()]
     names = {key: name for key, (name, _) in entries.items()}
@@ -324,7 +315,7 @@ def declare_classes(
             )
         if len(set(colours)) != len(colours):
             raise DatasetFormatError(f"{origin}: two classes have the same colour in id2label")
-        classes = checked_id2label(names, origin)
+        classes = checked_dataset_id2label(names, origin)
         return ClassDeclaration(classes, mask_colors=tuple(colours))
     if mask_values is not None:
         if reduce_labels:
@@ -342,7 +333,7 @@ def declare_classes(
                 f"--mask_values {','.join(map(str, mask_values))}: {len(mask_values)} values for the "
                 f"{len(names)} classes of {origin}; give one stored value per class, in class order"
             )
-        return ClassDeclaration(checked_id2label(names, origin), mask_values=mask_values)
+        return ClassDeclaration(checked_dataset_id2label(names, origin), mask_values=mask_values)
     if reduce_labels or sorted(names) == list(range(len(names))):
         return ClassDeclaration(classes_for(names, reduce_labels, origin))
     if min(names) < 0:
@@ -457,7 +448,7 @@ class SegmentationData:
                 raise ValueError(f"custom label format for dataset {self.dataset!r}: use dataset={CUSTOM_DATASET!r}")
             if not self.classes:
                 raise ValueError("custom data needs its classes (id2label)")
-            self.classes = checked_id2label(self.classes, "id2label")
+            self.classes = checked_dataset_id2label(self.classes, "id2label")
             if self.ignore_index in self.classes:
                 raise ValueError(
                     f"the ignore index {self.ignore_index} is also a class ({self.classes[self.ignore_index]!r})"

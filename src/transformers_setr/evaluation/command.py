@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         evaluate_command_line(argv)
     except (DatasetFormatError, FileNotFoundError) as error:
-        print(f"setr evaluate: error: {' '.join(str(error).split())}", file=sys.stderr)
+        program = os.path.basename(sys.argv[0])  # "setr evaluate" (set by `setr`), or "evaluate.py" (the script)
+        print(f"{program}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     return 0

@@ -116,14 +116,24 @@ def default_slide_stride(crop_size: int) -> int:
     return crop_size * 2 // 3
 
 
-def _checked_id2label(id2label: dict) -> dict[int, str]:
-    """`id2label` with int keys (JSON gives strings), which must be the class ids 0..n-1."""
-    try:
-        checked = {int(index): label for index, label in id2label.items()}
-    except (AttributeError, TypeError, ValueError):
-        raise ValueError(f"id2label must map class ids 0..n-1 to names, got {str(id2label)[:200]}") from None
-    if sorted(checked) != list(range(len(checked))):
-        raise ValueError(f"id2label keys must be 0..{len(checked) - 1}, got {sorted(checked)}.")
+def checked_id2label(id2label: dict, contiguous: bool = True) -> dict[int, str]:
+    """`id2label` with int keys (JSON gives strings), which must be the class ids 0..n-1 when `contiguous`; a
+    `ValueError` names the problem. The one checker of label maps: the datasets' (`data.loading`) add their own rules
+    on top."""
+    if not isinstance(id2label, dict):
+        raise ValueError(f"id2label must map class ids 0..n-1 to names, got {str(id2label)[:200]}")
+    checked = {}
+    for index, label in id2label.items():
+        try:
+            checked[int(index)] = label
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"id2label must map class ids 0..n-1 to names: key {index!r} is not an integer class id"
+            ) from None
+    if contiguous and sorted(checked) != list(range(len(checked))):
+        keys = sorted(checked)
+        shown = f"{keys[:10]}"[:-1] + (", ...]" if len(keys) > 10 else "]")
+        raise ValueError(f"id2label keys must be 0..{len(checked) - 1}, got {shown}.")
     return checked
 
 
@@ -135,8 +145,9 @@ class SetrConfig(PreTrainedConfig):
     classes).
 
     The decoder-dependent fields (marked "decoder default") may be left `None`: they take the chosen decoder's value
-    from the released configs, at construction and again whenever `decoder_type` is changed on a built config (a
-    field still at the old decoder's value moves to the new one's; a value set by hand is kept).
+    from the released configs at construction (`SetrConfig.for_decoder("mla", ...)` says so). `from_pretrained(folder,
+    decoder_type=...)` switches a saved config's decoder: a field still at the old decoder's value moves to the new
+    one's, a value set by hand is kept.
 
     Args:
         hidden_size (`int`, *optional*, defaults to 1024):
@@ -323,7 +334,7 @@ class SetrConfig(PreTrainedConfig):
         if self.id2label is None and self.label2id is not None:
             self.id2label = {int(index): name for name, index in self.label2id.items()}
         if self.id2label is not None:
-            self.id2label = _checked_id2label(self.id2label)
+            self.id2label = checked_id2label(self.id2label)
             if num_labels is not None and num_labels != len(self.id2label):
                 # Stock transformers' rule (the re-head flow `from_pretrained(folder, num_labels=7,
                 # ignore_mismatched_sizes=True)` passes the saved id2label with the new count): warn, and the count
@@ -342,31 +353,40 @@ class SetrConfig(PreTrainedConfig):
         else:
             kwargs["num_labels"] = DEFAULT_NUM_LABELS if num_labels is None else num_labels
 
+    @classmethod
+    def for_decoder(cls, decoder_type: str, **kwargs) -> "SetrConfig":
+        """The config of a `decoder_type` model ("naive", "pup" or "mla"): every decoder-dependent field not given in
+        `kwargs` takes that decoder's value from the released configs. The one place decoder defaults are resolved
+        is construction (`__post_init__`); a built config's `decoder_type` is not meant to change (build another, or
+        load with `from_pretrained(..., decoder_type=...)`)."""
+        return cls(decoder_type=decoder_type, **kwargs)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> "SetrConfig":
+        """`PreTrainedConfig.from_dict`, with `decoder_type` among `kwargs` (`from_pretrained(folder,
+        decoder_type="mla")`) applied before construction rather than set on the built config as transformers does
+        with other kwargs: the saved decoder-dependent fields that hold the saved decoder's defaults give way to the
+        new decoder's, a value set by hand is kept (`validate` reports a combination the model cannot build)."""
+        if "decoder_type" in kwargs:
+            config_dict = dict(config_dict)
+            saved = config_dict.get("decoder_type", cls.__dataclass_fields__["decoder_type"].default)
+            for name, default in _DECODER_DEFAULTS.get(saved, {}).items():
+                if config_dict.get(name) in (None, default):
+                    config_dict.pop(name, None)
+            config_dict["decoder_type"] = kwargs.pop("decoder_type")
+        return super().from_dict(config_dict, **kwargs)
+
     def __setattr__(self, name: str, value) -> None:
-        built = self.__dict__.get("_post_init_done", False)
-        if name == "decoder_type" and built and value != self.__dict__.get("decoder_type"):
-            previous = _DECODER_DEFAULTS.get(self.decoder_type, {})
-            super().__setattr__(name, value)  # validated here: an unknown decoder raises before anything changes
-            self._decoder_changed(previous)
-            return
-        # After construction, a new `id2label` (`config.num_labels = n`, or `from_pretrained(..., id2label=...)`, which
-        # transformers applies by setattr once the saved config is built) replaces the label set: the old `label2id`
-        # and palette described the old labels.
-        relabel = name == "id2label" and value is not None and built
+        # The one attribute hook, for the label maps: a new `id2label` on a built config (transformers' own
+        # `config.num_labels = n` setter, and `from_pretrained(..., id2label=...)`, which it applies by setattr after
+        # construction, including the re-head flow) replaces the label set, so the old `label2id` and palette that
+        # described the old labels must follow; no other place sees every such assignment.
+        relabel = name == "id2label" and value is not None and self.__dict__.get("_post_init_done", False)
         if relabel:
-            value = _checked_id2label(value)
+            value = checked_id2label(value)
         super().__setattr__(name, value)
         if relabel:
             self._labels_changed()
-
-    def _decoder_changed(self, previous_defaults: dict) -> None:
-        """The one rule for the decoder-dependent fields when `decoder_type` changes on a built config (including
-        `from_pretrained(..., decoder_type=...)`): a field equal to the previous decoder's default takes the new
-        decoder's; a value set by hand is kept (`validate` reports a combination the model cannot build)."""
-        for name, default in _DECODER_DEFAULTS[self.decoder_type].items():
-            current = getattr(self, name)
-            if current is None or current == previous_defaults.get(name):
-                setattr(self, name, list(default) if isinstance(default, list) else default)
 
     def _labels_changed(self) -> None:
         """The one rule for the label-dependent fields when `id2label` changes on a built config: `label2id` is rebuilt
@@ -500,6 +520,7 @@ __all__ = [
     "MODEL_INFERENCE_MODES",
     "SetrConfig",
     "check_slide_window",
+    "checked_id2label",
     "default_slide_stride",
     "int_pair",
 ]
