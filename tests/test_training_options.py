@@ -12,7 +12,7 @@ import torch
 from test_training import TINY
 
 from transformers_setr import SetrConfig, SetrForSemanticSegmentation, cli
-from transformers_setr.training import commands, recipe
+from transformers_setr.training import recipe, train_loop_command
 
 LR = 0.01
 STEPS = 6
@@ -57,7 +57,7 @@ def recorded(monkeypatch):
         return optimizer
 
     monkeypatch.setattr(recipe, "optimizer_from_arguments", recording)
-    monkeypatch.setattr(commands, "optimizer_from_arguments", recording)
+    monkeypatch.setattr(train_loop_command, "optimizer_from_arguments", recording)
     return record
 
 
