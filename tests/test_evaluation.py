@@ -1,7 +1,6 @@
 """Evaluation protocol: predictions at the ground-truth resolution, whole / slide / ms+flip, the dataset loop (also
 sharded), and `scripts/evaluate.py` end to end."""
 
-import importlib.util
 import io
 import json
 import math
@@ -311,12 +310,11 @@ def test_evaluate_script_end_to_end(tmp_path):
             else written["per_class_iou"][name] == pytest.approx(value)
         )
 
-    # The same entry point in-process: a split the data does not have is a clear error naming the data.
-    script = importlib.util.spec_from_file_location("evaluate_script", REPO / "scripts" / "evaluate.py")
-    module = importlib.util.module_from_spec(script)
-    script.loader.exec_module(module)
+    # The same command in-process: a split the data does not have is a clear error naming the data.
+    from transformers_setr.evaluation.command import evaluate_command_line
+
     with pytest.raises(ValueError, match="train2") as error:
-        module.main([*command[2:], "--split", "train2"])
+        evaluate_command_line([*command[2:], "--split", "train2"])
     assert str(root) in str(error.value)
 
 
