@@ -25,7 +25,7 @@ SHIPPED = Path(transformers_setr.__file__).parent / "models" / "setr"
 # What tests, scripts and users imported from the flat modules of 0.1 (one or more names each).
 NAMES_OF_0_1 = {
     "configuration_setr": ["SetrConfig", "check_slide_window", "default_slide_stride"],
-    "modeling_setr": ["SetrForSemanticSegmentation", "SetrModel", "InferenceTensorCache", "slide_windows"],
+    "modeling_setr": ["SetrForSemanticSegmentation", "SetrModel", "resize_position_embeddings", "slide_windows"],
     "image_processing_pil_setr": [
         "SetrImageProcessorPil",
         "SetrImageProcessingMixin",
