@@ -206,6 +206,13 @@ def test_hooked_or_replaced_projections_are_called_not_bypassed():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         model(torch.randn(1, 3, 64, 64))
     assert calls == ["q", "fc1", "fc2", "q", "fc1", "fc2"]
+    attention = model.setr.layers[1].attention
+    attention.q_proj = torch.nn.Sequential(attention.q_proj)  # a wrapped q/k/v projection is never stacked
+    optimize_for_inference(model)  # again, with the wrappers and the patched forward in place
+    assert not model.setr.layers[1].attention.fusable and model.setr.layers[0].attention.fusable
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randn(1, 3, 64, 64))
+    assert calls[6:] == ["q", "fc1", "fc2"]
 
 
 def test_bf16_autocast_caches_cast_weights_and_matches_plain_autocast():

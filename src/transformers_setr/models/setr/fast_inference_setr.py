@@ -200,7 +200,9 @@ class InferenceSetrAttention(SetrAttention):
     """`SetrAttention` whose q/k/v run as one matmul on stacked cast weights under autocast."""
 
     def prepare(self) -> None:
-        self.frozen = FrozenWeights(type(self).__name__, self.qkv_sources())
+        # Only plain projections are stacked: an adapter or a quantised layer on q/k/v must see its own call.
+        self.fusable = all(type(p) in (nn.Linear, InferenceLinear) for p in (self.q_proj, self.k_proj, self.v_proj))
+        self.frozen = FrozenWeights(type(self).__name__, self.qkv_sources() if self.fusable else ())
 
     def qkv_sources(self) -> tuple[torch.Tensor, ...]:
         projections = (self.q_proj, self.k_proj, self.v_proj)
@@ -224,8 +226,8 @@ class InferenceSetrAttention(SetrAttention):
         projections = (self.q_proj, self.k_proj, self.v_proj)
         dtype = autocast_dtype(hidden_states, self.q_proj.weight)
         fused = None
-        plain = all(type(p) in (nn.Linear, InferenceLinear) for p in projections) and not has_hooks(*projections)
-        if dtype is not None and plain and fast_path_applies(self):
+        plain = self.fusable and all(type(p) in (nn.Linear, InferenceLinear) for p in projections)
+        if dtype is not None and plain and not has_hooks(*projections) and fast_path_applies(self):
             fused = self.fused_qkv_weights(dtype, hidden_states.device)
         if fused is None:
             return super().forward(hidden_states, attention_mask, **kwargs)
