@@ -224,10 +224,11 @@ class InferenceSetrAttention(SetrAttention):
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
         projections = (self.q_proj, self.k_proj, self.v_proj)
-        dtype = autocast_dtype(hidden_states, self.q_proj.weight)
-        fused = None
+        fused, dtype = None, None
         plain = self.fusable and all(type(p) in (nn.Linear, InferenceLinear) for p in projections)
-        if dtype is not None and plain and not has_hooks(*projections) and fast_path_applies(self):
+        if plain and not has_hooks(*projections) and fast_path_applies(self):
+            dtype = autocast_dtype(hidden_states, self.q_proj.weight)
+        if dtype is not None:
             fused = self.fused_qkv_weights(dtype, hidden_states.device)
         if fused is None:
             return super().forward(hidden_states, attention_mask, **kwargs)
