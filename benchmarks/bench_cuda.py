@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import count_inference_gflop, format_table, print_report  # noqa: E402
 
 from transformers_setr.models.setr.configuration_setr import SetrConfig  # noqa: E402
+from transformers_setr.models.setr.fast_inference_setr import optimize_for_inference  # noqa: E402
 from transformers_setr.models.setr.modeling_setr import SetrForSemanticSegmentation  # noqa: E402
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from the vendors' data sheets.
@@ -75,7 +76,7 @@ def synchronize(device: torch.device) -> None:
 
 def throughput(args: argparse.Namespace, device: torch.device, decoder: str, dtype: str) -> float:
     config = build_config(decoder, args.smoke, slide_batch_size=args.window_batch)
-    model = SetrForSemanticSegmentation(config).eval().to(device)
+    model = optimize_for_inference(SetrForSemanticSegmentation(config).to(device))
     runner = torch.compile(model) if args.compile else model
     generator = torch.Generator().manual_seed(0)
     pixel_values = torch.randn(args.images_per_call, 3, *ADE_IMAGE, generator=generator).to(device)

@@ -47,6 +47,7 @@ from common import (  # noqa: E402
 
 from transformers_setr.conversion import load_checkpoint_file  # noqa: E402
 from transformers_setr.conversion.from_mmseg import build_converted_model  # noqa: E402
+from transformers_setr.models.setr.fast_inference_setr import optimize_for_inference  # noqa: E402
 from transformers_setr.presets import PRESETS  # noqa: E402
 
 # decoder -> (the fixture script's released-variant name, our preset)
@@ -119,7 +120,7 @@ def main() -> None:
             if built["num_layers"] != 24:
                 overrides = {"out_indices": built["out_indices"], "num_attention_heads": built["num_heads"]}
             checkpoint_dict = load_checkpoint_file(str(checkpoint))
-            model = build_converted_model(checkpoint_dict, PRESETS[preset_name], overrides).eval()
+            model = optimize_for_inference(build_converted_model(checkpoint_dict, PRESETS[preset_name], overrides))
             del checkpoint_dict
             checkpoint.unlink()
             compiled = torch.compile(model) if args.compile else None

@@ -49,12 +49,13 @@ def main() -> None:
     from transformers_setr import SetrConfig, SetrForSemanticSegmentation, SetrImageProcessorPil
     from transformers_setr.apps.onnx_export import OPSET, OnnxSetr, compare, export_onnx
     from transformers_setr.data.label_tables import id2label_for
+    from transformers_setr.models.setr.fast_inference_setr import optimize_for_inference
 
     torch.manual_seed(0)
     config = SetrConfig(
         decoder_type="pup", id2label=id2label_for("ade20k"), inference_mode="slide", **MODELS[args.model]
     )
-    model = SetrForSemanticSegmentation(config).eval()
+    model = optimize_for_inference(SetrForSemanticSegmentation(config))  # eager as `setr segment` runs it
     processor = SetrImageProcessorPil(size={"shortest_edge": 512, "longest_edge": 2048})
     photos = {"astronaut": data.astronaut(), "coffee": data.coffee()}
     inputs = {

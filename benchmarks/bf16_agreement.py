@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, format_table, print_report, set_threads  # noqa: E402
 
 from transformers_setr import SetrConfig, SetrForSemanticSegmentation  # noqa: E402
+from transformers_setr.models.setr.fast_inference_setr import optimize_for_inference  # noqa: E402
 from transformers_setr.models.setr.image_processing_setr import SetrImageProcessor  # noqa: E402
 
 MAIN_JOB = ROOT / "outputs" / "main-job"
@@ -78,9 +79,9 @@ def main() -> None:
         raise SystemExit(f"no .jpg/.png images in {args.images}")
     processor = SetrImageProcessor.from_pretrained(args.model)
     batches = [processor(Image.open(path).convert("RGB"), return_tensors="pt").pixel_values for path in paths]
-    trained = SetrForSemanticSegmentation.from_pretrained(args.model).eval()
+    trained = optimize_for_inference(SetrForSemanticSegmentation.from_pretrained(args.model))
     torch.manual_seed(args.seed)
-    random_copy = SetrForSemanticSegmentation(SetrConfig.from_pretrained(args.model)).eval()
+    random_copy = optimize_for_inference(SetrForSemanticSegmentation(SetrConfig.from_pretrained(args.model)))
     rows = []
     for name, model in (("trained", trained), ("random weights, same architecture", random_copy)):
         agree, near, agree_decided = agreement(model, batches, args.mode)

@@ -1,9 +1,16 @@
 """Float32 outputs of the current `modeling_setr.py` against a previous version of the file (issue 5: nothing may
 change fp32 outputs beyond 1e-5), and optionally their speed side by side.
 
+    .venv/bin/python benchmarks/compare_implementations.py --before HEAD~1
+    .venv/bin/python benchmarks/compare_implementations.py --before HEAD~1 --full --time --bf16
     git show HEAD:src/transformers_setr/models/setr/modeling_setr.py > /tmp/modeling_setr_before.py
     .venv/bin/python benchmarks/compare_implementations.py --before /tmp/modeling_setr_before.py
-    .venv/bin/python benchmarks/compare_implementations.py --before /tmp/modeling_setr_before.py --full --time
+
+`--before` is a git revision (all of that revision's shipped `*_setr.py` files: its modeling, fast path and
+configuration), a folder of such files, or one old `modeling_setr.py` (next to the current other files). Each side
+runs as its own package, both in this process: the current model after `optimize_for_inference` (as the inference
+entry points run it), the previous one after its own `optimize_for_inference` where it has one (before issue 22 its
+fast path was built into the model). `no_grad` compares them as served; `autograd` the plain computation.
 
 Both models get the same seeded random weights (He-scaled, so that logits are O(1)); the table holds the largest
 |logit difference| per decoder, input and mode, with and without autograd (the current file caches tensors only
@@ -17,6 +24,7 @@ import argparse
 import importlib.util
 import math
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -29,19 +37,39 @@ from common import format_table, print_report, set_threads, spread, time_call  #
 
 from transformers_setr.models.setr import modeling_setr as current_module  # noqa: E402
 from transformers_setr.models.setr.configuration_setr import SetrConfig  # noqa: E402
+from transformers_setr.models.setr.fast_inference_setr import optimize_for_inference  # noqa: E402
 
 SOURCE = Path(current_module.__file__).resolve().parent
+SHIPPED = "src/transformers_setr/models/setr"
+
+
+def write_revision_files(revision: str, package: Path) -> None:
+    """A git revision's shipped `*_setr.py` files, written into `package`."""
+    root = Path(__file__).resolve().parent.parent
+    listing = subprocess.run(
+        ["git", "ls-tree", "--name-only", f"{revision}:{SHIPPED}"], cwd=root, capture_output=True, text=True
+    )
+    if listing.returncode != 0:
+        sys.exit(f"compare_implementations.py: error: --before {revision}: no such file, folder or git revision")
+    for name in listing.stdout.split():
+        if name.endswith("_setr.py"):
+            text = subprocess.run(
+                ["git", "show", f"{revision}:{SHIPPED}/{name}"], cwd=root, capture_output=True, text=True, check=True
+            ).stdout
+            (package / name).write_text(text)
 
 
 def load_previous(path: Path, scratch: Path):
-    """Import an old `modeling_setr.py` (or a folder of old shipped files) as its own package, next to the current
-    configuration file and the current shipped files it may import."""
+    """Import an old `modeling_setr.py` (a folder of old shipped files, or a git revision's) as its own package, next
+    to the current configuration file and the current shipped files it may import."""
     package = scratch / "setr_previous"
     package.mkdir()
     (package / "__init__.py").write_text("")
     for sibling in SOURCE.glob("*_setr.py"):
         shutil.copy(sibling, package / sibling.name)
-    if path.is_dir():
+    if not path.exists():
+        write_revision_files(str(path), package)
+    elif path.is_dir():
         for old in path.glob("*_setr.py"):
             if old.name != "configuration_setr.py":
                 shutil.copy(old, package / old.name)
@@ -113,7 +141,12 @@ def training_differences(current, previous, pixel_values: torch.Tensor) -> tuple
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--before", required=True, type=Path, help="the previous modeling_setr.py")
+    parser.add_argument(
+        "--before",
+        required=True,
+        type=Path,
+        help="a git revision, a folder of its *_setr.py files, or a modeling_setr.py",
+    )
     parser.add_argument("--full", action="store_true", help="ViT-L/16 at 512 (slow) instead of a reduced model")
     parser.add_argument("--time", action="store_true", help="also time both implementations, alternating")
     parser.add_argument("--bf16", action="store_true", help="with --time: also time bf16 autocast")
@@ -131,12 +164,17 @@ def main() -> None:
     rows, failures = [], []
     with tempfile.TemporaryDirectory(prefix="setr-previous-") as scratch:
         previous_module = load_previous(args.before, Path(scratch))
+        previous_fast_path = sys.modules.get("setr_previous.fast_inference_setr")
+        previous_optimize = getattr(previous_fast_path, "optimize_for_inference", None)
         for decoder in args.decoders:
             current_config, previous_config = config_for(decoder, args.full, previous_module.SetrConfig)
             current = current_module.SetrForSemanticSegmentation(current_config).eval()
             randomise(current, seed=len(decoder))
             previous = previous_module.SetrForSemanticSegmentation(previous_config).eval()
             previous.load_state_dict(current.state_dict())
+            optimize_for_inference(current)
+            if previous_optimize is not None:
+                previous_optimize(previous)
             for mode, batch, height, width in cases:
                 generator = torch.Generator().manual_seed(height * width + batch)
                 pixel_values = torch.randn(batch, 3, height, width, generator=generator)

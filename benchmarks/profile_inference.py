@@ -50,6 +50,7 @@ from common import (  # noqa: E402
     training_gflop_by_kind,
 )
 
+from transformers_setr.models.setr.fast_inference_setr import optimize_for_inference  # noqa: E402
 from transformers_setr.models.setr.modeling_setr import SetrForSemanticSegmentation  # noqa: E402
 from transformers_setr.presets import PRESETS  # noqa: E402
 from transformers_setr.training import config_for_preset  # noqa: E402
@@ -283,7 +284,7 @@ def summary_table(cases: list[dict], floor: GemmFloor) -> str:
 def inference_cases(args: argparse.Namespace, floor: GemmFloor) -> list[dict]:
     cases = []
     for decoder in args.decoders:
-        model = build_model(decoder, args.smoke).eval()
+        model = optimize_for_inference(build_model(decoder, args.smoke))  # as the inference entry points serve it
         remove_scopes = annotate_scopes(model)
         for mode in args.modes:
             height, width = SIZES[mode]

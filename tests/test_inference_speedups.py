@@ -1,9 +1,9 @@
 """The inference fast paths (issue 5) give the plain computation's numbers and never serve stale parameters.
 
-Without autograd the model caches resized position tables and, under autocast, the cast linear weights (q/k/v
-stacked for one matmul). With autograd on it runs the plain module-by-module path, so comparing the two checks the
-caches. The decoders classify before the last up-sampling (and in float32 under autocast): an mmsegmentation-order
-head written out here checks that.
+`optimize_for_inference(model)` (issue 22) swaps modules for inference variants that, without autograd, keep the
+cast linear weights of autocast (q/k/v stacked for one matmul). With autograd on they run the plain module-by-module
+path, so comparing the two checks the fast path. The decoders classify before the last up-sampling (and in float32
+under autocast): an mmsegmentation-order head written out here checks that.
 """
 
 import copy
@@ -14,8 +14,13 @@ from conftest import DECODERS, randomise_batch_norm, tiny_config
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from transformers_setr import SetrForSemanticSegmentation
-from transformers_setr.models.setr.fast_inference_setr import onednn_matmul_usable
-from transformers_setr.models.setr.modeling_setr import InferenceTensorCache, channel_layernorm, upsample_bilinear
+from transformers_setr.models.setr.fast_inference_setr import (
+    FrozenWeights,
+    InferenceLinear,
+    onednn_matmul_usable,
+    optimize_for_inference,
+)
+from transformers_setr.models.setr.modeling_setr import channel_layernorm, upsample_bilinear
 
 FP32_TOLERANCE = 1e-5
 
@@ -30,7 +35,7 @@ def build(decoder_type: str, **overrides) -> SetrForSemanticSegmentation:
                 parameter.normal_(0, 0.5)
             elif parameter.dim() > 1:
                 parameter.normal_(0, (2 / parameter[0].numel()) ** 0.5)
-    return model
+    return optimize_for_inference(model)
 
 
 def plain_logits(model: SetrForSemanticSegmentation, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -40,11 +45,7 @@ def plain_logits(model: SetrForSemanticSegmentation, pixel_values: torch.Tensor,
 
 
 def cache_sizes(model: torch.nn.Module) -> int:
-    return sum(
-        len(m.inference_cache)
-        for m in model.modules()
-        if isinstance(getattr(m, "inference_cache", None), InferenceTensorCache)
-    )
+    return sum(len(m.frozen.entries) for m in model.modules() if isinstance(getattr(m, "frozen", None), FrozenWeights))
 
 
 @pytest.mark.parametrize("decoder_type", DECODERS)
@@ -55,8 +56,8 @@ def test_fast_inference_path_matches_the_plain_path(decoder_type, size):
     expected = plain_logits(model, pixel_values, inference_mode="whole")
     with torch.no_grad():
         fast = model(pixel_values, inference_mode="whole").logits
-    # Only the resized table is cached in float32 (the projections run as they are).
-    assert cache_sizes(model) == (0 if size == (64, 64) else 1)
+    # Nothing is cached in float32 (the projections run on the parameters as they are; tables are resized per call).
+    assert cache_sizes(model) == 0
     assert (fast - expected).abs().max().item() < FP32_TOLERANCE
     with torch.inference_mode():  # cached tensors built under no_grad are reused under inference_mode
         again = model(pixel_values, inference_mode="whole").logits
@@ -126,11 +127,27 @@ def test_a_training_step_invalidates_the_caches(decoder_type):
     assert not torch.equal(model.setr.embeddings.position_embeddings, table_before)
     with torch.no_grad():
         after = model(pixel_values).logits
-    fresh = copy.deepcopy(model)
-    fresh.clear_inference_caches()
-    expected = plain_logits(fresh, pixel_values)
+    expected = plain_logits(copy.deepcopy(model), pixel_values)
     assert (after - before).abs().max() > 1e-3
     assert (after - expected).abs().max().item() < FP32_TOLERANCE
+
+
+def test_a_training_step_retires_the_cast_weights_until_optimized_again(caplog):
+    model = build("pup")
+    pixel_values = torch.randn(1, 3, 64, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(pixel_values)  # builds the bf16 weights
+    sgd_step_on_everything(model, pixel_values)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = plain_logits(model, pixel_values)
+        with torch.no_grad():
+            after_training = model(pixel_values).logits
+        assert "changed after optimize_for_inference" in caplog.text
+        optimize_for_inference(model)
+        with torch.no_grad():
+            optimized_again = model(pixel_values).logits
+    assert torch.equal(after_training, expected)  # the plain computation, not the stale weights
+    assert (optimized_again - expected).abs().max() < 0.05 * expected.abs().max()
 
 
 def test_in_place_parameter_writes_in_eval_mode_invalidate_the_caches():
@@ -169,13 +186,10 @@ def test_load_state_dict_and_dtype_moves_refresh_the_caches():
         loaded = model(pixel_values).logits
         assert torch.equal(loaded, other(pixel_values).logits)
     model.double()
-    assert cache_sizes(model) == 0
     with torch.no_grad():
         as_double = model(pixel_values.double()).logits
     assert as_double.dtype == torch.float64
     assert (as_double - loaded).abs().max().item() < FP32_TOLERANCE
-    model.train()
-    assert cache_sizes(model) == 0
 
 
 def test_hooked_or_replaced_projections_are_called_not_bypassed():
@@ -192,6 +206,13 @@ def test_hooked_or_replaced_projections_are_called_not_bypassed():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         model(torch.randn(1, 3, 64, 64))
     assert calls == ["q", "fc1", "fc2", "q", "fc1", "fc2"]
+    attention = model.setr.layers[1].attention
+    attention.q_proj = torch.nn.Sequential(attention.q_proj)  # a wrapped q/k/v projection is never stacked
+    optimize_for_inference(model)  # again, with the wrappers and the patched forward in place
+    assert not model.setr.layers[1].attention.fusable and model.setr.layers[0].attention.fusable
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randn(1, 3, 64, 64))
+    assert calls[6:] == ["q", "fc1", "fc2"]
 
 
 def test_bf16_autocast_caches_cast_weights_and_matches_plain_autocast():
@@ -202,7 +223,7 @@ def test_bf16_autocast_caches_cast_weights_and_matches_plain_autocast():
         with torch.no_grad():
             fast = model(pixel_values).logits
     attention = model.setr.layers[0].attention
-    weight, bias = attention.fused_qkv_parameters(torch.bfloat16)
+    weight, bias = attention.fused_qkv_weights(torch.bfloat16, torch.device("cpu"), pack=False)
     assert weight.dtype == bias.dtype == torch.bfloat16 and weight.shape == (3 * 32, 32)
     assert torch.equal(weight[32:64], attention.k_proj.weight.to(torch.bfloat16))
     # Logits come from a float32 classifier; bf16 rounding differs only where the fused matmul sums in another order.
@@ -216,22 +237,51 @@ def test_bf16_autocast_caches_cast_weights_and_matches_plain_autocast():
 
 def test_model_built_under_inference_mode_still_runs():
     with torch.inference_mode():
-        model = build("mla")
+        model = build("mla")  # optimized with inference-tensor parameters
         logits = model(torch.randn(1, 3, 50, 77)).logits
     assert logits.shape == (1, 5, 16, 20) and cache_sizes(model) == 0
 
 
-def test_cache_keeps_only_the_most_recent_entries():
-    cache = InferenceTensorCache(max_entries=2)
+def test_frozen_weights_are_built_once_and_never_for_changed_sources():
     source = torch.zeros(3)
+    frozen = FrozenWeights("test", (source,))
     built = []
-    for key in ("a", "b", "a", "c", "b"):
-        cache.get(key, (source,), lambda key=key: built.append(key) or torch.ones(1))
-    assert built == ["a", "b", "c", "b"] and len(cache) == 2
+    for key in ("a", "b", "a", "b"):
+        frozen.get(key, (source,), lambda key=key: built.append(key) or torch.ones(1))
+    assert built == ["a", "b"] and len(frozen.entries) == 2
     with torch.no_grad():
         source.add_(1.0)
-    cache.get("b", (source,), lambda: built.append("b again") or torch.ones(1))
-    assert built[-1] == "b again"
+    assert frozen.get("c", (source,), lambda: built.append("c") or torch.ones(1)) is None
+    assert frozen.get("a", (source,), lambda: torch.ones(1)) is None and built == ["a", "b"]
+    assert frozen.get("a", (torch.zeros(3),), lambda: torch.ones(1)) is None  # another tensor entirely
+
+
+def test_optimizing_changes_no_parameter_gradient_or_state_dict_key():
+    plain = SetrForSemanticSegmentation(tiny_config("mla")).eval()
+    randomise_batch_norm(plain)
+    optimized = optimize_for_inference(copy.deepcopy(plain))
+    assert list(optimized.state_dict()) == list(plain.state_dict())
+    assert isinstance(optimized.setr.layers[0].mlp.fc1, InferenceLinear)
+    pixel_values = torch.randn(2, 3, 64, 64)
+    labels = torch.randint(0, plain.config.num_labels, (2, 64, 64))
+    for model in (plain, optimized):
+        model.train()
+        torch.manual_seed(0)  # the same dropout masks
+        model(pixel_values, labels=labels).loss.backward()
+    for (name, a), (_, b) in zip(plain.named_parameters(), optimized.named_parameters()):
+        assert torch.equal(a.grad, b.grad), name
+
+
+def test_another_encoders_linears_are_swapped_and_its_other_modules_left_alone():
+    encoder = torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.GELU(), torch.nn.Linear(16, 4)
+    )
+    expected_plain = copy.deepcopy(encoder)
+    optimize_for_inference(encoder)
+    assert [type(m).__name__ for m in encoder] == ["InferenceLinear", "LayerNorm", "GELU", "InferenceLinear"]
+    inputs = torch.randn(3, 5, 8)
+    with torch.no_grad():
+        assert (encoder(inputs) - expected_plain(inputs)).abs().max() < FP32_TOLERANCE
 
 
 def test_save_pretrained_after_cached_inference(tmp_path):
@@ -251,7 +301,7 @@ def test_forward_on_the_meta_device_for_flop_counting():
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
-        model = SetrForSemanticSegmentation(tiny_config("pup")).eval()
+        model = optimize_for_inference(SetrForSemanticSegmentation(tiny_config("pup")))
         pixel_values = torch.zeros(1, 3, 64, 64)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         logits = model(pixel_values).logits
@@ -314,7 +364,7 @@ def test_bf16_inference_packs_the_cast_weights_once_and_obeys_the_onednn_switch(
     layers = model.config.num_hidden_layers
     assert names.count("_linear_pointwise") == 4 * layers  # fused q/k/v, o, fc1, fc2
     assert torch.equal(again, fast)  # the second call reuses the packed weights
-    cached = [value for _, _, value in model.setr.layers[0].mlp.inference_cache._entries.values()]
+    cached = list(model.setr.layers[0].mlp.fc1.frozen.entries.values())
     assert any(weight.is_mkldnn for weight, _ in cached)  # packed for oneDNN
     assert any(not weight.is_mkldnn for weight, _ in cached)  # and plain ones while oneDNN was switched off
     assert "_linear_pointwise" not in names_off

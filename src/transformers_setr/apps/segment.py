@@ -40,6 +40,7 @@ from ..data.label_tables import generate_palette
 from ..files import write_bytes_atomically
 from ..inference.predict import INFERENCE_MODES, predict_ms_flip_probabilities
 from ..inference.visualize import overlay_with_legend
+from ..models.setr.fast_inference_setr import optimize_for_inference
 from ..models.setr.image_processing_base_setr import (
     class_probabilities,
     confidence_from_probabilities,
@@ -215,7 +216,7 @@ def load_model(model_name: str, device: torch.device | str = "cpu"):
             f"--model {model_name}: no image processor (preprocessor_config.json) next to the weights; it sets the "
             f"test scale ({' '.join(str(error).split())[:200]})"
         ) from None
-    return model.to(device).eval(), processor
+    return optimize_for_inference(model.to(device)), processor
 
 
 def palette_of(config) -> list[tuple[int, int, int]]:

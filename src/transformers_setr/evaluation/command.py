@@ -24,6 +24,7 @@ from ..data.label_tables import DATASETS, id2label_for
 from ..data.loading import DatasetFormatError, UndeclaredClassesError, load_segmentation_data
 from ..files import write_text_atomically
 from ..inference.predict import INFERENCE_MODES as EVAL_MODES
+from ..models.setr.fast_inference_setr import optimize_for_inference
 from .protocol import evaluate_segmentation, needs_cpu_process_group
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -151,7 +152,7 @@ def evaluate_command_line(argv: list[str] | None = None) -> dict[str, Any]:
     image_processor = AutoImageProcessor.from_pretrained(args.model, revision=args.revision)
     if args.batch_size is not None:
         model.config.slide_batch_size = args.batch_size
-    model.to(device).eval()
+    optimize_for_inference(model.to(device))
 
     def load(id2label):
         return load_segmentation_data(

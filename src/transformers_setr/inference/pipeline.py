@@ -1,7 +1,7 @@
 """`pipeline("image-segmentation")` for SETR: transformers' pipeline with SETR's own input loading and batching.
 
 Registered by `registration.register_pipeline` as the task's implementation. For any other model it is transformers'
-`ImageSegmentationPipeline` unchanged; for SETR (`config.model_type == "setr"`) it differs in three places:
+`ImageSegmentationPipeline` unchanged; for SETR (`config.model_type == "setr"`) it differs in these places:
 
 - images are opened without `load_image`'s `convert("RGB")`, which clips 16-bit images to 8 bits and drops alpha:
   the image processor sees the file as it is and converts it (alpha onto white) or refuses it with its message;
@@ -11,6 +11,8 @@ Registered by `registration.register_pipeline` as the task's implementation. For
   gets exactly the masks it gets with `batch_size=1`;
 - an empty list of images is an error naming the problem, not an `IndexError`; a path that looks like a file and
   does not exist is "no such file", not a base64 decoding error;
+- the model gets the CPU inference variants of its modules (`optimize_for_inference`, in place; autograd and training
+  mode compute as before);
 - the masks are named by `config.prediction_id2label`, so a binary model (`num_labels=1`, its logit thresholded into
   background and its class by the image processor) gives a mask for each of the two classes.
 """
@@ -27,6 +29,8 @@ import PIL.ImageOps
 import torch
 from huggingface_hub.utils import httpx
 from transformers import ImageSegmentationPipeline
+
+from ..models.setr.fast_inference_setr import optimize_for_inference
 
 
 def is_setr(model: Any) -> bool:
@@ -72,6 +76,11 @@ def open_image(image: str | PIL.Image.Image, timeout: float | None = None) -> PI
 
 class SetrImageSegmentationPipeline(ImageSegmentationPipeline):
     """`ImageSegmentationPipeline`, with SETR's image loading and batching of different sizes (see the module)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if is_setr(self.model):
+            optimize_for_inference(self.model)  # in place: the CPU inference variants (`fast_inference_setr`)
 
     def __call__(self, inputs: Any = None, **kwargs: Any) -> Any:
         images = kwargs.get("images", inputs)

@@ -4,6 +4,8 @@ each other, never the rest of `transformers_setr`.
 
 - `configuration_setr.py`: `SetrConfig`;
 - `modeling_setr.py`: `SetrModel`, `SetrForSemanticSegmentation`;
+- `fast_inference_setr.py`: `optimize_for_inference(model)`, the CPU inference variants of the modules (not
+  imported by the model code, so not saved next to the weights);
 - `image_processing_base_setr.py`: what both image processors share (mmseg's resize rule, input checks, labels);
 - `image_processing_pil_setr.py`: `SetrImageProcessorPil` (PIL/NumPy backend);
 - `image_processing_setr.py`: `SetrImageProcessor` (torchvision backend).
@@ -21,6 +23,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "SetrPreTrainedModel",
             "SetrSemanticSegmenterOutput",
         ),
+        "fast_inference_setr": ("optimize_for_inference",),
         "image_processing_pil_setr": ("SetrImageProcessorPil",),
         "image_processing_setr": ("SetrImageProcessor",),
     },

@@ -5,14 +5,11 @@ handling: bottom/right zero padding to a multiple of the patch size, and a bilin
 to the padded patch grid only when the token count differs from the training grid's.
 Decoders: Naive and PUP (`SETRUPHead`), MLA (`MLANeck` + `SETRMLAHead`), and the auxiliary heads used in training.
 
-Speed (see `benchmarks/`): attention goes through transformers' attention interface (SDPA by default). Without
-autograd (`torch.no_grad` / `torch.inference_mode`), tensors derived from parameters are built once and reused while
-the parameters are unchanged (`InferenceTensorCache`): resized position tables and, under autocast, the linear
-weights cast to the autocast dtype (q/k/v stacked for one matmul). On CPU the projections then run on oneDNN's
-matmul (cast weights packed), the MLP's GELU and the residual sums overwrite fresh outputs in place, and the Naive /
-PUP heads run on channels-last maps (`fast_inference_setr`). The decoders apply their 1x1 classifier before the
-last bilinear up-sampling (the two commute), which gives the same logits up to float rounding for a fraction of the
-work, and in float32 under autocast.
+Each forward is the plain computation, as in transformers' ViT; attention goes through transformers' attention
+interface (SDPA by default). The decoders apply their 1x1 classifier before the last bilinear up-sampling (the two
+commute), which gives the same logits up to float rounding for a fraction of the work, and in float32 under
+autocast. The CPU inference speed-ups are not here: `fast_inference_setr.optimize_for_inference(model)` swaps
+modules for inference variants (see `docs/architecture.md`).
 
 This file is shipped next to the weights for `trust_remote_code` users: it imports only torch, transformers and
 the configuration file.
@@ -38,18 +35,6 @@ from transformers.utils.generic import can_return_tuple, merge_with_config_defau
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_setr import MODEL_INFERENCE_MODES, SetrConfig, check_slide_window
-from .fast_inference_setr import (
-    InferenceTensorCache,
-    active_autocast_dtype,
-    add_residual,
-    cached_for_inference,
-    clear_inference_caches,
-    decoder_in_channels_last,
-    fused_qkv_parameters,
-    fused_qkv_states,
-    inference_linear,
-    output_is_overwritable,
-)
 from .loss_setr import head_loss
 
 logger = logging.get_logger(__name__)
@@ -112,7 +97,9 @@ def classify(classifier: nn.Conv2d, features: torch.Tensor) -> torch.Tensor:
     """A head's 1x1 classifier, in float32 even under autocast: bf16 logits (8-bit mantissa, steps of 1/64 at
     |logit| ~ 2) would let rounding decide close argmaxes and blur the average of overlapping slide windows."""
     device_type = features.device.type
-    if classifier.weight.dtype == torch.float32 and active_autocast_dtype(device_type) is not None:
+    # `is_autocast_available` first: the meta device (FLOP counting) has no autocast state to ask about.
+    autocast = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+    if classifier.weight.dtype == torch.float32 and autocast:
         with torch.autocast(device_type, enabled=False):
             return classifier(features.float())
     return classifier(features)
@@ -154,20 +141,13 @@ class SetrEmbeddings(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.position_embeddings = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1] + 1, config.hidden_size))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        # Resized tables per patch grid, for inference on a few recurring input sizes (slide windows, test scales).
-        self.inference_cache = InferenceTensorCache(max_entries=8)
 
     def position_embeddings_for(self, grid: tuple[int, int]) -> torch.Tensor:
         """The table for a patch grid. Resized only when the token count differs, exactly as mmsegmentation (a
         16x64 grid under a 32x32 table is added as is, in row-major order)."""
         if grid[0] * grid[1] == self.grid[0] * self.grid[1]:
             return self.position_embeddings
-        return cached_for_inference(
-            self.inference_cache,
-            tuple(grid),
-            (self.position_embeddings,),
-            lambda: resize_position_embeddings(self.position_embeddings, self.grid, grid),
-        )
+        return resize_position_embeddings(self.position_embeddings, self.grid, grid)
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         embeddings, grid = self.patch_embeddings(pixel_values)
@@ -212,11 +192,6 @@ class SetrAttention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.inference_cache = InferenceTensorCache()
-
-    def fused_qkv_parameters(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """q/k/v weights (and biases) stacked for one matmul and cast to `dtype`; cached (`fast_inference_setr`)."""
-        return fused_qkv_parameters(self, dtype)
 
     def forward(
         self,
@@ -226,18 +201,20 @@ class SetrAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
-        # Inference under autocast takes one fused matmul with cached cast weights (`fast_inference_setr`).
-        fused = fused_qkv_states(self, hidden_states)
-        if fused is not None:
-            query_states, key_states, value_states = fused
-        else:
-            query_states, key_states, value_states = (
-                inference_linear(projection, hidden_states, self.inference_cache, name)
-                .view(hidden_shape)
-                .transpose(1, 2)
-                for projection, name in ((self.q_proj, "q_proj"), (self.k_proj, "k_proj"), (self.v_proj, "v_proj"))
-            )
+        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        return self.attend(query_states, key_states, value_states, attention_mask, **kwargs)
 
+    def attend(
+        self,
+        query_states: torch.Tensor,
+        key_states: torch.Tensor,
+        value_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attention over (batch, heads, tokens, head_dim) states, then the output projection."""
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
@@ -251,8 +228,8 @@ class SetrAttention(nn.Module):
             scaling=self.scaling,
             **kwargs,
         )
-        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
-        attn_output = inference_linear(self.o_proj, attn_output, self.inference_cache, "o_proj")
+        attn_output = attn_output.reshape(*attn_output.shape[:2], -1).contiguous()  # (batch, tokens, hidden)
+        attn_output = self.o_proj(attn_output)
         return attn_output, attn_weights
 
 
@@ -261,18 +238,12 @@ class SetrMLP(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.activation_fn = ACT2FN[config.hidden_act]
-        self.exact_gelu = config.hidden_act == "gelu"  # may then run in place on fc1's fresh output
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.inference_cache = InferenceTensorCache()
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = inference_linear(self.fc1, hidden_states, self.inference_cache, "fc1")
-        if self.exact_gelu and output_is_overwritable(self.fc1):
-            hidden_states = torch.ops.aten.gelu_(hidden_states)  # the same bits as F.gelu, without a new buffer
-        else:
-            hidden_states = self.activation_fn(hidden_states)
-        return inference_linear(self.fc2, self.dropout(hidden_states), self.inference_cache, "fc2")
+        hidden_states = self.activation_fn(self.fc1(hidden_states))
+        return self.fc2(self.dropout(hidden_states))
 
 
 class SetrLayer(GradientCheckpointingLayer):
@@ -293,12 +264,9 @@ class SetrLayer(GradientCheckpointingLayer):
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         attention_output, _ = self.attention(self.layernorm_before(hidden_states), attention_mask, **kwargs)
-        # Without autograd the sums go into the fresh projection outputs (`fast_inference_setr.add_residual`).
-        overwritable = output_is_overwritable(self.attention.o_proj, self.attention)
-        hidden_states = add_residual(hidden_states, self.dropout(attention_output), overwritable)
+        hidden_states = hidden_states + self.dropout(attention_output)
         mlp_output = self.mlp(self.layernorm_after(hidden_states))
-        overwritable = output_is_overwritable(self.mlp.fc2, self.mlp)
-        return add_residual(hidden_states, self.dropout(mlp_output), overwritable)
+        return hidden_states + self.dropout(mlp_output)
 
 
 class SetrConvBatchNormReLU(nn.Module):
@@ -314,11 +282,14 @@ class SetrConvBatchNormReLU(nn.Module):
         return self.activation(self.batch_norm(self.conv(features)))
 
 
-def channel_layernorm(layernorm: nn.LayerNorm, features: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-    """LayerNorm over the channels of an NCHW map (mmsegmentation flattens to NLC and back). With `channels_last`,
-    the result keeps the NHWC layout LayerNorm wrote (an NCHW-shaped view with channels-last strides)."""
-    normalised = layernorm(features.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-    return normalised if channels_last else normalised.contiguous()
+def channel_layernorm(layernorm: nn.LayerNorm, features: torch.Tensor) -> torch.Tensor:
+    """LayerNorm over the channels of an NCHW map (mmsegmentation flattens to NLC and back)."""
+    return channel_layernorm_nhwc(layernorm, features).contiguous()
+
+
+def channel_layernorm_nhwc(layernorm: nn.LayerNorm, features: torch.Tensor) -> torch.Tensor:
+    """`channel_layernorm` in the NHWC layout LayerNorm writes (an NCHW-shaped view with channels-last strides)."""
+    return layernorm(features.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class SetrUpHead(nn.Module):
@@ -338,7 +309,10 @@ class SetrUpHead(nn.Module):
         self.classifier = nn.Conv2d(channels, config.num_labels, kernel_size=1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        features = channel_layernorm(self.layernorm, features, decoder_in_channels_last(features))
+        return self.decode(channel_layernorm(self.layernorm, features))
+
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        """The stages and the classifier on the normalised map (in whatever memory layout it comes)."""
         if not self.stages:
             return classify(self.classifier, features).contiguous()
         for stage in self.stages[:-1]:
@@ -456,24 +430,6 @@ class SetrPreTrainedModel(PreTrainedModel):
             # mmsegmentation initialises the classifier with std 0.01.
             init.normal_(module.classifier.weight, std=0.01)
             init.zeros_(module.classifier.bias)
-
-    def clear_inference_caches(self) -> None:
-        """Drop the tensors cached for inference (fused q/k/v, autocast-cast weights, resized position tables).
-
-        They are rebuilt on the next forward without autograd. Needed only after writing parameters through
-        `.data`, which autograd's version counter does not see; moving, casting and `train()` clear them already.
-        """
-        clear_inference_caches(self)
-
-    def train(self, mode: bool = True):
-        if mode:
-            self.clear_inference_caches()  # training changes the parameters; free the memory until the next eval
-        return super().train(mode)
-
-    def _apply(self, fn, *args, **kwargs):
-        # `to`, `cuda`, `half`, ... give parameters new storages; the caches would only pin the old ones.
-        self.clear_inference_caches()
-        return super()._apply(fn, *args, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # Complete the auto_map: transformers writes only the saved class's entry, so AutoModel would not resolve
