@@ -1,10 +1,16 @@
 #!/usr/bin/env python3
-"""Write `tests/fixtures/pre-0.2-folder/`: a tiny SETR model and processor saved by the flat 0.1 package (before
-the package had rooms), with its logits, so that the tests can check that such folders still load, with the same
-logits, both through the registered classes and with `trust_remote_code` (the code files saved in the folder).
+"""Write a folder saved by an older revision of the package: a tiny SETR model and processor, with its logits (and,
+with `--processor-outputs`, what both image processors made of a few awkward images), so that the tests can check
+that such folders still load with the same logits and pixels, through the registered classes and with
+`trust_remote_code` (the code files saved in the folder).
 
-    git worktree add /tmp/setr-0.1 9fb6deb    # the last revision of the flat layout
+    # the flat 0.1 layout (before the package had rooms): tests/fixtures/pre-0.2-folder/
+    git worktree add /tmp/setr-0.1 9fb6deb
     python scripts/make_layout_fixture.py --old-checkout /tmp/setr-0.1
+    # main before the issue-22 redesign (woven fast path, the old image processors): tests/fixtures/pre-redesign-folder/
+    git worktree add /tmp/setr-f6907dd f6907dd
+    python scripts/make_layout_fixture.py --old-checkout /tmp/setr-f6907dd \
+        --output tests/fixtures/pre-redesign-folder --processor-outputs
 
 The model is built and saved by the OLD code (run in a subprocess with the old `src/` on the path).
 """
@@ -22,13 +28,14 @@ SAVE_WITH_OLD_CODE = r"""
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 import transformers_setr
 from transformers_setr import SetrConfig, SetrForSemanticSegmentation, SetrImageProcessorPil
 
-assert Path(transformers_setr.__file__).parent.name == "transformers_setr"
-assert (Path(transformers_setr.__file__).parent / "modeling_setr.py").is_file(), "not the flat 0.1 layout"
+assert Path(transformers_setr.__file__).resolve().is_relative_to(Path(sys.argv[2]).resolve()), "not the old checkout"
 out = Path(sys.argv[1])
 torch.manual_seed(0)
 config = SetrConfig(
@@ -50,6 +57,30 @@ with torch.no_grad():
     whole = model(pixel_values, inference_mode="whole").logits
     slide = model(pixel_values).logits
 torch.save({"pixel_values": pixel_values, "whole": whole, "slide": slide}, out / "expected_logits.pt")
+if sys.argv[3] == "processor-outputs":
+    from transformers_setr import SetrImageProcessor
+
+    # awkward inputs a processor rewrite could change: RGBA (alpha), grey, 16-bit grey, an odd size, a uint8 array
+    rng = np.random.default_rng(2)
+    images = {
+        "rgba.png": Image.fromarray(rng.integers(0, 256, (37, 53, 4), dtype=np.uint8), "RGBA"),
+        "grey.png": Image.fromarray(rng.integers(0, 256, (45, 31), dtype=np.uint8), "L"),
+        "grey16.png": Image.fromarray(rng.integers(0, 65536, (29, 41), dtype=np.uint16)),
+        "rgb.png": Image.fromarray(rng.integers(0, 256, (70, 33, 3), dtype=np.uint8), "RGB"),
+    }
+    (out / "images").mkdir()
+    for name, image in images.items():
+        image.save(out / "images" / name)
+    outputs = {}
+    for backend, processor in (("pil", SetrImageProcessorPil.from_pretrained(out)), ("torchvision", SetrImageProcessor.from_pretrained(out))):
+        for name in sorted(images):
+            try:
+                outputs[f"{backend}/{name}"] = processor(Image.open(out / "images" / name), return_tensors="pt")["pixel_values"]
+            except ValueError as error:  # refused (e.g. 16-bit): the refusal is the behaviour to keep
+                outputs[f"{backend}/{name}"] = str(error)
+        array = np.asarray(images["rgb.png"])
+        outputs[f"{backend}/array"] = processor(array, return_tensors="pt")["pixel_values"]
+    torch.save(outputs, out / "expected_pixel_values.pt")
 print("saved", sorted(p.name for p in out.iterdir()))
 """
 
@@ -58,11 +89,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--old-checkout", required=True, type=Path, help="a checkout of the flat 0.1 layout")
     parser.add_argument("--output", type=Path, default=OUTPUT)
+    parser.add_argument(
+        "--processor-outputs", action="store_true", help="also save what the processors make of images"
+    )
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": str(args.old_checkout.resolve() / "src")}
     args.output.mkdir(parents=True, exist_ok=True)
     # Run from the output folder, so that the installed (new) package is not picked up from the current directory.
-    subprocess.run([sys.executable, "-c", SAVE_WITH_OLD_CODE, str(args.output.resolve())], env=env, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            SAVE_WITH_OLD_CODE,
+            str(args.output.resolve()),
+            str(args.old_checkout.resolve()),
+            "processor-outputs" if args.processor_outputs else "",
+        ],
+        env=env,
+        check=True,
+    )
     return 0
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
@@ -20,7 +21,11 @@ from transformers_setr import SetrConfig, SetrForSemanticSegmentation
 from transformers_setr._imports import lazy_exports
 
 ROOT = Path(__file__).resolve().parent.parent
-PRE_0_2_FOLDER = Path(__file__).parent / "fixtures" / "pre-0.2-folder"  # scripts/make_layout_fixture.py
+# Folders saved by older revisions (scripts/make_layout_fixture.py): the flat 0.1 layout, and main before the
+# issue-22 redesign (the fast path woven through the model, the old image processors).
+PRE_0_2_FOLDER = Path(__file__).parent / "fixtures" / "pre-0.2-folder"
+PRE_REDESIGN_FOLDER = Path(__file__).parent / "fixtures" / "pre-redesign-folder"
+SAVED_FOLDERS = pytest.mark.parametrize("saved", [PRE_0_2_FOLDER, PRE_REDESIGN_FOLDER], ids=["0.1", "pre-redesign"])
 PACKAGE = Path(transformers_setr.__file__).parent
 SHIPPED = PACKAGE / "models" / "setr"
 ROOMS = ("models", "inference", "conversion", "data", "training", "evaluation", "cards", "apps")
@@ -144,14 +149,15 @@ def test_the_rooms_import_each_other_without_a_cycle():
         visit(room, [])
 
 
-def _load_fixture_copy(tmp_path: Path) -> Path:
-    folder = tmp_path / "saved-by-0.1"
-    shutil.copytree(PRE_0_2_FOLDER, folder)
+def _load_fixture_copy(tmp_path: Path, saved: Path) -> Path:
+    folder = tmp_path / f"saved-by-{saved.name}"
+    shutil.copytree(saved, folder)
     return folder
 
 
-def test_a_folder_saved_by_0_1_loads_with_identical_logits(tmp_path):
-    folder = _load_fixture_copy(tmp_path)
+@SAVED_FOLDERS
+def test_a_folder_saved_by_an_older_version_loads_with_identical_logits(tmp_path, saved):
+    folder = _load_fixture_copy(tmp_path, saved)
     expected = torch.load(folder / "expected_logits.pt", weights_only=True)
     assert json.loads((folder / "config.json").read_text())["auto_map"]["AutoModelForSemanticSegmentation"] == (
         "modeling_setr.SetrForSemanticSegmentation"
@@ -191,10 +197,11 @@ sys.meta_path.insert(0, Block())
 """
 
 
+@SAVED_FOLDERS
 @pytest.mark.parametrize("package", ["installed", "absent"])
-def test_a_folder_saved_by_0_1_loads_with_trust_remote_code(tmp_path, package):
-    """With the package absent, the folder's own 0.1 code runs; with it installed, its registered classes do."""
-    folder = _load_fixture_copy(tmp_path)
+def test_a_folder_saved_by_an_older_version_loads_with_trust_remote_code(tmp_path, package, saved):
+    """With the package absent, the folder's own old code runs; with it installed, its registered classes do."""
+    folder = _load_fixture_copy(tmp_path, saved)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     prelude = "import transformers_setr\n" if package == "installed" else BLOCK_THE_PACKAGE
     completed = subprocess.run(
@@ -210,6 +217,33 @@ def test_a_folder_saved_by_0_1_loads_with_trust_remote_code(tmp_path, package):
     expected_module = "transformers_setr." if package == "installed" else "transformers_modules."
     assert lines["MODULE"].startswith(expected_module)
     assert float(lines["DIFF"]) <= 1e-6
+
+
+@pytest.mark.parametrize("backend", ["pil", "torchvision"])
+def test_a_processor_saved_before_the_redesign_makes_the_same_pixels(tmp_path, backend):
+    """The processors saved by main before issue 22, loaded by today's classes, give the pixels the old code gave
+    (RGBA, grey, an odd size, an array) and still refuse a 16-bit image."""
+    from PIL import Image
+
+    folder = _load_fixture_copy(tmp_path, PRE_REDESIGN_FOLDER)
+    expected = torch.load(folder / "expected_pixel_values.pt", weights_only=True)
+    processor = AutoImageProcessor.from_pretrained(folder, backend=backend)
+    checked = 0
+    for key, value in expected.items():
+        wanted_backend, name = key.split("/")
+        if wanted_backend != backend:
+            continue
+        if name == "array":
+            image = np.asarray(Image.open(folder / "images" / "rgb.png"))
+        else:
+            image = Image.open(folder / "images" / name)
+        if isinstance(value, str):
+            with pytest.raises(ValueError, match="16-bit"):
+                processor(image, return_tensors="pt")
+        else:
+            assert torch.equal(processor(image, return_tensors="pt")["pixel_values"], value), key
+        checked += 1
+    assert checked == 5
 
 
 def test_the_shipped_files_import_only_torch_transformers_and_each_other():
