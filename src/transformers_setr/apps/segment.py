@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from ..data.label_tables import generate_palette
@@ -42,8 +42,10 @@ from ..inference.predict import INFERENCE_MODES, predict_ms_flip_probabilities
 from ..inference.visualize import overlay_with_legend
 from ..models.setr.fast_inference_setr import optimize_for_inference
 from ..models.setr.image_processing_base_setr import (
+    UnsupportedImageError,
     class_probabilities,
     confidence_from_probabilities,
+    decode_image,
     labels_from_scores,
 )
 from . import OneLineArgumentParser
@@ -53,8 +55,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 MAX_LOGITS_BYTES = 256 * 2**20
 # Overlays are for looking at: larger photos are shown at this longest side (the label map keeps full resolution).
 DEFAULT_OVERLAY_MAX_SIDE = 2048
-# Image modes whose values are 8-bit colours or grey levels; 16-bit and float images would be silently clipped.
-SUPPORTED_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La", "RGBa"}
 URL_TIMEOUT_S = 30
 OUTPUT_FOLDERS = ("labels", "overlays", "classes", "confidence")
 # The confidence map's PNG holds round(p * CONFIDENCE_SCALE) in 16 bits: p to within 1 / 131070.
@@ -146,7 +146,8 @@ def expand_inputs(
 
 
 def load_image(source: ImageSource) -> Image.Image:
-    """The image as 8-bit RGB, upright (EXIF orientation applied); `InputError` naming the problem otherwise."""
+    """The image through the processors' `decode_image` (8-bit RGB, upright, transparency onto white, as in training);
+    `InputError` naming the problem otherwise."""
     try:
         if source.is_url:
             request = urllib.request.Request(source.location, headers={"User-Agent": "transformers-setr"})
@@ -154,23 +155,15 @@ def load_image(source: ImageSource) -> Image.Image:
                 data = io.BytesIO(response.read())
         else:
             data = source.location
-        with Image.open(data) as opened:
-            opened.load()
-            image = ImageOps.exif_transpose(opened)
+        return decode_image(data)
+    except UnsupportedImageError as error:
+        raise InputError(str(error)) from None
     except UnidentifiedImageError:
         raise InputError("not an image file (or a format Pillow cannot read)") from None
     except Image.DecompressionBombError as error:
         raise InputError(f"too large to decode safely ({error})") from None
     except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data, network errors
         raise InputError(f"cannot be read: {error}") from None
-    if image.mode not in SUPPORTED_MODES:
-        raise InputError(f"unsupported image mode {image.mode!r} (16-bit or float images); convert it to 8-bit RGB")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info):
-        # Transparent pixels are shown on white, as an image viewer would; their hidden colours are arbitrary.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -68,12 +68,21 @@ _COLOUR_MASK_HINT = (
 )
 
 
+class UnsupportedImageError(ValueError):
+    """An image `decode_image` refuses (16-bit, 32-bit or float), as opposed to a file that cannot be read."""
+
+
+def upright(image: PIL.Image.Image) -> PIL.Image.Image:
+    """The image with its EXIF orientation applied (the step of `decode_image` the pipeline needs for its sizes)."""
+    return PIL.ImageOps.exif_transpose(image) if image.getexif().get(_EXIF_ORIENTATION, 1) != 1 else image
+
+
 def decode_image(image: "str | os.PathLike | bytes | IO[bytes] | PIL.Image.Image") -> PIL.Image.Image:
     """
     The one decode of an image, shared by the processors, the training data and the apps, so that a model is served
     the picture it was trained on: a file (path, URL, bytes or file object, read fully) or a PIL image -> upright
     (EXIF orientation applied) 8-bit RGB, with transparency composited onto white and grey / palette / CMYK converted
-    (transformers' `convert_to_rgb`). 16-bit, 32-bit and float images are refused (`ValueError`) rather than clipped:
+    (transformers' `convert_to_rgb`). 16-bit, 32-bit and float images are refused (`UnsupportedImageError`) rather than clipped:
     SETR, like mmsegmentation, works on 8-bit images.
     """
     if isinstance(image, str) and image.startswith(("http://", "https://")):
@@ -83,12 +92,11 @@ def decode_image(image: "str | os.PathLike | bytes | IO[bytes] | PIL.Image.Image
             opened.load()
             return decode_image(opened.copy() if opened.getexif().get(_EXIF_ORIENTATION, 1) == 1 else opened)
     if image.mode in ("I", "F") or image.mode.startswith("I;"):
-        raise ValueError(
+        raise UnsupportedImageError(
             f"unsupported image mode {image.mode!r} (16-bit or 32-bit integer, or float): SETR works on 8-bit images, "
             "as mmsegmentation does; convert it to 8-bit RGB first (rescale the values to 0-255)"
         )
-    if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
-        image = PIL.ImageOps.exif_transpose(image)
+    image = upright(image)
     if image.mode == "RGB" and "transparency" not in image.info:
         return image
     return PIL.Image.fromarray(convert_to_rgb(image, return_numpy=True))
@@ -416,7 +424,9 @@ class SetrImageProcessingMixin:
         if isinstance(image, PIL.Image.Image):
             image, input_data_format = np.array(decode_image(image) if do_convert_rgb else image), "channels_last"
         if isinstance(image, np.ndarray):  # torch views neither read-only nor flipped (negative-stride) arrays
-            x = torch.from_numpy(image if image.flags.writeable and min(image.strides, default=0) >= 0 else image.copy())
+            x = torch.from_numpy(
+                image if image.flags.writeable and min(image.strides, default=0) >= 0 else image.copy()
+            )
         else:
             x = image
         if not isinstance(x, torch.Tensor):
