@@ -408,16 +408,15 @@ def legend_font_size(image: Image.Image) -> int:
 def render_overlay(
     image: Image.Image,
     labels: np.ndarray,
-    id2label: dict[int, str],
-    palette: Sequence[Sequence[int]],
-    alpha: float = 0.5,
+    *legend: Any,
     side_by_side: bool = False,
     max_side: int = DEFAULT_OVERLAY_MAX_SIDE,
+    **options: Any,
 ) -> Image.Image:
-    """The colour overlay with a legend of the classes present (`visualize.overlay_with_legend`), optionally to the
-    right of the photo itself."""
+    """`visualize.overlay_with_legend(image, labels, *legend, **options)` (`id2label, palette, alpha`: the colour
+    overlay with a legend of the classes present) at most `max_side` large, optionally right of the photo itself."""
     image, labels = fit_for_display(image, labels, max_side)
-    overlay = overlay_with_legend(image, labels, id2label, palette, alpha=alpha, font_size=legend_font_size(image))
+    overlay = overlay_with_legend(image, labels, *legend, **options, font_size=legend_font_size(image))
     if not side_by_side:
         return overlay
     gap = 16
@@ -466,7 +465,9 @@ def save_outputs(
     id2label = config.prediction_id2label
     paths = outputs.paths(source.name)
     write_bytes_atomically(paths["labels"], png_bytes(label_map_image(labels, palette)))
-    overlay = render_overlay(image, labels, id2label, palette, alpha, side_by_side, overlay_max_side)
+    overlay = render_overlay(
+        image, labels, id2label, palette, alpha, side_by_side=side_by_side, max_side=overlay_max_side
+    )
     write_bytes_atomically(paths["overlay"], png_bytes(overlay))
     if outputs.confidence:
         if confidence is None:
@@ -546,12 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=1, help="images of one processed size run together")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colours, 0..1")
     parser.add_argument("--side_by_side", action="store_true", help="the photo next to its overlay")
-    parser.add_argument(
-        "--overlay_max_side",
-        type=int,
-        default=DEFAULT_OVERLAY_MAX_SIDE,
-        help="longest side of the overlays; larger photos are shown smaller (label maps keep full size)",
-    )
+    overlay_help = "longest side of the overlays; larger photos are shown smaller (label maps keep full size)"
+    parser.add_argument("--overlay_max_side", type=int, default=DEFAULT_OVERLAY_MAX_SIDE, help=overlay_help)
     parser.add_argument("--skip_existing", action="store_true", help="skip images whose outputs all exist")
     parser.add_argument(
         "--save_confidence",
