@@ -314,20 +314,9 @@ class SetrImageProcessingMixin:
         segmentation_maps: ImageInput | None = None,
         **kwargs: Unpack[SetrImageProcessorKwargs],
     ) -> BatchFeature:
-        r"""
-        Preprocess images (and optionally segmentation maps) like mmseg's SETR test pipeline.
-
-        Args:
-            images (`ImageInput`):
-                PIL images, paths, numpy arrays or torch tensors ((H, W), (H, W, C) or (C, H, W); a leading batch
-                dimension is allowed), 8-bit or float on the 0-255 scale.
-            segmentation_maps (`ImageInput`, *optional*):
-                One 2-D integer label map per image, the same size as its image. Returned as int64 `labels`.
-
-        Returns:
-            [`BatchFeature`] with `pixel_values` (float32, (B, 3, H, W) with `return_tensors`, else a list) and, if
-            maps were given, `labels` (int64, (B, H, W)).
-        """
+        """Preprocess images (PIL images, paths, arrays or tensors, (H, W), (H, W, C) or (C, H, W), a leading batch
+        dimension allowed; 8-bit or float on the 0-255 scale) and optionally one 2-D class-id map per image (the
+        image's size) like mmseg's SETR test pipeline: `pixel_values` (float32) and `labels` (int64)."""
         return super().preprocess(images, segmentation_maps, **kwargs)  # type: ignore[misc]
 
     def to_dict(self) -> dict[str, Any]:
@@ -567,24 +556,11 @@ class SetrImageProcessingMixin:
         target_sizes: Sequence[tuple[int, int]] | torch.Tensor | None = None,
         return_segmentation_scores: bool = False,
     ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]:
-        """
-        Turn the logits of `SetrForSemanticSegmentation` into per-image class-id maps.
-
-        Args:
-            outputs: model output with `logits` of shape `(batch_size, num_labels, h, w)`.
-            target_sizes (`list[tuple[int, int]]` or `torch.Tensor`, *optional*):
-                `(height, width)` of each prediction (usually the original image size). The logits are resized there
-                bilinearly (`align_corners=False`, as mmseg does) before the argmax. If unset, the argmax is taken
-                at the logits' resolution. A binary model's single channel (`num_labels=1`) is thresholded instead
-                (logit > 0 is class 1), giving a 0/1 map (`labels_from_scores`).
-            return_segmentation_scores (`bool`, *optional*, defaults to `False`):
-                If `True`, return `SemanticSegmentationPostProcessorOutput` items with `segmentation` and
-                `segmentation_scores` (the resized raw logits, `(num_labels, height, width)`).
-
-        Returns:
-            A list of `batch_size` int64 tensors of shape `(height, width)`, or of
-            `SemanticSegmentationPostProcessorOutput` with `return_segmentation_scores=True`.
-        """
+        """The logits of `SetrForSemanticSegmentation` -> one int64 `(height, width)` class-id map per image: resized
+        bilinearly (`align_corners=False`, as mmseg) to `target_sizes[i]` (else at the logits' resolution), then the
+        argmax, or a binary model's single channel thresholded (`labels_from_scores`). With
+        `return_segmentation_scores=True`, `SemanticSegmentationPostProcessorOutput` items that also hold the resized
+        logits (`segmentation_scores`)."""
         logits = outputs.logits
         if target_sizes is not None and len(target_sizes) != len(logits):
             raise ValueError(
