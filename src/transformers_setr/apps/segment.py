@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from ..data.label_tables import generate_palette
@@ -42,8 +42,10 @@ from ..inference.predict import INFERENCE_MODES, predict_ms_flip_probabilities
 from ..inference.visualize import overlay_with_legend
 from ..models.setr.fast_inference_setr import optimize_for_inference
 from ..models.setr.image_processing_base_setr import (
+    UnsupportedImageError,
     class_probabilities,
     confidence_from_probabilities,
+    decode_image,
     labels_from_scores,
 )
 from . import OneLineArgumentParser
@@ -53,8 +55,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 MAX_LOGITS_BYTES = 256 * 2**20
 # Overlays are for looking at: larger photos are shown at this longest side (the label map keeps full resolution).
 DEFAULT_OVERLAY_MAX_SIDE = 2048
-# Image modes whose values are 8-bit colours or grey levels; 16-bit and float images would be silently clipped.
-SUPPORTED_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La", "RGBa"}
 URL_TIMEOUT_S = 30
 OUTPUT_FOLDERS = ("labels", "overlays", "classes", "confidence")
 # The confidence map's PNG holds round(p * CONFIDENCE_SCALE) in 16 bits: p to within 1 / 131070.
@@ -146,7 +146,8 @@ def expand_inputs(
 
 
 def load_image(source: ImageSource) -> Image.Image:
-    """The image as 8-bit RGB, upright (EXIF orientation applied); `InputError` naming the problem otherwise."""
+    """The image through the processors' `decode_image` (8-bit RGB, upright, transparency onto white, as in training);
+    `InputError` naming the problem otherwise."""
     try:
         if source.is_url:
             request = urllib.request.Request(source.location, headers={"User-Agent": "transformers-setr"})
@@ -154,23 +155,15 @@ def load_image(source: ImageSource) -> Image.Image:
                 data = io.BytesIO(response.read())
         else:
             data = source.location
-        with Image.open(data) as opened:
-            opened.load()
-            image = ImageOps.exif_transpose(opened)
+        return decode_image(data)
+    except UnsupportedImageError as error:
+        raise InputError(str(error)) from None
     except UnidentifiedImageError:
         raise InputError("not an image file (or a format Pillow cannot read)") from None
     except Image.DecompressionBombError as error:
         raise InputError(f"too large to decode safely ({error})") from None
     except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data, network errors
         raise InputError(f"cannot be read: {error}") from None
-    if image.mode not in SUPPORTED_MODES:
-        raise InputError(f"unsupported image mode {image.mode!r} (16-bit or float images); convert it to 8-bit RGB")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info):
-        # Transparent pixels are shown on white, as an image viewer would; their hidden colours are arbitrary.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -415,16 +408,15 @@ def legend_font_size(image: Image.Image) -> int:
 def render_overlay(
     image: Image.Image,
     labels: np.ndarray,
-    id2label: dict[int, str],
-    palette: Sequence[Sequence[int]],
-    alpha: float = 0.5,
+    *legend: Any,
     side_by_side: bool = False,
     max_side: int = DEFAULT_OVERLAY_MAX_SIDE,
+    **options: Any,
 ) -> Image.Image:
-    """The colour overlay with a legend of the classes present (`visualize.overlay_with_legend`), optionally to the
-    right of the photo itself."""
+    """`visualize.overlay_with_legend(image, labels, *legend, **options)` (`id2label, palette, alpha`: the colour
+    overlay with a legend of the classes present) at most `max_side` large, optionally right of the photo itself."""
     image, labels = fit_for_display(image, labels, max_side)
-    overlay = overlay_with_legend(image, labels, id2label, palette, alpha=alpha, font_size=legend_font_size(image))
+    overlay = overlay_with_legend(image, labels, *legend, **options, font_size=legend_font_size(image))
     if not side_by_side:
         return overlay
     gap = 16
@@ -473,7 +465,9 @@ def save_outputs(
     id2label = config.prediction_id2label
     paths = outputs.paths(source.name)
     write_bytes_atomically(paths["labels"], png_bytes(label_map_image(labels, palette)))
-    overlay = render_overlay(image, labels, id2label, palette, alpha, side_by_side, overlay_max_side)
+    overlay = render_overlay(
+        image, labels, id2label, palette, alpha, side_by_side=side_by_side, max_side=overlay_max_side
+    )
     write_bytes_atomically(paths["overlay"], png_bytes(overlay))
     if outputs.confidence:
         if confidence is None:
@@ -553,12 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=1, help="images of one processed size run together")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colours, 0..1")
     parser.add_argument("--side_by_side", action="store_true", help="the photo next to its overlay")
-    parser.add_argument(
-        "--overlay_max_side",
-        type=int,
-        default=DEFAULT_OVERLAY_MAX_SIDE,
-        help="longest side of the overlays; larger photos are shown smaller (label maps keep full size)",
-    )
+    overlay_help = "longest side of the overlays; larger photos are shown smaller (label maps keep full size)"
+    parser.add_argument("--overlay_max_side", type=int, default=DEFAULT_OVERLAY_MAX_SIDE, help=overlay_help)
     parser.add_argument("--skip_existing", action="store_true", help="skip images whose outputs all exist")
     parser.add_argument(
         "--save_confidence",

@@ -59,11 +59,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from transformers.utils import logging
 
 from .._imports import require
 from ..models.setr.configuration_setr import IGNORE_INDEX, checked_id2label
+from ..models.setr.image_processing_base_setr import decode_image
 from ..presets import HUB_DATASETS
 from .label_tables import (
     ADE20K_CLASSES,
@@ -509,9 +510,10 @@ class SegmentationData:
         file_name = row.get("file_name") or cell_file_name(row.get("image"), "<row without a file name>")
         image = _open(row.get("image"), file_name, "image")
         orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-        image = ImageOps.exif_transpose(image)
-        if image.mode != "RGB":
-            image = image.convert("RGB")
+        try:  # the processors' decode: upright, transparency onto white, 8-bit RGB (16-bit refused)
+            image = decode_image(image)
+        except ValueError as error:
+            raise DatasetFormatError(f"{file_name}: {error}") from error
 
         annotation = row.get("annotation")
         if annotation is None:

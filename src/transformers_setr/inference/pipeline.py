@@ -4,7 +4,8 @@ Registered by `registration.register_pipeline` as the task's implementation. For
 `ImageSegmentationPipeline` unchanged; for SETR (`config.model_type == "setr"`) it differs in these places:
 
 - images are opened without `load_image`'s `convert("RGB")`, which clips 16-bit images to 8 bits and drops alpha:
-  the image processor sees the file as it is and converts it (alpha onto white) or refuses it with its message;
+  only upright (EXIF, for the target size), the image processor gets the rest of `decode_image` (the one decode,
+  shared with the training data and `setr segment`): alpha onto white, or its refusal of 16-bit images;
 - a batch (`batch_size > 1`) may hold images of different sizes: the stock collation concatenates `pixel_values`,
   which fails for different sizes, and padding would change SETR's result (the position table is resized to the
   padded grid, zeros become tokens). Images of the same size run together, the others separately, so each image
@@ -25,12 +26,12 @@ from typing import Any
 
 import numpy as np
 import PIL.Image
-import PIL.ImageOps
 import torch
 from huggingface_hub.utils import httpx
 from transformers import ImageSegmentationPipeline
 
 from ..models.setr.fast_inference_setr import optimize_for_inference
+from ..models.setr.image_processing_base_setr import upright
 
 
 def is_setr(model: Any) -> bool:
@@ -49,7 +50,7 @@ def looks_like_a_path(text: str) -> bool:
 
 def open_image(image: str | PIL.Image.Image, timeout: float | None = None) -> PIL.Image.Image:
     """transformers' `load_image` (URL, local file, base64 string or PIL image; EXIF orientation applied) without its
-    final `convert("RGB")`, so that the image processor decides about the image's mode."""
+    final `convert("RGB")`, so that the image processor decodes the image's mode (`decode_image`)."""
     if isinstance(image, str):
         if image.startswith(("http://", "https://")):
             image = PIL.Image.open(io.BytesIO(httpx.get(image, timeout=timeout, follow_redirects=True).content))
@@ -71,7 +72,7 @@ def open_image(image: str | PIL.Image.Image, timeout: float | None = None) -> PI
         raise TypeError(
             f"Incorrect image type {type(image).__name__}: expected a URL, a local path, a base64 string or a PIL image."
         )
-    return PIL.ImageOps.exif_transpose(image)
+    return upright(image)
 
 
 class SetrImageSegmentationPipeline(ImageSegmentationPipeline):

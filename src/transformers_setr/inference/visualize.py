@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..models.setr.configuration_setr import IGNORE_INDEX
+from ..models.setr.image_processing_base_setr import decode_image
 
 
 def colorize(
@@ -33,7 +34,7 @@ def overlay_with_legend(
 
     `font_size`: the legend's text height in pixels (None: PIL's small built-in bitmap font).
     """
-    image = image.convert("RGB")
+    image = decode_image(image)
     segmentation = np.asarray(segmentation)
     if segmentation.shape != (image.height, image.width):
         raise ValueError(f"segmentation {segmentation.shape} does not match the image ({image.height}, {image.width})")

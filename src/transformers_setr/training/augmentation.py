@@ -34,7 +34,7 @@ import PIL.Image
 import torch
 
 from ..models.setr.configuration_setr import IGNORE_INDEX, int_pair
-from ..models.setr.image_processing_base_setr import get_setr_resize_output_size, nearest_source_indices
+from ..models.setr.image_processing_base_setr import decode_image, get_setr_resize_output_size, nearest_source_indices
 
 if TYPE_CHECKING:
     from ..presets import CheckpointPreset
@@ -282,8 +282,7 @@ def photometric_distortion(image: np.ndarray, parameters: PhotometricDistortionP
 
 def _as_rgb_array(image: PIL.Image.Image | np.ndarray) -> np.ndarray:
     if isinstance(image, PIL.Image.Image):
-        # cv2.imread(IMREAD_COLOR), what mmseg loads with, also drops alpha and expands grey/palette images.
-        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+        return np.asarray(decode_image(image))  # what the processors see: transparency onto white, grey expanded
     if not isinstance(image, np.ndarray):
         raise TypeError(f"`image` must be a PIL image or a numpy array, got {type(image).__name__}.")
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:

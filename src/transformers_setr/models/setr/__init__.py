@@ -6,7 +6,8 @@ each other, never the rest of `transformers_setr`.
 - `modeling_setr.py`: `SetrModel`, `SetrForSemanticSegmentation`;
 - `fast_inference_setr.py`: `optimize_for_inference(model)`, the CPU inference variants of the modules (not
   imported by the model code, so not saved next to the weights);
-- `image_processing_base_setr.py`: what both image processors share (mmseg's resize rule, input checks, labels);
+- `image_processing_base_setr.py`: `decode_image` (the one decode of an image file) and the processing both
+  image processors run (mmseg's resize rule, input checks, labels, once in torch);
 - `image_processing_pil_setr.py`: `SetrImageProcessorPil` (PIL/NumPy backend);
 - `image_processing_setr.py`: `SetrImageProcessor` (torchvision backend).
 """
