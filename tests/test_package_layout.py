@@ -222,7 +222,12 @@ def test_a_folder_saved_by_an_older_version_loads_with_trust_remote_code(tmp_pat
 @pytest.mark.parametrize("backend", ["pil", "torchvision"])
 def test_a_processor_saved_before_the_redesign_makes_the_same_pixels(tmp_path, backend):
     """The processors saved by main before issue 22, loaded by today's classes, give the pixels the old code gave
-    (RGBA, grey, an odd size, an array) and still refuse a 16-bit image."""
+    (RGBA, grey, an odd size, an array) and still refuse a 16-bit image.
+
+    Both backends now run one torch implementation. torchvision: the same values up to float32 rounding of the
+    normalisation (measured 2.4e-7). PIL: its old hand-written numpy resize rounded .5 ties in another order; it now
+    gives the torchvision values, which differ from its old ones by one grey level (1/57.12 in normalised units) in
+    about 5e-4 of the values of the resized image (measured), as the two backends always did."""
     from PIL import Image
 
     folder = _load_fixture_copy(tmp_path, PRE_REDESIGN_FOLDER)
@@ -241,7 +246,12 @@ def test_a_processor_saved_before_the_redesign_makes_the_same_pixels(tmp_path, b
             with pytest.raises(ValueError, match="16-bit"):
                 processor(image, return_tensors="pt")
         else:
-            assert torch.equal(processor(image, return_tensors="pt")["pixel_values"], value), key
+            difference = (processor(image, return_tensors="pt")["pixel_values"] - value).abs()
+            if backend == "torchvision" or name in ("grey.png", "rgba.png"):  # no resize ties in these two
+                assert difference.max().item() <= 1e-6, key
+            else:
+                assert difference.max().item() <= 1 / 57.12 + 1e-5, key
+                assert (difference > 1e-6).float().mean().item() < 1e-3, key
         checked += 1
     assert checked == 5
 
