@@ -6,6 +6,8 @@ is in `models/setr/`; the rooms around it (`inference`, `conversion`, `data`, `t
 imported when first used, and the training ones need the `[train]` extra.
 """
 
+from typing import TYPE_CHECKING
+
 from transformers.utils import is_torchvision_available
 
 from ._imports import lazy_exports
@@ -19,7 +21,8 @@ from .models.setr.modeling_setr import (
 )
 from .registration import register_auto_classes
 
-if is_torchvision_available():
+# The type checker sees the torchvision class, the name's documented type.
+if TYPE_CHECKING or is_torchvision_available():
     from .models.setr.image_processing_setr import SetrImageProcessor
 else:  # transformers' own convention: the processor name falls back to the PIL backend
     SetrImageProcessor = SetrImageProcessorPil

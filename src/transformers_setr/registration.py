@@ -18,7 +18,7 @@ def register_auto_classes() -> None:
     AutoConfig.register(SetrConfig.model_type, SetrConfig, exist_ok=True)
     AutoModel.register(SetrConfig, SetrModel, exist_ok=True)
     AutoModelForSemanticSegmentation.register(SetrConfig, SetrForSemanticSegmentation, exist_ok=True)
-    processors = {"pil": SetrImageProcessorPil}
+    processors: dict[str, type] = {"pil": SetrImageProcessorPil}
     if is_torchvision_available():
         from .models.setr.image_processing_setr import SetrImageProcessor
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from .._imports import MissingExtraError, require
 from ..models.setr.configuration_setr import check_slide_window
 from ..models.setr.image_processing_base_setr import labels_from_scores
-from ..models.setr.modeling_setr import slide_window_logits
+from ..models.setr.modeling_setr import SetrForSemanticSegmentation, slide_window_logits
 from . import OneLineArgumentParser
 
 # Opset 18: the dynamo exporter's translation of every op SETR uses (LayerNormalization needs 17, Resize's
@@ -75,8 +75,8 @@ def check_opset(opset: int) -> None:
         )
 
 
-def export_onnx(model: torch.nn.Module, output: str | os.PathLike, opset: int = OPSET) -> Path:
-    """Export `model` (a `SetrForSemanticSegmentation`) to `output`, written to a temporary name and renamed;
+def export_onnx(model: SetrForSemanticSegmentation, output: str | os.PathLike, opset: int = OPSET) -> Path:
+    """Export `model` to `output`, written to a temporary name and renamed;
     `ValueError` for an opset outside `MIN_OPSET`..`MAX_OPSET`, `RuntimeError` when the graph is not written at it.
 
     The example input has batch 2 and a patch grid one row and two columns larger than the position table, so that
@@ -108,6 +108,7 @@ def export_onnx(model: torch.nn.Module, output: str | os.PathLike, opset: int = 
             output_names=["logits"],
             verbose=False,
         )
+    assert program is not None, "dynamo=True always returns an ONNXProgram (None is the legacy exporter's)"
     written = program.model.opset_imports.get("")
     if written != opset:  # the exporter falls back to its own opset when a conversion fails, and says so only in a log
         raise RuntimeError(f"the exporter wrote opset {written}, not the {opset} asked for")
@@ -320,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         onnx_model = OnnxSetr(output)
     except ImportError as error:
         return _fail(f"the check needs onnxruntime: pip install 'transformers-setr[onnx]' ({error})")
-    inputs, failed = [], 0
+    pixel_values: list[torch.Tensor] = []
+    failed = 0
     for path in args.check:
         try:
             image = load_image(ImageSource(path, Path(path).stem))
@@ -328,8 +330,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"setr export-onnx: {path}: {error}", file=sys.stderr)
             failed += 1
             continue
-        inputs.append(processor(images=image, return_tensors="pt")["pixel_values"])
-    rows = check_parity(model, onnx_model, inputs)
+        pixel_values.append(processor(images=image, return_tensors="pt")["pixel_values"])
+    rows = check_parity(model, onnx_model, pixel_values)
     print(parity_table(rows))
     return 1 if failed else 0
 

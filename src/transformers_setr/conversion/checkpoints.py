@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 import torch
 
 from ..models.setr.configuration_setr import SetrConfig
+from ..models.setr.modeling_setr import SetrForSemanticSegmentation
 from .key_rules import MMSEG_KEY_RULES, map_key, rename_state_dict
 from .mmseg_reference import numpy_safe_globals
 
@@ -90,8 +91,8 @@ def fit_problems(
     return problems
 
 
-def load_mmseg_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Convert and load an mmsegmentation state dict into `model` (a `SetrForSemanticSegmentation`), strictly."""
+def load_mmseg_state_dict(model: SetrForSemanticSegmentation, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Convert and load an mmsegmentation state dict into `model`, strictly."""
     expected = {
         key: tuple(value.shape) for key, value in model.state_dict().items() if not key.endswith(_DROPPED_SUFFIX)
     }

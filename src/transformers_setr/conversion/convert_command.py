@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list:
-        for name, preset in PRESETS.items():
-            print(f"{name:40s} {preset.url}")
+        for name, listed in PRESETS.items():
+            print(f"{name:40s} {listed.url}")
         return 0
     if not args.checkpoint or not args.output:
         parser.error("--checkpoint and --output are required")

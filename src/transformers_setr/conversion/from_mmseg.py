@@ -47,13 +47,18 @@ def resolve_checkpoint(source: str, cache_dir: Path | None = None) -> tuple[Path
         return download_cached(preset.url, cache_dir or CACHE_DIR, preset.sha256_prefix), preset
     by_file_name = {preset.file_name: preset for preset in PRESETS.values()}
     if re.match(r"^https?://", source):
-        file_name = Path(urlparse(source).path).name
-        preset = by_file_name.get(file_name)
-        return download_cached(source, cache_dir or CACHE_DIR, preset.sha256_prefix if preset else None), preset
+        known = by_file_name.get(Path(urlparse(source).path).name)
+        return download_cached(source, cache_dir or CACHE_DIR, known.sha256_prefix if known else None), known
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"{source!r} is neither a preset ({', '.join(PRESETS)}), a URL, nor an existing file")
     return path, by_file_name.get(path.name)
+
+
+def _checkpoint_meta(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The checkpoint's `meta` (what training recorded: the config text, CLASSES, PALETTE), or {} when it has none."""
+    meta = checkpoint.get("meta")
+    return meta if isinstance(meta, Mapping) else {}
 
 
 def _count_indices(state_dict: Mapping[str, torch.Tensor], prefix: str) -> int:
@@ -91,11 +96,11 @@ def _literal(node: ast.AST) -> Any:
     if isinstance(node, ast.List):
         return [_literal(element) for element in node.elts]
     if isinstance(node, ast.Dict) and all(key is not None for key in node.keys):
-        keys = [_literal(key) for key in node.keys]
+        keys = [_literal(key) for key in node.keys if key is not None]  # (all are: `**spread` keys are None)
         if all(isinstance(key, (str, int, float)) for key in keys):
             return {key: _literal(value) for key, value in zip(keys, node.values)}
     is_dict_call = isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict"
-    if is_dict_call and not node.args and all(keyword.arg is not None for keyword in node.keywords):
+    if is_dict_call and isinstance(node, ast.Call) and not node.args and all(k.arg is not None for k in node.keywords):
         return {keyword.arg: _literal(keyword.value) for keyword in node.keywords}
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         operand = _literal(node.operand)
@@ -112,8 +117,10 @@ def parse_mmseg_config_text(text: str) -> dict[str, Any]:
         tree = ast.parse(text, mode="exec")
         values = {}
         for statement in tree.body:
-            target = statement.targets[0] if isinstance(statement, ast.Assign) else None
-            if isinstance(target, ast.Name) and len(statement.targets) == 1:
+            if not isinstance(statement, ast.Assign) or len(statement.targets) != 1:
+                continue
+            target = statement.targets[0]
+            if isinstance(target, ast.Name):
                 values[target.id] = _literal(statement.value)
         return values
     except (SyntaxError, ValueError, RecursionError, MemoryError) as error:
@@ -188,8 +195,9 @@ def settings_from_mmseg_config(text: str, num_layers: int) -> dict[str, Any]:
             if up_scales:
                 settings["auxiliary_up_scale"] = _mmseg_int(up_scales.pop(), "auxiliary_head.up_scale", 1)
             weights = {_mmseg_dict(head.get("loss_decode")).get("loss_weight") for head in auxiliary}
-            if len(weights) == 1 and isinstance(next(iter(weights)), (int, float)):
-                settings["auxiliary_loss_weight"] = float(weights.pop())
+            weight = weights.pop() if len(weights) == 1 else None
+            if isinstance(weight, (int, float)):
+                settings["auxiliary_loss_weight"] = float(weight)
     test_cfg = _mmseg_dict(model.get("test_cfg"))
     if test_cfg.get("mode") == "slide" and "crop_size" in test_cfg and "stride" in test_cfg:
         settings["inference_mode"] = "slide"
@@ -256,7 +264,7 @@ def config_from_mmseg_checkpoint(
     if num_layers == 0:
         raise ValueError("not an mmsegmentation SETR checkpoint: no backbone.layers.*")
     num_labels = classifier[0]
-    meta = checkpoint.get("meta") if isinstance(checkpoint.get("meta"), Mapping) else {}
+    meta = _checkpoint_meta(checkpoint)
     config_text = meta.get("config")
     text_note = "not in the checkpoint's meta['config']"
     try:
@@ -478,7 +486,7 @@ def _process_is_running(pid: int) -> bool:
 def remove_stale_temporary_folders(parent: Path) -> list[Path]:
     """Remove the temporary folders killed conversions left in `parent`: only folders named as the converter names
     them, holding its owner file, written on this host by a process that no longer runs."""
-    removed = []
+    removed: list[Path] = []
     try:
         candidates = [entry for entry in Path(parent).iterdir() if _TMP_INFIX in entry.name]
     except OSError:
@@ -594,7 +602,7 @@ def convert_checkpoint(
     if _is_within(path, Path(output_dir)):
         raise ValueError(f"{output_dir} holds the checkpoint being converted ({path}): choose another --output")
     checkpoint = load_checkpoint_file(str(path))
-    meta = checkpoint.get("meta") if isinstance(checkpoint.get("meta"), Mapping) else {}
+    meta = _checkpoint_meta(checkpoint)
     config_text = meta.get("config") if isinstance(meta.get("config"), str) else None
     try:
         model = build_converted_model(checkpoint, preset, overrides)

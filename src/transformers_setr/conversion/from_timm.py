@@ -198,7 +198,9 @@ def load_timm_vit_pretrain(
     source_table = state_dict.get("pos_embed")
     resized = None
     if source_table is not None and source_table.shape[1] != expected[POSITION_EMBEDDINGS_KEY][1]:
-        resized = (_square_grid(source_table.shape[1]), tuple(encoder.config.image_grid))
+        source_grid = _square_grid(source_table.shape[1])
+        if source_grid is not None:  # always: the conversion refuses a table that is not square
+            resized = (source_grid, encoder.config.image_grid)
     return TimmLoadReport(
         source=os.fspath(source),
         path=str(path),

@@ -30,6 +30,17 @@ _BN = r"(weight|bias|running_mean|running_var)"
 _UP = ("naive", "pup")
 _MLA = ("mla",)
 
+
+def _conv_module_rules(source: str, target: str, decoders: tuple[str, ...]) -> tuple[KeyRule, KeyRule]:
+    """The two rules of an mmcv `ConvModule` (a bias-free conv, then a BatchNorm) at `source`, a pattern whose groups
+    `target` refers to: its `conv.weight` and BatchNorm tensors go to the port's `conv` / `batch_norm` at `target`."""
+    batch_norm_group = re.compile(source).groups + 1  # the group of `_BN`, after the source's own
+    return (
+        KeyRule(rf"{source}\.conv\.weight", f"{target}.conv.weight", decoders=decoders),
+        KeyRule(rf"{source}\.bn\.{_BN}", f"{target}.batch_norm.\\{batch_norm_group}", decoders=decoders),
+    )
+
+
 MMSEG_KEY_RULES: tuple[KeyRule, ...] = (
     # ViT encoder (mmseg `VisionTransformer`)
     KeyRule(r"backbone\.cls_token", "setr.embeddings.cls_token"),
@@ -49,36 +60,15 @@ MMSEG_KEY_RULES: tuple[KeyRule, ...] = (
     KeyRule(rf"{_HEAD}\.conv_seg\.(weight|bias)", r"\1.classifier.\2"),
     # Naive / PUP heads and their auxiliary heads (`SETRUPHead`): up_convs.j = [ConvModule, Upsample]
     KeyRule(rf"{_HEAD}\.norm\.(weight|bias)", r"\1.layernorm.\2", decoders=_UP),
-    KeyRule(rf"{_HEAD}\.up_convs\.(\d+)\.0\.conv\.weight", r"\1.stages.\2.conv.weight", decoders=_UP),
-    KeyRule(rf"{_HEAD}\.up_convs\.(\d+)\.0\.bn\.{_BN}", r"\1.stages.\2.batch_norm.\3", decoders=_UP),
+    *_conv_module_rules(rf"{_HEAD}\.up_convs\.(\d+)\.0", r"\1.stages.\2", decoders=_UP),
     # MLA neck (`MLANeck`): neck output 0 is the deepest level; indices are kept as they are
     KeyRule(r"neck\.norm\.(\d+)\.(weight|bias)", r"neck.layernorms.\1.\2", decoders=_MLA),
-    KeyRule(
-        r"neck\.mla\.channel_proj\.(\d+)\.conv\.weight", r"neck.channel_projections.\1.conv.weight", decoders=_MLA
-    ),
-    KeyRule(
-        rf"neck\.mla\.channel_proj\.(\d+)\.bn\.{_BN}", r"neck.channel_projections.\1.batch_norm.\2", decoders=_MLA
-    ),
-    KeyRule(r"neck\.mla\.feat_extract\.(\d+)\.conv\.weight", r"neck.feature_extractors.\1.conv.weight", decoders=_MLA),
-    KeyRule(rf"neck\.mla\.feat_extract\.(\d+)\.bn\.{_BN}", r"neck.feature_extractors.\1.batch_norm.\2", decoders=_MLA),
+    *_conv_module_rules(r"neck\.mla\.channel_proj\.(\d+)", r"neck.channel_projections.\1", decoders=_MLA),
+    *_conv_module_rules(r"neck\.mla\.feat_extract\.(\d+)", r"neck.feature_extractors.\1", decoders=_MLA),
     # MLA head (`SETRMLAHead`): up_convs.i = [ConvModule, ConvModule, Upsample]
-    KeyRule(
-        r"decode_head\.up_convs\.(\d+)\.(\d+)\.conv\.weight", r"decode_head.branches.\1.\2.conv.weight", decoders=_MLA
-    ),
-    KeyRule(
-        rf"decode_head\.up_convs\.(\d+)\.(\d+)\.bn\.{_BN}", r"decode_head.branches.\1.\2.batch_norm.\3", decoders=_MLA
-    ),
+    *_conv_module_rules(r"decode_head\.up_convs\.(\d+)\.(\d+)", r"decode_head.branches.\1.\2", decoders=_MLA),
     # MLA auxiliary heads (`FCNHead`, concat_input=False); the released ones have no convs
-    KeyRule(
-        r"auxiliary_heads\.(\d+)\.convs\.(\d+)\.conv\.weight",
-        r"auxiliary_heads.\1.convs.\2.conv.weight",
-        decoders=_MLA,
-    ),
-    KeyRule(
-        rf"auxiliary_heads\.(\d+)\.convs\.(\d+)\.bn\.{_BN}",
-        r"auxiliary_heads.\1.convs.\2.batch_norm.\3",
-        decoders=_MLA,
-    ),
+    *_conv_module_rules(r"auxiliary_heads\.(\d+)\.convs\.(\d+)", r"auxiliary_heads.\1.convs.\2", decoders=_MLA),
 )
 
 

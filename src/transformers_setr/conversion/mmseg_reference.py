@@ -18,6 +18,7 @@ Inputs are regenerated from `numpy.random.default_rng(seed)` so that both sides 
 """
 
 import argparse
+import importlib
 import sys
 import types
 from pathlib import Path
@@ -50,7 +51,7 @@ def install_mmcv_ops_stub() -> None:
 
     module = types.ModuleType("mmcv.ops")
     module.__doc__ = "Stand-in for mmcv.ops (mmcv-lite has no compiled ops)."
-    module.__getattr__ = placeholder  # PEP 562
+    module.__dict__["__getattr__"] = placeholder  # PEP 562: the module's own __getattr__, found in its dict
     sys.modules["mmcv.ops"] = module
 
 
@@ -63,9 +64,10 @@ def numpy_safe_globals() -> list:
     import numpy as np
 
     try:
-        from numpy._core.multiarray import scalar
+        multiarray = importlib.import_module("numpy._core.multiarray")
     except ImportError:  # numpy 1
-        from numpy.core.multiarray import scalar
+        multiarray = importlib.import_module("numpy.core.multiarray")
+    scalar = multiarray.scalar
     dtype_classes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
     return [
         (scalar, "numpy.core.multiarray.scalar"),

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..inference.predict import INFERENCE_MODES, check_eval, check_mode, predict_batch, predict_labels
 from ..models.setr.configuration_setr import IGNORE_INDEX
+from ..models.setr.modeling_setr import SetrForSemanticSegmentation
 from .metrics import MeanIoU, intersect_and_union, summarize_areas
 
 EVAL_MODES = INFERENCE_MODES  # the evaluation protocols are the inference modes
@@ -101,7 +102,7 @@ def _stack(name: str, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 def eval_collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Collate `SegmentationEvalDataset` items (usually one) into `pixel_values` (B, 3, h, w), `labels` (B, H, W)
     and, when the items have images, `images` (a list of PIL images)."""
-    collated = {
+    collated: dict[str, Any] = {
         "pixel_values": _stack("pixel_values", [item["pixel_values"] for item in batch]),
         "labels": _stack("labels", [item["labels"] for item in batch]),
     }
@@ -159,7 +160,7 @@ def needs_cpu_process_group() -> bool:
 
 
 def evaluate_segmentation(
-    model: torch.nn.Module,
+    model: SetrForSemanticSegmentation,
     image_processor,
     data,
     split: str = "validation",
@@ -173,7 +174,7 @@ def evaluate_segmentation(
     mmseg-style mIoU of `model` on one split of `data` (a `SegmentationData`).
 
     Args:
-        model: `SetrForSemanticSegmentation` (or an `accelerate`-wrapped one), on the device to evaluate on.
+        model: the model (or its `accelerate` or peft wrapper), on the device to evaluate on.
         image_processor: the model's processor; its `size` is the test scale.
         data: `SegmentationData`; its `decode` gives train-id labels at the original resolution.
         split: split name in `data.splits`.

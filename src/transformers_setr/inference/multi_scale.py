@@ -56,6 +56,8 @@ def multi_scale_flip_probabilities(
                 probabilities = probabilities.flip(-1)
             total = probabilities if total is None else total + probabilities
             views += 1
+    if total is None:
+        raise ValueError("multi-scale inference needs at least one ratio")
     return total / views
 
 

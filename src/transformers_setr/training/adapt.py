@@ -12,11 +12,16 @@ Both combine with activation checkpointing (non-reentrant, so frozen inputs stil
 """
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from .._imports import require
+from ..models.setr.modeling_setr import SetrForSemanticSegmentation
+
+if TYPE_CHECKING:  # peft is optional ([train]); typing_extensions comes with torch
+    from peft import PeftModel
+    from typing_extensions import TypeIs
 
 ADAPTER_FOLDER = "adapter"
 # The encoder's linear projections, by module name (`SetrAttention`, `SetrMLP` in modeling_setr.py).
@@ -24,7 +29,7 @@ LORA_TARGET_MODULES = r".*\bsetr\.layers\.\d+\.(?:attention\.(?:q_proj|k_proj|v_
 FULLY_TRAINED_MODULES = ("neck", "decode_head", "auxiliary_heads")
 
 
-def freeze_encoder(model: nn.Module) -> int:
+def freeze_encoder(model: SetrForSemanticSegmentation) -> int:
     """`requires_grad=False` on every encoder parameter (`model.setr`); returns how many tensors were frozen."""
     parameters = list(model.setr.parameters())
     for parameter in parameters:
@@ -32,7 +37,7 @@ def freeze_encoder(model: nn.Module) -> int:
     return len(parameters)
 
 
-def add_lora(model: nn.Module, rank: int, alpha: float = 16.0, dropout: float = 0.0) -> nn.Module:
+def add_lora(model: SetrForSemanticSegmentation, rank: int, alpha: float = 16.0, dropout: float = 0.0) -> "PeftModel":
     """`model` wrapped by `peft.get_peft_model`: LoRA on the encoder's projections, neck and heads fully trained."""
     require("peft", "LoRA training (--lora_rank)")
     from peft import LoraConfig, get_peft_model
@@ -46,7 +51,7 @@ def add_lora(model: nn.Module, rank: int, alpha: float = 16.0, dropout: float = 
             modules_to_save.append(name)
     config = LoraConfig(
         r=rank,
-        lora_alpha=alpha,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # peft annotates an int but scales by alpha / r: a float is fine
         lora_dropout=dropout,
         target_modules=LORA_TARGET_MODULES,
         modules_to_save=modules_to_save,
@@ -55,16 +60,16 @@ def add_lora(model: nn.Module, rank: int, alpha: float = 16.0, dropout: float = 
     return get_peft_model(model, config)
 
 
-def adapt_for_training(model: nn.Module, args: Any) -> nn.Module:
+def adapt_for_training(model: SetrForSemanticSegmentation, args: Any) -> "SetrForSemanticSegmentation | PeftModel":
     """The model as the options ask: encoder frozen (`freeze_encoder`), wrapped with LoRA (`lora_rank`), or as is."""
     if args.freeze_encoder:
         freeze_encoder(model)
     if args.lora_rank:
-        model = add_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)
+        return add_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)
     return model
 
 
-def is_lora_model(model: nn.Module) -> bool:
+def is_lora_model(model: object) -> "TypeIs[PeftModel]":
     try:
         from peft import PeftModel
     except ImportError:
@@ -78,15 +83,18 @@ def trainable_parameter_count(model: nn.Module) -> tuple[int, int]:
     return sum(n for n, trainable in counts if trainable), sum(n for n, _ in counts)
 
 
-def save_trained_model(model: nn.Module, output_dir: str | Path) -> nn.Module:
+def save_trained_model(
+    model: "SetrForSemanticSegmentation | PeftModel", output_dir: str | Path
+) -> SetrForSemanticSegmentation:
     """Save the trained model in `output_dir` and return the model saved there. A LoRA model: the adapter in
     `output_dir/adapter/`, then the merged plain SETR model (`merge_and_unload`, which consumes the wrapper) in
     `output_dir`."""
     output_dir = Path(output_dir)
     if is_lora_model(model):
-        model.save_pretrained(output_dir / ADAPTER_FOLDER)
-        model = model.merge_and_unload()
-    model.save_pretrained(output_dir)
+        model.save_pretrained(str(output_dir / ADAPTER_FOLDER))
+        merged: SetrForSemanticSegmentation = model.merge_and_unload()  # the base model, LoRA folded into its weights
+        model = merged
+    model.save_pretrained(str(output_dir))
     return model
 
 

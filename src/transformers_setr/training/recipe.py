@@ -162,7 +162,7 @@ def build_sgd_optimizer(
     momentum: float = 0.9,
     weight_decay: float = 0.0,
     head_lr_multiplier: float = 10.0,
-) -> torch.optim.SGD:
+) -> torch.optim.Optimizer:
     """mmseg's SETR optimizer: SGD(momentum 0.9, weight decay 0), heads at `head_lr_multiplier`× the base lr."""
     return build_optimizer(
         model,
@@ -325,6 +325,12 @@ def describe_optimization(args: Any) -> str:
     return ", ".join(parts)
 
 
+def _option(default: Any, help: str, **metadata: Any) -> Any:
+    """A command-line option of `HfArgumentParser`: a dataclass field with its default, help and other metadata
+    (`choices`)."""
+    return field(default=default, metadata={"help": help, **metadata})
+
+
 def _training_argument(name: str, **changes: Any) -> Any:
     """A field of `TrainingArguments` (its default and help), for the options both training commands share."""
     original = TrainingArguments.__dataclass_fields__[name]
@@ -368,29 +374,22 @@ class RecipeArguments:
     adam_beta1: float = _training_argument("adam_beta1")
     adam_beta2: float = _training_argument("adam_beta2")
     adam_epsilon: float = _training_argument("adam_epsilon")
-    head_lr_multiplier: float = field(default=10.0, metadata={"help": "lr multiplier of parameters named *head*"})
-    sgd_momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
-    poly_power: float = field(default=0.9, metadata={"help": "power of the poly learning-rate decay"})
-    poly_min_lr: float = field(default=1e-4, metadata={"help": "learning rate reached at the last step"})
-    layer_decay: float | None = field(
-        default=None,
-        metadata={
-            "help": "layer-wise lr decay in (0, 1] (BEiT / MAE): encoder layer i at decay^(L-i), the embeddings at "
-            "decay^(L+1), neck and heads 1"
-        },
+    head_lr_multiplier: float = _option(10.0, "lr multiplier of parameters named *head*")
+    sgd_momentum: float = _option(0.9, "SGD momentum")
+    poly_power: float = _option(0.9, "power of the poly learning-rate decay")
+    poly_min_lr: float = _option(1e-4, "learning rate reached at the last step")
+    layer_decay: float | None = _option(
+        None,
+        "layer-wise lr decay in (0, 1] (BEiT / MAE): encoder layer i at decay^(L-i), the embeddings at decay^(L+1), "
+        "neck and heads 1",
     )
-    freeze_encoder: bool = field(
-        default=False, metadata={"help": "train only the MLA neck and the heads (encoder requires_grad False)"}
+    freeze_encoder: bool = _option(False, "train only the MLA neck and the heads (encoder requires_grad False)")
+    lora_rank: int = _option(
+        0,
+        "LoRA (peft) of this rank on the encoder's attention and MLP projections; neck and heads trained fully; 0: off",
     )
-    lora_rank: int = field(
-        default=0,
-        metadata={
-            "help": "LoRA (peft) of this rank on the encoder's attention and MLP projections; neck and heads "
-            "trained fully; 0: off"
-        },
-    )
-    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (scale = alpha / rank)"})
-    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
+    lora_alpha: float = _option(16.0, "LoRA scaling numerator (scale = alpha / rank)")
+    lora_dropout: float = _option(0.0, "dropout on the LoRA input")
 
 
 RECIPE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RecipeArguments)}
@@ -556,28 +555,16 @@ class SetrTrainingArguments(RecipeArguments, TrainingArguments):
     `lr_scheduler_type="poly"`); `create_optimizer` / `create_scheduler` of `SetrTrainer` build what they name.
     """
 
-    learning_rate: float = field(
-        default=0.001, metadata={"help": "base learning rate (encoder; the heads at --head_lr_multiplier x)"}
+    learning_rate: float = _option(0.001, "base learning rate (encoder; the heads at --head_lr_multiplier x)")
+    eval_mode: str = _option(
+        "slide", f"evaluation inference: {', '.join(INFERENCE_MODES)}", choices=list(INFERENCE_MODES)
     )
-    eval_mode: str = field(
-        default="slide",
-        metadata={"help": f"evaluation inference: {', '.join(INFERENCE_MODES)}", "choices": list(INFERENCE_MODES)},
-    )
-    sync_batch_norm: bool = field(
-        default=True, metadata={"help": "use SyncBatchNorm in the heads when training on several GPUs"}
-    )
-    remove_unused_columns: bool = field(
-        default=False, metadata={"help": "must stay False: the dataset's columns are decoded by the transform"}
-    )
-    batch_eval_metrics: bool = field(
-        default=True, metadata={"help": "stream the evaluation: per-batch areas, summed, never all logits"}
-    )
-    per_device_eval_batch_size: int = field(
-        default=1, metadata={"help": "evaluation images differ in size, so they go one at a time"}
-    )
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={"help": "write over a non-empty output_dir (otherwise refused unless resuming)"},
+    sync_batch_norm: bool = _option(True, "use SyncBatchNorm in the heads when training on several GPUs")
+    remove_unused_columns: bool = _option(False, "must stay False: the dataset's columns are decoded by the transform")
+    batch_eval_metrics: bool = _option(True, "stream the evaluation: per-batch areas, summed, never all logits")
+    per_device_eval_batch_size: int = _option(1, "evaluation images differ in size, so they go one at a time")
+    overwrite_output_dir: bool = _option(
+        False, "write over a non-empty output_dir (otherwise refused unless resuming)"
     )
 
     def __post_init__(self):
@@ -699,14 +686,16 @@ class SetrTrainer(Trainer):
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         if self.optimizer is None:
-            self.optimizer = optimizer_from_arguments(self.model if model is None else model, self.args)
+            model = self.model if model is None else model
+            assert model is not None, "Trainer builds its model (or model_init's) before the optimizer"
+            self.optimizer = optimizer_from_arguments(model, self.args)
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         if self.lr_scheduler is None:
-            self.lr_scheduler = scheduler_from_arguments(
-                optimizer if optimizer is not None else self.optimizer, self.args, num_training_steps
-            )
+            optimizer = self.optimizer if optimizer is None else optimizer
+            assert optimizer is not None, "Trainer creates the optimizer before the scheduler"
+            self.lr_scheduler = scheduler_from_arguments(optimizer, self.args, num_training_steps)
             self._created_lr_scheduler = True
         return self.lr_scheduler
 

@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             repo_id=push_repo,
         )
         if push_to_hub:
+            assert push_repo is not None, "push_repo_id names a repository whenever push_to_hub"
             push_trained_folder(training_args.output_dir, push_repo, training_args.hub_token)
     # Every process leaves together, after the process group is torn down: a rank that exits while rank 0 is still
     # writing, with the group alive, can abort in gloo's teardown ("terminate called without an active exception").

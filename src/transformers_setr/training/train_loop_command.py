@@ -196,10 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if isinstance(unwrapped, torch.nn.Module) and any(
-            isinstance(m, torch.nn.SyncBatchNorm) for m in unwrapped.modules()
-        ):
-            unwrapped = _revert_sync_batch_norm(unwrapped)
+        _revert_sync_batch_norm(unwrapped)
         unwrapped = save_trained_model(unwrapped, output_dir)
         processor.save_pretrained(output_dir)
         training = training_record(preset, data, data_args, unwrapped.config, args, accelerator.num_processes)
@@ -214,17 +211,19 @@ def main(argv: list[str] | None = None) -> int:
         repo_id = push_repo_id(args.hub_model_id, args.push_to_hub, output_dir)
         write_model_card(output_dir, unwrapped, model_args, data, data_args, metrics, training, repo_id=repo_id)
         if args.push_to_hub:
+            assert repo_id is not None, "push_repo_id names a repository whenever push_to_hub"
             push_trained_folder(output_dir, repo_id, args.hub_token)
     accelerator.end_training()
     return 0
 
 
-def _revert_sync_batch_norm(module: torch.nn.Module) -> torch.nn.Module:
-    """SyncBatchNorm -> BatchNorm2d (same parameters and statistics), so the saved model loads anywhere."""
-    converted = module
-    if isinstance(module, torch.nn.SyncBatchNorm):
-        converted = torch.nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine)
-        converted.load_state_dict(module.state_dict())
+def _revert_sync_batch_norm(module: torch.nn.Module) -> None:
+    """Every SyncBatchNorm inside `module` -> BatchNorm2d (same parameters and statistics), in place, so that the
+    saved model loads anywhere."""
     for name, child in module.named_children():
-        converted.add_module(name, _revert_sync_batch_norm(child))
-    return converted
+        if isinstance(child, torch.nn.SyncBatchNorm):
+            plain = torch.nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine)
+            plain.load_state_dict(child.state_dict())
+            module.add_module(name, plain)
+        else:
+            _revert_sync_batch_norm(child)

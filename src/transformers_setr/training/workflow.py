@@ -177,7 +177,8 @@ def _int_pair(text: str, what: str) -> tuple[int, int]:
 
 def build_argument_parser(*extra: type) -> HfArgumentParser:
     """The parser of `ModelArguments`, `DataArguments` and a command's own arguments (`extra` dataclasses)."""
-    return HfArgumentParser((ModelArguments, DataArguments, *extra))
+    # transformers types `DataClassType` as a NewType of Any, which no class matches; any dataclass is what it takes
+    return HfArgumentParser((ModelArguments, DataArguments, *extra))  # type: ignore[arg-type]
 
 
 def parse_arguments(argv: list[str], extra=(), parser: HfArgumentParser | None = None) -> tuple:
@@ -193,7 +194,7 @@ def parse_arguments(argv: list[str], extra=(), parser: HfArgumentParser | None =
             raise ValueError(f"{json_file}: preset {preset_name!r} is not one of {', '.join(sorted(PRESETS))}")
     else:
         # Only `--preset` is needed first, for the defaults; `--help` is left to the full parser, which lists all.
-        pre = HfArgumentParser(ModelArguments, add_help=False)
+        pre = HfArgumentParser(ModelArguments, add_help=False)  # type: ignore[arg-type]  # (as above)
         preset_name = pre.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)[0].preset
     preset = PRESETS[preset_name]
     parser = parser or build_argument_parser(*extra)
@@ -232,8 +233,9 @@ def _describe_preset_values(parser, preset: CheckpointPreset) -> None:
 def data_source_for(preset: CheckpointPreset, data_args: DataArguments) -> str:
     if data_args.data and data_args.dataset_name and data_args.data != data_args.dataset_name:
         raise CommandLineError(f"--data {data_args.data} and --dataset_name {data_args.dataset_name} disagree")
-    if data_args.data or data_args.dataset_name:
-        return data_args.data or data_args.dataset_name
+    source = data_args.data or data_args.dataset_name
+    if source:
+        return source
     if preset.dataset == "ade20k":
         return HUB_DATASETS["ade20k"].hub_id
     raise CommandLineError(
@@ -399,7 +401,7 @@ def build_model(
 ) -> tuple[SetrForSemanticSegmentation, Any]:
     """A model for `data` and the image processor of its test pipeline."""
     preset = PRESETS[model_args.preset]
-    palette = [list(colour) for colour in data.palette]
+    palette: list[list[int]] | None = [list(colour) for colour in data.palette]
     try:
         overrides = parse_config_overrides(model_args.config_overrides)
     except ValueError as error:
@@ -665,11 +667,11 @@ def data_errors_as_one_line(command: Callable[..., int]) -> Callable[..., int]:
 
 def adapt_model(model: SetrForSemanticSegmentation, args: RecipeArguments):
     """The model with its encoder frozen or LoRA-wrapped as the options ask (`training.adapt`)."""
-    model = adapt_for_training(model, args)
+    adapted = adapt_for_training(model, args)
     if args.freeze_encoder or args.lora_rank:
-        trainable, total = trainable_parameter_count(model)
+        trainable, total = trainable_parameter_count(adapted)
         logger.info("training %d of %d parameters (%.2f%%)", trainable, total, 100 * trainable / total)
-    return model
+    return adapted
 
 
 def training_record(
@@ -677,10 +679,10 @@ def training_record(
     data: SegmentationData,
     data_args: DataArguments,
     config: SetrConfig,
-    args: RecipeArguments,
+    args: Any,
     num_processes: int,
 ) -> dict[str, Any]:
-    """What the model card says of a training run (both commands; their arguments share these names)."""
+    """What the model card says of a training run (`args`: either command's arguments, which share these names)."""
     return {
         "preset": preset.name,
         "data": data.source,

@@ -99,7 +99,13 @@ def onednn_matmul_built() -> bool:
 
 def onednn_matmul_usable(device: torch.device, dtype: torch.dtype) -> bool:
     """oneDNN's matmul serves `dtype` on `device`: CPU, float32 or bfloat16, oneDNN built and not disabled."""
-    return device.type == "cpu" and dtype in ONEDNN_DTYPES and torch.backends.mkldnn.enabled and onednn_matmul_built()
+    # bool(): torch types the flag as the `ContextProp` descriptor that serves it
+    return (
+        device.type == "cpu"
+        and dtype in ONEDNN_DTYPES
+        and bool(torch.backends.mkldnn.enabled)
+        and onednn_matmul_built()
+    )
 
 
 def dense(hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -118,9 +124,13 @@ def dense(hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return F.linear(hidden_states, weight, bias)
 
 
+# A weight and its bias, cast (and packed) for `dense`.
+CastWeights = tuple[torch.Tensor, torch.Tensor | None]
+
+
 def cast_matmul_weights(
     weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, pack: bool = True
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> CastWeights:
     """`weight` and `bias` cast to `dtype` for `dense`, the weight (with `pack`) in oneDNN's packed layout where oneDNN
     serves."""
     weight, bias = weight.to(dtype), None if bias is None else bias.to(dtype)
@@ -145,10 +155,12 @@ class FrozenWeights:
         self.owner = owner
         self.state = parameter_state(sources)
         self.sources = tuple(s.detach() for s in sources)  # held: a freed storage's address cannot come back
-        self.entries: dict[object, object] = {}
+        self.entries: dict[object, CastWeights] = {}
         self.warned = False
 
-    def get(self, key: object, sources: tuple[torch.Tensor, ...], build: Callable[[], object]) -> object | None:
+    def get(
+        self, key: object, sources: tuple[torch.Tensor, ...], build: Callable[[], CastWeights]
+    ) -> CastWeights | None:
         if parameter_state(sources) != self.state:
             if not self.warned:
                 logger.warning(
@@ -208,15 +220,13 @@ class InferenceSetrAttention(SetrAttention):
         projections = (self.q_proj, self.k_proj, self.v_proj)
         return (*(p.weight for p in projections), *(p.bias for p in projections if p.bias is not None))
 
-    def fused_qkv_weights(
-        self, dtype: torch.dtype, device: torch.device, pack: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    def fused_qkv_weights(self, dtype: torch.dtype, device: torch.device, pack: bool = True) -> CastWeights | None:
         """The q/k/v weights (and biases) stacked for one matmul and cast to `dtype` (`pack`: in oneDNN's packed
         layout where oneDNN serves); None once the parameters changed (`FrozenWeights`)."""
         sources = self.qkv_sources()
         weights, biases = sources[:3], sources[3:]
 
-        def build() -> tuple[torch.Tensor, torch.Tensor | None]:
+        def build() -> CastWeights:
             return cast_matmul_weights(torch.cat(weights), torch.cat(biases) if biases else None, dtype, pack)
 
         key = cast_weights_key(dtype, device) if pack else (dtype, "unpacked")

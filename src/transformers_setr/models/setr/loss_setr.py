@@ -174,43 +174,39 @@ def cross_entropy_loss(
     avg_non_ignore: bool = False,
     pixel_weight: torch.Tensor | None = None,
     reduce: bool = True,
+    use_sigmoid: bool = False,
 ) -> torch.Tensor:
-    """mmseg's `cross_entropy`: per-pixel softmax cross-entropy (times the label's class weight), summed and divided
-    by the number of pixels (`avg_non_ignore`: of labelled pixels), or with class weights by the sum of the labelled
-    pixels' weights. `reduce=False` gives the per-pixel losses (OHEM's ranking)."""
+    """mmseg's `CrossEntropyLoss`, whose `use_sigmoid` picks one of its two functions. `reduce=False` gives the
+    per-pixel losses (OHEM's ranking).
+
+    - `cross_entropy` (softmax): per-pixel cross-entropy (times the label's class weight), summed and divided by the
+      number of pixels (`avg_non_ignore`: of labelled pixels), or with class weights by the sum of the labelled
+      pixels' weights.
+    - `binary_cross_entropy` (`use_sigmoid`, one channel: SegFormer's `num_labels=1` loss when unweighted): BCE with
+      logits against label 1, ignored pixels weighted 0, mean over all pixels (`avg_non_ignore`: over labelled ones).
+      `class_weight=[w]` is BCE's `pos_weight` (as mmseg passes it).
+    """
+    if use_sigmoid:
+        valid = ((labels >= 0) & (labels != ignore_index)).to(logits.dtype)
+        weight = valid if pixel_weight is None else pixel_weight * valid
+        positive = logits.new_tensor(class_weight) if class_weight is not None else None
+        # Ignored pixels get target 0 (weight 0 anyway): their label (255) is no probability.
+        target = (labels == 1).to(logits.dtype)
+        loss = F.binary_cross_entropy_with_logits(logits.squeeze(1), target, pos_weight=positive, reduction="none")
+        if not reduce:
+            return loss * weight
+        return _reduce(loss, weight, valid.sum() if avg_non_ignore else None)
     weights = logits.new_tensor(class_weight) if class_weight is not None else None
     loss = F.cross_entropy(logits, labels, weight=weights, reduction="none", ignore_index=ignore_index)
     if not reduce:
         return loss
     valid = labels != ignore_index
+    avg_factor: torch.Tensor | int
     if weights is not None:
         avg_factor = torch.where(valid, weights[torch.where(valid, labels, 0)], 0).sum()
     else:
         avg_factor = valid.sum() if avg_non_ignore else labels.numel()
     return _reduce(loss, pixel_weight, avg_factor)
-
-
-def binary_cross_entropy_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    ignore_index: int,
-    class_weight: list[float] | None = None,
-    avg_non_ignore: bool = False,
-    pixel_weight: torch.Tensor | None = None,
-    reduce: bool = True,
-) -> torch.Tensor:
-    """mmseg's `binary_cross_entropy` on one channel (SegFormer's `num_labels=1` loss when unweighted): BCE with logits
-    against label 1, ignored pixels weighted 0, mean over all pixels (`avg_non_ignore`: over labelled ones).
-    `class_weight=[w]` is BCE's `pos_weight` (as mmseg passes it)."""
-    valid = ((labels >= 0) & (labels != ignore_index)).to(logits.dtype)
-    weight = valid if pixel_weight is None else pixel_weight * valid
-    positive = logits.new_tensor(class_weight) if class_weight is not None else None
-    # Ignored pixels get target 0 (weight 0 anyway): their label (255) is no probability.
-    target = (labels == 1).to(logits.dtype)
-    loss = F.binary_cross_entropy_with_logits(logits.squeeze(1), target, pos_weight=positive, reduction="none")
-    if not reduce:
-        return loss * weight
-    return _reduce(loss, weight, valid.sum() if avg_non_ignore else None)
 
 
 def dice_loss(
@@ -269,11 +265,10 @@ def focal_loss(
     else:
         target = torch.zeros_like(logits).scatter_(1, labels.unsqueeze(1), 1.0)
     shape = (1, num_classes, *([1] * (logits.ndim - 2)))
-    if isinstance(alpha, (list, tuple)):
-        alpha = logits.new_tensor(alpha).view(shape)
+    class_alpha = logits.new_tensor(alpha).view(shape) if isinstance(alpha, (list, tuple)) else alpha
     probabilities = logits.sigmoid()
     one_minus_pt = (1 - probabilities) * target + probabilities * (1 - target)
-    focal_weight = (alpha * target + (1 - alpha) * (1 - target)) * one_minus_pt.pow(gamma)
+    focal_weight = (class_alpha * target + (1 - class_alpha) * (1 - target)) * one_minus_pt.pow(gamma)
     loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * focal_weight
     weight = valid if class_weight is None else logits.new_tensor(class_weight).view(shape) * valid
     return _reduce(loss, weight, None)
@@ -321,11 +316,10 @@ def _term_loss(
 ) -> torch.Tensor:
     options = {name: term.get(name, default) for name, default in LOSS_OPTIONS[term["type"]].items()}
     kind = term["type"]
-    if kind == "cross_entropy":
-        return cross_entropy_loss(logits, labels, ignore_index, pixel_weight=pixel_weight, reduce=reduce, **options)
-    if kind == "binary_cross_entropy":
-        return binary_cross_entropy_loss(
-            logits, labels, ignore_index, pixel_weight=pixel_weight, reduce=reduce, **options
+    if kind in ("cross_entropy", "binary_cross_entropy"):
+        use_sigmoid = kind == "binary_cross_entropy"
+        return cross_entropy_loss(
+            logits, labels, ignore_index, pixel_weight=pixel_weight, reduce=reduce, use_sigmoid=use_sigmoid, **options
         )
     if kind == "dice":
         return dice_loss(logits, labels, ignore_index, **options)
@@ -356,17 +350,19 @@ def head_loss(
             )
 
         pixel_weight = ohem_pixel_weights(logits, labels, ignore_index, pixel_losses=pixel_losses, **options)
-    total = None
-    for term in terms:
-        value = term.get("weight", 1.0) * _term_loss(term, logits, labels, ignore_index, pixel_weight)
-        total = value if total is None else total + value
+    # `terms` is never empty (`loss_config_errors` refuses `loss=[]`)
+    weighted = [
+        term.get("weight", 1.0) * _term_loss(term, logits, labels, ignore_index, pixel_weight) for term in terms
+    ]
+    total = weighted[0]
+    for value in weighted[1:]:
+        total = total + value
     return total
 
 
 __all__ = [
     "LOSS_OPTIONS",
     "SAMPLER_OPTIONS",
-    "binary_cross_entropy_loss",
     "cross_entropy_loss",
     "default_loss_terms",
     "dice_loss",
