@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoBackbone, AutoConfig, PreTrainedConfig, PreTrainedModel
+from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.backbone_utils import load_backbone
@@ -874,10 +874,13 @@ def _pretrained_backbone(source: str) -> tuple[PreTrainedConfig, Callable[[nn.Mo
     if is_timm:
         return _pretrained_timm_backbone(source, saved)
     backbone_config = AutoConfig.from_pretrained(source)
+    if saved is not None:
+        backbone_config.name_or_path = ""  # a Hub id names the encoder in the saved config; a local path would not
     backbone_encoder_facts(backbone_config)  # refuses an unsupported family before anything is built
 
     def load_weights(backbone: nn.Module, built_config: PreTrainedConfig) -> None:
-        pretrained, info = AutoBackbone.from_pretrained(source, config=built_config, output_loading_info=True)
+        # The backbone's own class: `AutoBackbone.from_pretrained` asks the Hub whether a local folder is a repo.
+        pretrained, info = type(backbone).from_pretrained(source, config=built_config, output_loading_info=True)
         if info["missing_keys"]:
             missing = sorted(info["missing_keys"])
             raise ValueError(f"backbone checkpoint {source} lacks encoder weights: {missing[:5]}")
