@@ -439,6 +439,7 @@ class SetrConfig(PreTrainedConfig):
             self.backbone_config, _ = spec.create_subconfig("backbone_config", dict(self.backbone_config))
         else:
             self.backbone_config = copy.deepcopy(self.backbone_config)  # its stages are set below
+        assert isinstance(self.backbone_config, PreTrainedConfig)
         facts = backbone_encoder_facts(self.backbone_config)
         model_type = self.backbone_config.model_type
         fields = type(self).__dataclass_fields__

@@ -106,6 +106,7 @@ def build_backbone(config: SetrConfig) -> nn.Module:
     (`load_backbone`); timm ViTs through transformers' `TimmBackbone` (which returns the intermediate blocks through
     timm's `forward_intermediates`), given the model arguments the config carries."""
     backbone_config = config.backbone_config
+    assert isinstance(backbone_config, PreTrainedConfig)  # `SetrConfig` builds a dict into its config
     if backbone_config.model_type != "timm_backbone":
         return load_backbone(config)
     if importlib.util.find_spec("timm") is None:
@@ -880,6 +881,7 @@ def _pretrained_backbone(source: str) -> tuple[PreTrainedConfig, Callable[[nn.Mo
     backbone_encoder_facts(backbone_config)  # refuses an unsupported family before anything is built
 
     def load_weights(backbone: nn.Module, built_config: PreTrainedConfig) -> None:
+        assert isinstance(backbone, PreTrainedModel)
         # The backbone's own class: `AutoBackbone.from_pretrained` asks the Hub whether a local folder is a repo.
         pretrained, info = type(backbone).from_pretrained(source, config=built_config, output_loading_info=True)
         if info["missing_keys"]:
