@@ -17,12 +17,14 @@ This file is shipped next to the weights for `trust_remote_code` users: it impor
 `huggingface_hub`.
 """
 
+import copy
 from collections.abc import Sequence
 from numbers import Integral
 from typing import Literal, get_args
 
 from huggingface_hub.dataclasses import strict
-from transformers import PreTrainedConfig
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import logging
 
 from .loss_setr import loss_config_errors
@@ -73,6 +75,82 @@ IGNORE_INDEX = 255  # the label of unscored pixels, in the loss, the metric, the
 # What `forward` does without labels in eval mode (`config.inference_mode`); the package adds multi-scale + flip.
 InferenceMode = Literal["whole", "slide"]
 MODEL_INFERENCE_MODES: tuple[str, ...] = get_args(InferenceMode)
+
+
+# The encoders SETR's heads take through transformers' backbone API (`backbone_config.model_type`): plain ViTs whose
+# stage 0 is the embeddings ("stem") and stage i + 1 the output of layer i, and timm ViTs through `TimmBackbone`,
+# whose stage i is block i. The value: the offset from SETR's 0-based layer index to the backbone's stage index.
+BACKBONE_STAGE_OFFSET: dict[str, int] = {
+    "dinov2": 1,
+    "dinov2_with_registers": 1,
+    "dinov3_vit": 1,
+    "beit": 1,
+    "timm_backbone": 0,
+}
+# The fields of the built-in encoder that mirror the backbone's with a `backbone_config` (the heads, the padding and
+# the sliding windows read them), and those that have no meaning then. Either kind set to another value is refused.
+BACKBONE_MIRRORED_FIELDS = ("hidden_size", "num_hidden_layers", "patch_size", "num_channels")
+BUILT_IN_ENCODER_FIELDS = (
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "qkv_bias",
+    "patch_embeddings_bias",
+)
+# transformers' ways of naming a backbone inside a head config: they would build a config from the Hub, never load
+# its weights (transformers 5 ignores `use_pretrained_backbone`); SETR takes a built `backbone_config` instead.
+BACKBONE_LOADING_KWARGS = ("backbone", "use_timm_backbone", "backbone_kwargs", "use_pretrained_backbone")
+
+
+def backbone_encoder_facts(backbone_config: PreTrainedConfig) -> dict[str, int]:
+    """The backbone's `hidden_size`, `num_hidden_layers`, `patch_size` and `num_channels` (the fields SETR mirrors),
+    or a `ValueError` in one line for a backbone SETR does not take. timm configs carry them as attributes written by
+    `SetrForSemanticSegmentation.from_backbone` (the timm model name alone does not say them)."""
+    model_type = backbone_config.model_type
+    if model_type not in BACKBONE_STAGE_OFFSET:
+        raise ValueError(
+            f"SETR does not take a {model_type!r} backbone: its heads read plain ViT layers from one of "
+            f"{sorted(BACKBONE_STAGE_OFFSET)} (timm ViTs as 'timm_backbone')"
+        )
+    if model_type in ("dinov2", "dinov2_with_registers", "dinov3_vit", "beit") and not getattr(
+        backbone_config, "reshape_hidden_states", True
+    ):
+        raise ValueError(f"backbone_config.reshape_hidden_states=False: SETR's heads need the {model_type} maps")
+    if model_type == "beit" and getattr(backbone_config, "add_fpn", False):
+        raise ValueError("backbone_config.add_fpn=True: SETR's heads read BEiT's plain layers, not its FPN")
+    facts = {name: getattr(backbone_config, name, None) for name in BACKBONE_MIRRORED_FIELDS}
+    if isinstance(facts["patch_size"], (list, tuple)):
+        if len(set(facts["patch_size"])) != 1:
+            raise ValueError(f"SETR needs square patches, the backbone has patch_size {facts['patch_size']}")
+        facts["patch_size"] = facts["patch_size"][0]
+    missing = [name for name, value in facts.items() if not isinstance(value, int)]
+    if missing:
+        raise ValueError(
+            f"the {model_type} backbone_config does not say its {', '.join(missing)}: build the model with "
+            "SetrForSemanticSegmentation.from_backbone(name), which reads them from the encoder"
+        )
+    return facts
+
+
+def default_backbone_out_indices(num_layers: int, decoder_type: str) -> list[int] | None:
+    """SETR's layers for a backbone of `num_layers` layers: the decoder's own for 24 (ViT-L, as the released
+    configs), else the last layer of each quarter (12 layers: [2, 5, 8, 11]), every layer below 4."""
+    if num_layers == 24:
+        return None  # the decoder default
+    if num_layers < 4:
+        return list(range(num_layers))
+    return [num_layers * quarter // 4 - 1 for quarter in (1, 2, 3, 4)]
+
+
+def backbone_stage_indices(config: "SetrConfig") -> list[int]:
+    """The one map from SETR's `out_indices` (encoder layers from 0) to the backbone's stage indices
+    (transformers ViTs: stage 0 is the embeddings, "stem"; timm: stage i is block i)."""
+    if config.backbone_config is None:
+        raise ValueError("the built-in encoder has no backbone stages")
+    offset = BACKBONE_STAGE_OFFSET[config.backbone_config.model_type]
+    return [index + offset for index in config.out_indices]
 
 
 def int_pair(value: int | Sequence[int], name: str, positive: bool = False) -> tuple[int, int]:
@@ -241,6 +319,15 @@ class SetrConfig(PreTrainedConfig):
             rounded down (341 for 512, 512 for 768, as the released configs).
         slide_batch_size (`int`, *optional*, defaults to 4):
             Windows run through the model at once (bounds memory on large images).
+        backbone_config (`PreTrainedConfig` or `dict`, *optional*):
+            Another encoder for SETR's heads, built by transformers' backbone loading (`AutoBackbone`, random
+            weights; `SetrForSemanticSegmentation.from_backbone` loads pretrained ones): a `dinov2`,
+            `dinov2_with_registers`, `dinov3_vit` or `beit` config, or a `timm_backbone` one for timm ViTs. `None`
+            (the default) keeps the built-in ViT. With a backbone, `hidden_size`, `num_hidden_layers`, `patch_size`
+            and `num_channels` mirror the backbone's, the other built-in encoder fields must stay at their defaults,
+            `out_indices` (SETR's layers, from 0) sets the backbone's stages (`backbone_stage_indices`; for depths
+            other than 24 it defaults to the last layer of each quarter), and the heads read the backbone's
+            `feature_maps`: its hidden states without prefix tokens, reshaped, normalised where the family does.
         palette (`list[[r, g, b]]`, *optional*):
             A colour per label for visualisations (the dataset's, for converted checkpoints). Setting a new
             `id2label` on a built config (`from_pretrained(..., id2label=...)`) drops a palette that no longer has one
@@ -263,6 +350,10 @@ class SetrConfig(PreTrainedConfig):
     # The auxiliary heads' logits (returned with `labels`, for the loss) must not reach the Trainer's predictions
     # (`compute_metrics` gets the logits alone, as for other segmentation models).
     keys_to_ignore_at_inference = ["auxiliary_logits"]
+    # `optional`: `None` keeps the built-in encoder (transformers' heads would build a default backbone instead).
+    sub_configs_defaults = {
+        "backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="dinov2", optional=True),
+    }
 
     hidden_size: int = 1024
     num_hidden_layers: int = 24
@@ -309,8 +400,17 @@ class SetrConfig(PreTrainedConfig):
     slide_batch_size: int = 4
 
     palette: list[list[int]] | None = None
+    backbone_config: dict | PreTrainedConfig | None = None
 
     def __post_init__(self, **kwargs):
+        given = [name for name in BACKBONE_LOADING_KWARGS if kwargs.pop(name, None) not in (None, False, {})]
+        if given:
+            raise ValueError(
+                f"SetrConfig takes no {given[0]}=: pass backbone_config (a built config), or load pretrained weights "
+                "with SetrForSemanticSegmentation.from_backbone(name)"
+            )
+        if self.backbone_config is not None:
+            self._adopt_backbone()
         defaults = _DECODER_DEFAULTS.get(self.decoder_type, {})
         for name, value in defaults.items():
             if getattr(self, name) is None:
@@ -324,8 +424,62 @@ class SetrConfig(PreTrainedConfig):
         for name in ("slide_crop_size", "slide_stride"):
             if isinstance(getattr(self, name), tuple):
                 setattr(self, name, list(getattr(self, name)))
+        if self.backbone_config is not None:
+            self._align_backbone_stages()
         self._complete_label_maps(kwargs)
         super().__post_init__(**kwargs)
+
+    def _adopt_backbone(self) -> None:
+        """Build the backbone config (from a dict: `config.json`), mirror its encoder facts, refuse what contradicts
+        them, and default `out_indices` to its depth."""
+        if isinstance(self.backbone_config, dict):
+            if "model_type" not in self.backbone_config:
+                raise ValueError("backbone_config needs a model_type (e.g. 'dinov2') to say which encoder it is")
+            spec = self.sub_configs_defaults["backbone_config"]
+            self.backbone_config, _ = spec.create_subconfig("backbone_config", dict(self.backbone_config))
+        else:
+            self.backbone_config = copy.deepcopy(self.backbone_config)  # its stages are set below
+        assert isinstance(self.backbone_config, PreTrainedConfig)
+        facts = backbone_encoder_facts(self.backbone_config)
+        model_type = self.backbone_config.model_type
+        fields = type(self).__dataclass_fields__
+        problems = [
+            f"{name}={getattr(self, name)!r} contradicts the {model_type} backbone's {value}"
+            for name, value in facts.items()
+            if getattr(self, name) not in (fields[name].default, value)
+        ]
+        problems += [
+            f"{name}={getattr(self, name)!r} belongs to the built-in encoder (set it in backbone_config)"
+            for name in BUILT_IN_ENCODER_FIELDS
+            if getattr(self, name) != fields[name].default
+        ]
+        if self.use_cls_token is False:
+            problems.append(
+                "use_cls_token=False (MLA's cls token dropped before layer 1) exists only in the built-in encoder; "
+                f"the {model_type} backbone keeps its prefix tokens through its layers and SETR drops them from the maps"
+            )
+        if problems:
+            raise ValueError(f"Invalid SetrConfig with a backbone: {problems[0]}")
+        for name, value in facts.items():
+            setattr(self, name, value)
+        self.use_cls_token = True
+        if self.out_indices is None:
+            self.out_indices = default_backbone_out_indices(self.num_hidden_layers, self.decoder_type)
+
+    def _align_backbone_stages(self) -> None:
+        """Set the backbone's out_indices from SETR's (the one source of truth); a backbone config that names other
+        stages than its default (the last one) is a contradiction, refused in one line."""
+        if any(not 0 <= index < self.num_hidden_layers for index in self.out_indices):
+            return  # `validate_architecture` names the bad indices
+        stages = backbone_stage_indices(self)
+        current = self.backbone_config.out_indices
+        last_stage = BACKBONE_STAGE_OFFSET[self.backbone_config.model_type] + self.num_hidden_layers - 1
+        if current not in (None, stages, [last_stage], [-1]):
+            raise ValueError(
+                f"Invalid SetrConfig: backbone_config.out_indices {current} contradicts SETR's out_indices "
+                f"{self.out_indices} (layers from 0), which are the backbone's stages {stages}; set out_indices only"
+            )
+        self.backbone_config.out_indices = stages
 
     def _complete_label_maps(self, kwargs: dict) -> None:
         """Set both `id2label` and `label2id`, keeping what the caller gave and deriving only what is missing
@@ -352,6 +506,15 @@ class SetrConfig(PreTrainedConfig):
                 self.label2id = {name: index for index, name in self.id2label.items()}
         else:
             kwargs["num_labels"] = DEFAULT_NUM_LABELS if num_labels is None else num_labels
+
+    def to_diff_dict(self) -> dict:
+        """`PreTrainedConfig.to_diff_dict` (what `save_pretrained` writes), without `backbone_config` when it is
+        `None`: a built-in model's config.json stays as it was before backbones existed (conversions, cards and saved
+        folders unchanged); `to_dict` keeps the key, as transformers' composite configs do."""
+        output = super().to_diff_dict()
+        if output.get("backbone_config", False) is None:
+            del output["backbone_config"]
+        return output
 
     @classmethod
     def for_decoder(cls, decoder_type: str, **kwargs) -> "SetrConfig":
@@ -439,14 +602,18 @@ class SetrConfig(PreTrainedConfig):
         """Reject combinations the model cannot build, with a message naming the fields."""
         super().validate_architecture()
         errors = []
-        if self.hidden_size % self.num_attention_heads:
+        backbone = self.backbone_config is not None
+        if not backbone and self.hidden_size % self.num_attention_heads:
             errors.append(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads ({self.num_attention_heads})"
             )
         if self.patch_size < 1:
             errors.append(f"patch_size must be positive, got {self.patch_size}")
         sizes = [self.image_size] if isinstance(self.image_size, int) else list(self.image_size)
-        if len(sizes) not in (1, 2) or any(size < self.patch_size or size % self.patch_size for size in sizes):
+        if backbone:  # the backbone owns its position embeddings: image_size is only the crop and the slide window
+            if len(sizes) not in (1, 2) or any(size < self.patch_size for size in sizes):
+                errors.append(f"image_size {self.image_size} must be one or two sizes of at least patch_size")
+        elif len(sizes) not in (1, 2) or any(size < self.patch_size or size % self.patch_size for size in sizes):
             errors.append(
                 f"image_size {self.image_size} must be one or two positive multiples of patch_size ({self.patch_size})"
             )
@@ -516,9 +683,11 @@ class SetrConfig(PreTrainedConfig):
 
 
 __all__ = [
+    "BACKBONE_STAGE_OFFSET",
     "IGNORE_INDEX",
     "MODEL_INFERENCE_MODES",
     "SetrConfig",
+    "backbone_stage_indices",
     "check_slide_window",
     "checked_id2label",
     "default_slide_stride",

@@ -16,16 +16,21 @@ the configuration file.
 """
 
 import contextlib
+import importlib
+import importlib.util
+import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.backbone_utils import load_backbone
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, SemanticSegmenterOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -34,7 +39,12 @@ from transformers.utils import TransformersKwargs, logging
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_setr import MODEL_INFERENCE_MODES, SetrConfig, check_slide_window
+from .configuration_setr import (
+    MODEL_INFERENCE_MODES,
+    SetrConfig,
+    backbone_encoder_facts,
+    check_slide_window,
+)
 from .loss_setr import head_loss
 
 logger = logging.get_logger(__name__)
@@ -71,6 +81,41 @@ class SetrSemanticSegmenterOutput(SemanticSegmenterOutput):
 def patch_grid_size(height: int, width: int, patch_size: int) -> tuple[int, int]:
     """Patch grid of an input after bottom/right padding to a multiple of the patch size."""
     return math.ceil(height / patch_size), math.ceil(width / patch_size)
+
+
+def pad_to_patch_multiple(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Zero-pad the bottom/right to a multiple of the patch size: mmsegmentation's rule, for every encoder (the
+    built-in one, and the backbones, whose patch embeddings would otherwise drop the remainder)."""
+    height, width = pixel_values.shape[-2:]
+    grid = patch_grid_size(height, width, patch_size)
+    pad_bottom, pad_right = grid[0] * patch_size - height, grid[1] * patch_size - width
+    if pad_bottom or pad_right:
+        pixel_values = F.pad(pixel_values, (0, pad_right, 0, pad_bottom))
+    return pixel_values
+
+
+def timm_model_arguments(backbone_config: PreTrainedConfig) -> dict:
+    """What `timm.create_model` needs besides the name for a SETR encoder: the saved model arguments (depth, width,
+    ... of a custom size) and `dynamic_img_size`, so that any input size works with timm's own position-embedding
+    resampling."""
+    return {**(getattr(backbone_config, "model_args", None) or {}), "dynamic_img_size": True}
+
+
+def build_backbone(config: SetrConfig) -> nn.Module:
+    """The encoder of a `backbone_config` model, with random weights: transformers' backbone loading
+    (`load_backbone`); timm ViTs through transformers' `TimmBackbone` (which returns the intermediate blocks through
+    timm's `forward_intermediates`), given the model arguments the config carries."""
+    backbone_config = config.backbone_config
+    assert isinstance(backbone_config, PreTrainedConfig)  # `SetrConfig` builds a dict into its config
+    if backbone_config.model_type != "timm_backbone":
+        return load_backbone(config)
+    if importlib.util.find_spec("timm") is None:
+        raise ImportError(
+            f"this SETR model's encoder is the timm model {backbone_config.backbone!r}: pip install timm"
+        )
+    from transformers import TimmBackbone
+
+    return TimmBackbone(backbone_config, **timm_model_arguments(backbone_config))
 
 
 def resize_position_embeddings(
@@ -423,6 +468,8 @@ class SetrPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
+        if hasattr(module, "init_non_persistent_buffers"):  # timm modules (rotary tables), as TimmBackbone does
+            module.init_non_persistent_buffers()
         if isinstance(module, SetrEmbeddings):
             init.trunc_normal_(module.position_embeddings, std=self.config.initializer_range)
             init.trunc_normal_(module.cls_token, std=self.config.initializer_range)
@@ -443,6 +490,11 @@ class SetrModel(SetrPreTrainedModel):
     (the cls token first when `config.use_cls_token`), for the padded patch grid in row-major order."""
 
     def __init__(self, config: SetrConfig):
+        if config.backbone_config is not None:
+            raise ValueError(
+                "SetrModel is the built-in encoder; the encoder of a backbone_config model is its backbone "
+                "(SetrForSemanticSegmentation(config).backbone, or AutoBackbone.from_config(config.backbone_config))"
+            )
         super().__init__(config)
         self.embeddings = SetrEmbeddings(config)
         self.layers = nn.ModuleList(SetrLayer(config) for _ in range(config.num_hidden_layers))
@@ -504,8 +556,11 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
 
     def __init__(self, config: SetrConfig):
         super().__init__(config)
-        self.setr = SetrModel(config)
-        self.setr.check_input_values = False  # checked once per call here, not once per slide window
+        if config.backbone_config is None:
+            self.setr = SetrModel(config)
+            self.setr.check_input_values = False  # checked once per call here, not once per slide window
+        else:
+            self.backbone = build_backbone(config)
         if config.decoder_type == "mla":
             self.neck = SetrMLANeck(config)
             self.decode_head = SetrMLAHead(config)
@@ -537,6 +592,44 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
             config.auxiliary_up_scale,
         )
 
+    @property
+    def encoder(self) -> nn.Module:
+        """The encoder: the built-in `SetrModel` (`self.setr`), or the backbone (`self.backbone`)."""
+        return self.setr if self.config.backbone_config is None else self.backbone
+
+    @classmethod
+    def from_backbone(
+        cls,
+        backbone: str | os.PathLike,
+        decoder_type: str = "pup",
+        num_labels: int | None = None,
+        id2label: dict[int, str] | None = None,
+        **config_kwargs,
+    ) -> "SetrForSemanticSegmentation":
+        """A fresh SETR whose encoder holds a pretrained backbone's weights; the heads are initialised as
+        mmsegmentation does (random).
+
+        Args:
+            backbone: a transformers checkpoint of a `dinov2`, `dinov2_with_registers`, `dinov3_vit` or `beit` model
+                (a Hub id such as `"facebook/dinov2-large"`, or a folder written by `save_pretrained`), or a timm
+                ViT (a timm name such as `"vit_large_patch16_224.augreg_in21k"`, `"timm/<name>"`, or a folder written
+                by timm's `save_for_hf`).
+            decoder_type: `"naive"`, `"pup"` or `"mla"`.
+            num_labels, id2label: the classes.
+            config_kwargs: any other `SetrConfig` field (`out_indices`, `image_size`, ...).
+
+        Every encoder weight must come from the checkpoint: a checkpoint that lacks some is refused.
+        """
+        backbone_config, load_weights = _pretrained_backbone(os.fspath(backbone))
+        if id2label is not None:
+            config_kwargs["id2label"] = id2label
+        if num_labels is not None:
+            config_kwargs["num_labels"] = num_labels
+        config = SetrConfig(decoder_type=decoder_type, backbone_config=backbone_config, **config_kwargs)
+        model = cls(config)
+        load_weights(model.backbone, config.backbone_config)
+        return model
+
     def feature_maps(self, hidden_states: tuple[torch.Tensor, ...], grid: tuple[int, int]) -> list[torch.Tensor]:
         """The NCHW maps of the `out_indices` layers (the MLA neck applied when present)."""
         maps = []
@@ -552,9 +645,34 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
             return self.decode_head(features)
         return self.decode_head(features[self.config.decoder_in_index])
 
+    def backbone_feature_maps(
+        self, pixel_values: torch.Tensor, output_hidden_states: bool | int | list[int] | None = None, **kwargs
+    ) -> tuple[list[torch.Tensor], BaseModelOutput]:
+        """The maps SETR's heads read from a backbone (before the MLA neck): the input padded bottom/right to a
+        multiple of the patch size, then the backbone's own `feature_maps` of the `out_indices` layers (prefix tokens
+        dropped, reshaped, normalised where the family does; its own position-embedding interpolation)."""
+        backbone_config = self.config.backbone_config
+        pixel_values = pad_to_patch_multiple(pixel_values, self.config.patch_size)
+        pixel_values = pixel_values.to(next(self.backbone.parameters()).dtype)
+        if backbone_config.model_type == "timm_backbone":
+            if output_hidden_states or kwargs.get("output_attentions"):
+                raise ValueError("a timm backbone returns neither hidden states nor attentions, only its feature maps")
+            outputs = self.backbone(pixel_values, return_dict=True)
+        else:
+            if backbone_config.model_type == "beit":
+                kwargs["interpolate_pos_encoding"] = True  # BEiT interpolates its position tables only when told
+            outputs = self.backbone(
+                pixel_values, output_hidden_states=output_hidden_states or None, return_dict=True, **kwargs
+            )
+        return list(outputs.feature_maps), outputs
+
     def _encode_decode(
         self, pixel_values: torch.Tensor, output_hidden_states: bool | int | list[int] | None, **kwargs
     ) -> tuple[torch.Tensor, list[torch.Tensor], BaseModelOutput]:
+        if self.config.backbone_config is not None:
+            maps, outputs = self.backbone_feature_maps(pixel_values, output_hidden_states, **kwargs)
+            features = self.neck(maps) if self.neck is not None else maps
+            return self.decode(features), features, outputs
         # The decoder reads the `out_indices` layers whatever the caller asked for: capture those too, then return
         # only the hidden states asked for (all of them for `True`; the selected indices, others None, for a list).
         needed = {i + 1 for i in self.config.out_indices}
@@ -741,6 +859,86 @@ def slide_window_logits(
     for y1, y2, x1, x2 in windows:
         count[..., y1:y2, x1:x2] += 1
     return logits_sum / count
+
+
+def _pretrained_backbone(source: str) -> tuple[PreTrainedConfig, Callable[[nn.Module, PreTrainedConfig], None]]:
+    """The backbone config of a pretrained encoder, and the function that loads its weights into a built backbone."""
+    folder_config = os.path.join(source, "config.json")
+    saved = None
+    if os.path.isdir(source):
+        if not os.path.isfile(folder_config):
+            raise ValueError(f"backbone folder {source} has no config.json (save_pretrained or timm's save_for_hf)")
+        with open(folder_config, encoding="utf-8") as file:
+            saved = json.load(file)
+    is_timm = (saved is not None and "architecture" in saved and "model_type" not in saved) or (
+        saved is None and (source.startswith(("timm/", "hf-hub:")) or "/" not in source)
+    )
+    if is_timm:
+        return _pretrained_timm_backbone(source, saved)
+    backbone_config = AutoConfig.from_pretrained(source)
+    if saved is not None:
+        backbone_config.name_or_path = ""  # a Hub id names the encoder in the saved config; a local path would not
+    backbone_encoder_facts(backbone_config)  # refuses an unsupported family before anything is built
+
+    def load_weights(backbone: nn.Module, built_config: PreTrainedConfig) -> None:
+        assert isinstance(backbone, PreTrainedModel)
+        # The backbone's own class: `AutoBackbone.from_pretrained` asks the Hub whether a local folder is a repo.
+        pretrained, info = type(backbone).from_pretrained(source, config=built_config, output_loading_info=True)
+        if info["missing_keys"]:
+            missing = sorted(info["missing_keys"])
+            raise ValueError(f"backbone checkpoint {source} lacks encoder weights: {missing[:5]}")
+        backbone.load_state_dict(pretrained.state_dict())
+
+    return backbone_config, load_weights
+
+
+def _pretrained_timm_backbone(
+    source: str, saved: dict | None
+) -> tuple[PreTrainedConfig, Callable[[nn.Module, PreTrainedConfig], None]]:
+    """A timm ViT as a `timm_backbone` config that records the model name and arguments (never a local path), and
+    its weights from `timm.create_model(pretrained=True)` (Hub, cache or `local-dir:`)."""
+    if importlib.util.find_spec("timm") is None:
+        raise ImportError(f"backbone {source!r} is a timm model: pip install timm")
+    # The one use of timm in the shipped files, only for a timm backbone (a missing timm is named above); imported by
+    # name so that the files' static imports stay torch, transformers and each other.
+    timm = importlib.import_module("timm")
+    from transformers import TimmBackboneConfig
+
+    if saved is not None:
+        name, model_args, timm_source = (
+            saved["architecture"],
+            dict(saved.get("model_args") or {}),
+            f"local-dir:{source}",
+        )
+    else:
+        name = source.removeprefix("hf-hub:").removeprefix("timm/")
+        model_args, timm_source = {}, source if source.startswith("hf-hub:") else name
+        if source.startswith("timm/"):
+            timm_source = f"hf-hub:{source}"
+    if not timm.is_model(name.split(".")[0]):
+        raise ValueError(f"backbone {source!r} is neither a transformers checkpoint nor a timm model name")
+    with torch.device("meta"):
+        probe = timm.create_model(name, pretrained=False, **model_args)
+    blocks, patch_embed = getattr(probe, "blocks", None), getattr(probe, "patch_embed", None)
+    if blocks is None or patch_embed is None or not hasattr(probe, "forward_intermediates"):
+        raise ValueError(f"timm model {name!r} is not a plain ViT (blocks, patch_embed, forward_intermediates)")
+    backbone_config = TimmBackboneConfig(backbone=name, num_channels=patch_embed.proj.in_channels)
+    backbone_config.model_args = model_args
+    backbone_config.hidden_size = int(probe.embed_dim)
+    backbone_config.num_hidden_layers = len(blocks)
+    backbone_config.patch_size = list(patch_embed.patch_size)
+
+    def load_weights(backbone: nn.Module, built_config: PreTrainedConfig) -> None:
+        pretrained = timm.create_model(
+            timm_source,
+            pretrained=True,
+            features_only=True,
+            out_indices=built_config.out_indices,
+            **timm_model_arguments(built_config),
+        )
+        backbone._backbone.load_state_dict(pretrained.state_dict())
+
+    return backbone_config, load_weights
 
 
 def check_labels(labels: torch.Tensor, pixel_values: torch.Tensor, config: SetrConfig) -> None:
