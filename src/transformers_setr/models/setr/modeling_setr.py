@@ -899,9 +899,8 @@ def _pretrained_timm_backbone(
     its weights from `timm.create_model(pretrained=True)` (Hub, cache or `local-dir:`)."""
     if importlib.util.find_spec("timm") is None:
         raise ImportError(f"backbone {source!r} is a timm model: pip install timm")
-    # The one use of timm in the shipped files, only for a timm backbone (a missing timm is named above); imported by
-    # name so that the files' static imports stay torch, transformers and each other.
-    timm = importlib.import_module("timm")
+    # The one use of timm in the shipped files: imported here, only for a timm backbone (a missing timm is named above).
+    import timm
     from transformers import TimmBackboneConfig
 
     if saved is not None:
