@@ -692,4 +692,4 @@ def load_segmentation_data(
         found = kind.detect(where, request)
         if found is not None:
             return kind.load(found, request)
-    raise unknown_layout_error(Path(str(where)))
+    raise unknown_layout_error(Path(str(where)), SOURCES)
