@@ -12,7 +12,7 @@ mmsegmentation does), then checks that image and annotation sizes agree.
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -36,7 +36,10 @@ from .label_tables import DATASETS, generate_palette, id2label_for
 from .masks import cell_file_name, colour_name, open_cell, read_colour_mask, read_label_values
 from .splits import normalise_split
 
-datasets = require("datasets", "loading datasets (transformers_setr.data)")
+if TYPE_CHECKING:  # the real module for the type checker; at run time, the missing-extra error
+    import datasets
+else:
+    datasets = require("datasets", "loading datasets (transformers_setr.data)")
 
 _EXIF_ORIENTATION = 0x0112
 

@@ -35,7 +35,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from transformers.utils import logging
 
@@ -70,7 +70,10 @@ from .splits import (
     with_validation_split,
 )
 
-datasets = require("datasets", "loading datasets (transformers_setr.data)")
+if TYPE_CHECKING:  # the real module for the type checker; at run time, the missing-extra error
+    import datasets
+else:
+    datasets = require("datasets", "loading datasets (transformers_setr.data)")
 
 logger = logging.get_logger(__name__)
 
@@ -90,7 +93,7 @@ _ANNOTATION_COLUMNS = {"annotation": "ade20k", "semantic_segmentation": "citysca
 _HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 # What a source is given: a local folder (resolved), a Hub id, or a `datasets` object.
-Location = Path | str | datasets.Dataset | datasets.DatasetDict
+Location: TypeAlias = "Path | str | datasets.Dataset | datasets.DatasetDict"
 
 
 @dataclass
@@ -114,8 +117,8 @@ class CustomOptions:
 
     def declared_id2label(
         self, folder: Path | None, hub_id: str | None, revision: str | None
-    ) -> tuple[Any, str] | tuple[None, None]:
-        """(id2label as declared, where it came from), or (None, None) when nothing declares classes; checked by
+    ) -> tuple[Any, str] | None:
+        """(id2label as declared, where it came from), or None when nothing declares classes; checked by
         `declare_classes`."""
         if isinstance(self.id2label, dict):
             return self.id2label, "id2label argument"
@@ -127,7 +130,7 @@ class CustomOptions:
             found = _hub_id2label(hub_id, revision)
             if found is not None:
                 return found, f"{hub_id}/{ID2LABEL_FILE}"
-        return None, None
+        return None
 
 
 @dataclass(frozen=True)
@@ -261,15 +264,16 @@ def _from_table(
     if request.dataset in DATASETS:
         return _preset_from_table(by_name, request.dataset, request, source)
     options, wanted = request.custom, request.splits
-    stored_id2label, origin = options.declared_id2label(folder, hub_id, request.revision)
+    declared = options.declared_id2label(folder, hub_id, request.revision)
     columns = next(iter(by_name.values())).column_names if by_name else []
-    if stored_id2label is None:
+    if declared is None:
         cityscapes_mirror = "image" in columns and "semantic_segmentation" in columns and "label" not in columns
         said_nothing = options.image_column is None and options.label_column is None and options.reduce_labels is None
         if cityscapes_mirror and said_nothing:
             logger.info("%s: image + semantic_segmentation columns and no id2label: a Cityscapes mirror", source)
             return _preset_from_table(by_name, "cityscapes", request, source)
         raise _undeclared_classes_error(source, columns)
+    stored_id2label, origin = declared
     columns = by_name["train"].column_names if "train" in by_name else columns
     image_column = pick_column(columns, options.image_column, IMAGE_COLUMNS, "image", source)
     label_column = pick_column(columns, options.label_column, LABEL_COLUMNS, "label", source)
@@ -543,9 +547,10 @@ def _load_image_mask_folders(found: tuple[Path, dict], request: LoadRequest) -> 
     if request.dataset is not None:
         raise DatasetFormatError(f"{root}: a folder of image + mask pairs is custom data, not {request.dataset}")
     options = request.custom
-    stored_id2label, origin = options.declared_id2label(root, None, None)
-    if stored_id2label is None:
+    declared = options.declared_id2label(root, None, None)
+    if declared is None:
         raise _undeclared_classes_error(str(root), None)
+    stored_id2label, origin = declared
     by_name = {}
     for split, (image_folder, mask_folder) in layout.items():
         images = _files_by_stem(image_folder, IMAGE_SUFFIXES, "image")

@@ -6,7 +6,7 @@ validation split carved out of train when there is none, and the first rows of e
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from transformers.utils import logging
@@ -14,8 +14,12 @@ from transformers.utils import logging
 from .._imports import require
 from .errors import DatasetFormatError
 
-datasets = require("datasets", "loading datasets (transformers_setr.data)")
-pc = require("pyarrow.compute", "loading datasets (transformers_setr.data)")
+if TYPE_CHECKING:  # the real modules for the type checker; at run time, the missing-extra error
+    import datasets
+    import pyarrow.compute as pc
+else:
+    datasets = require("datasets", "loading datasets (transformers_setr.data)")
+    pc = require("pyarrow.compute", "loading datasets (transformers_setr.data)")
 
 logger = logging.get_logger(__name__)
 

@@ -191,7 +191,7 @@ def _render_scene(
     instances[~np.isin(roles, [role_index["car"], role_index["person"]])] = 0
 
     colours = dict(_ROLE_COLOURS, other=tuple(int(c) for c in rng.integers(40, 216, size=3)))
-    image = np.zeros((height, width, 3), dtype=np.float32)
+    image: np.ndarray = np.zeros((height, width, 3), dtype=np.float32)
     for role in _ROLES:
         where = roles == role_index[role]
         if where.any():
@@ -209,8 +209,8 @@ def _scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 class _Scene(NamedTuple):
     split: str  # "train" | "validation"
-    index: int
-    count: int  # scenes in the split
+    number: int  # the scene's index in its split
+    split_size: int
     rng: np.random.Generator  # the scene's own stream, after rendering (for what the dataset draws next)
     image: np.ndarray
     roles: np.ndarray
@@ -320,7 +320,7 @@ def make_synthetic_ade20k(
         instance_rgb[..., 1] = scene.instances  # trees are "stuff" here: instance 0
         samples[scene.split].append(
             {
-                "stem": f"{prefix}_{scene.index + 1:08d}",
+                "stem": f"{prefix}_{scene.number + 1:08d}",
                 "jpeg": _encode(scene.image, "JPEG", quality=90),
                 "annotation": value_of_role[scene.roles],
                 "instance": instance_rgb,
@@ -434,8 +434,8 @@ def make_synthetic_cityscapes(
             directory = "train" if scene.split == "train" else "val"
             cities = _CITYSCAPES_CITIES[directory]
             # Contiguous blocks per city, so that sorting the files by path keeps the generation order.
-            city = cities[scene.index * len(cities) // scene.count]
-            stem = f"{city}_{scene.index:06d}_000019"
+            city = cities[scene.number * len(cities) // scene.split_size]
+            stem = f"{city}_{scene.number:06d}_000019"
             label_ids = label_id_of_role[scene.roles]
             image_png = _encode(scene.image, "PNG")
             if layout == "mirror":
@@ -555,7 +555,7 @@ def make_synthetic_custom(
         tables: dict[str, dict[str, list]] = {}
         for scene in _scenes(seed, num_train, num_validation, image_size, void_roles=False):
             values = value_of_role[scene.roles]
-            stem = f"{scene.split}_{scene.index:04d}"
+            stem = f"{scene.split}_{scene.number:04d}"
             if layout == "folder":
                 directory = "train" if scene.split == "train" else "val"
                 (folder / "images" / directory).mkdir(parents=True, exist_ok=True)
