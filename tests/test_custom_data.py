@@ -18,7 +18,7 @@ from test_training import TINY, common_args, step_losses
 
 from transformers_setr import SetrForSemanticSegmentation
 from transformers_setr.data import DatasetFormatError, load_segmentation_data
-from transformers_setr.data import loading as data_module
+from transformers_setr.data import sources as data_module
 from transformers_setr.data.label_tables import ADE20K_CLASSES, generate_palette
 from transformers_setr.data.synthetic import SIDEWALK_CLASSES, make_synthetic_custom
 from transformers_setr.training.augmentation import SetrTrainAugmentation

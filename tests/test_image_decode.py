@@ -12,7 +12,7 @@ from transformers_setr.apps import segment
 from transformers_setr.models.setr.image_processing_pil_setr import SetrImageProcessorPil
 
 datasets = pytest.importorskip("datasets", reason="the training data needs the [train] extra")
-from transformers_setr.data.loading import DatasetFormatError, SegmentationData  # noqa: E402
+from transformers_setr.data import DatasetFormatError, SegmentationData  # noqa: E402
 
 RAW = {"do_resize": False, "do_rescale": False, "do_normalize": False}  # the decoded uint8 pixels, channels first
 

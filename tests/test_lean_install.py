@@ -224,6 +224,6 @@ def test_the_demo_and_the_onnx_export_name_their_extras(lean_env, tmp_path, comm
 
 
 def test_a_library_import_that_needs_an_extra_names_it(lean_env):
-    completed = run(lean_env, "import transformers_setr.data.loading")
+    completed = run(lean_env, "import transformers_setr.data.sources")
     assert completed.returncode == 1
     assert "pip install 'transformers-setr[train]'" in completed.stderr.splitlines()[-1]

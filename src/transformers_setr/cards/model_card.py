@@ -651,7 +651,7 @@ def build_trained_model_card(
     `metrics` is `metrics.summarize_areas` output (fractions) plus `"mode"` (`whole` / `slide` / `ms_flip`); its mIoU,
     mAcc and aAcc go into the `model-index` (in percent) as measured results. `data` is the `SegmentationData` used.
     """
-    from ..data.loading import IN_MEMORY_SOURCE  # here: the card module does not otherwise need `datasets`
+    from ..data.sources import IN_MEMORY_SOURCE  # here: the card module does not otherwise need `datasets`
 
     decoder = DECODER_NAMES[config.decoder_type]
     name = repo_id.split("/")[-1] if repo_id else f"setr-{config.decoder_type}-{data.dataset}-trained"

@@ -17,13 +17,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .loading import (
-    IGNORE_INDEX,
-    DatasetFormatError,
-    SegmentationData,
-    cell_file_name,
-    normalise_split,
-)
+from ..models.setr.configuration_setr import IGNORE_INDEX
+from .dataset import SegmentationData
+from .errors import DatasetFormatError
+from .masks import cell_file_name
+from .splits import normalise_split
 
 DEFAULT_MAX_MASKS = 256  # per split: a few hundred masks give the shares to a fraction of a percent
 MOSTLY_IGNORED = 0.5  # a split whose ignored share is above this is warned about

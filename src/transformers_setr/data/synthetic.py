@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -190,7 +191,7 @@ def _render_scene(
     instances[~np.isin(roles, [role_index["car"], role_index["person"]])] = 0
 
     colours = dict(_ROLE_COLOURS, other=tuple(int(c) for c in rng.integers(40, 216, size=3)))
-    image = np.zeros((height, width, 3), dtype=np.float32)
+    image: np.ndarray = np.zeros((height, width, 3), dtype=np.float32)
     for role in _ROLES:
         where = roles == role_index[role]
         if where.any():
@@ -204,6 +205,41 @@ def _render_scene(
 def _scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
     # One stream per (seed, split, image): a scene does not depend on how many images the other split has.
     return np.random.default_rng([seed, {"train": 0, "validation": 1}[split], index])
+
+
+class _Scene(NamedTuple):
+    split: str  # "train" | "validation"
+    number: int  # the scene's index in its split
+    split_size: int
+    rng: np.random.Generator  # the scene's own stream, after rendering (for what the dataset draws next)
+    image: np.ndarray
+    roles: np.ndarray
+    instances: np.ndarray
+
+
+def _scenes(
+    seed: int, num_train: int, num_validation: int, image_size: tuple[int, int], void_roles: bool
+) -> Iterator[_Scene]:
+    """The scenes of both splits in order, train first; `image_size` is (height, width)."""
+    height, width = image_size
+    for split, count in (("train", num_train), ("validation", num_validation)):
+        for index in range(count):
+            rng = _scene_rng(seed, split, index)
+            yield _Scene(split, index, count, rng, *_render_scene(rng, height, width, void_roles))
+
+
+def _role_table(values: dict[str, int]) -> np.ndarray:
+    """Role index -> the stored value of its class (uint8); 0 for a role without one."""
+    table = np.zeros(len(_ROLES), dtype=np.uint8)
+    for role, value in values.items():
+        table[_ROLES.index(role)] = value
+    return table
+
+
+def _write_push_to_hub_layout(folder: Path, splits: dict[str, dict[str, list]], features: dict) -> None:
+    """`data/{split}-00000-of-00001.parquet`, the layout `push_to_hub` writes."""
+    for split, rows in splits.items():
+        _write_parquet(rows, features, folder / "data" / f"{split}-00000-of-00001.parquet")
 
 
 def _encode(array: np.ndarray, image_format: str, **save_options) -> bytes:
@@ -271,33 +307,26 @@ def make_synthetic_ade20k(
     Images are JPEG, annotations 8-bit L PNG with raw values 0..150 (0 = "other"). `image_size` is (height, width).
     """
     _check_arguments(layout, ADE20K_LAYOUTS, num_train, num_validation, image_size)
-    height, width = image_size
-    role_values = _ade20k_role_values()
-    value_of_role = np.zeros(len(_ROLES), dtype=np.uint8)
-    for role, value in role_values.items():
-        value_of_role[_ROLES.index(role)] = value
+    value_of_role = _role_table(_ade20k_role_values())
 
     samples: dict[str, list[dict]] = {"train": [], "validation": []}
     bar = tqdm(total=num_train + num_validation, desc="data", unit="img", disable=not progress)
-    for split, count in (("train", num_train), ("validation", num_validation)):
-        prefix = "ADE_train" if split == "train" else "ADE_val"
-        for index in range(count):
-            bar.update(1)
-            rng = _scene_rng(seed, split, index)
-            image, roles, instances = _render_scene(rng, height, width, void_roles=False)
-            instance_rgb = np.zeros((height, width, 3), dtype=np.uint8)
-            for role, category in _ADE20K_INSTANCE_CATEGORIES.items():
-                instance_rgb[roles == _ROLES.index(role), 0] = category
-            instance_rgb[..., 1] = instances  # trees are "stuff" here: instance 0
-            samples[split].append(
-                {
-                    "stem": f"{prefix}_{index + 1:08d}",
-                    "jpeg": _encode(image, "JPEG", quality=90),
-                    "annotation": value_of_role[roles],
-                    "instance": instance_rgb,
-                    "scene": _ADE20K_SCENE_CATEGORIES[int(rng.integers(len(_ADE20K_SCENE_CATEGORIES)))],
-                }
-            )
+    for scene in _scenes(seed, num_train, num_validation, image_size, void_roles=False):
+        bar.update(1)
+        prefix = "ADE_train" if scene.split == "train" else "ADE_val"
+        instance_rgb = np.zeros((*image_size, 3), dtype=np.uint8)
+        for role, category in _ADE20K_INSTANCE_CATEGORIES.items():
+            instance_rgb[scene.roles == _ROLES.index(role), 0] = category
+        instance_rgb[..., 1] = scene.instances  # trees are "stuff" here: instance 0
+        samples[scene.split].append(
+            {
+                "stem": f"{prefix}_{scene.number + 1:08d}",
+                "jpeg": _encode(scene.image, "JPEG", quality=90),
+                "annotation": value_of_role[scene.roles],
+                "instance": instance_rgb,
+                "scene": _ADE20K_SCENE_CATEGORIES[int(scene.rng.integers(len(_ADE20K_SCENE_CATEGORIES)))],
+            }
+        )
 
     bar.close()
     if layout == "raw":
@@ -391,11 +420,7 @@ def make_synthetic_cityscapes(
     `image_size` is (height, width).
     """
     _check_arguments(layout, CITYSCAPES_LAYOUTS, num_train, num_validation, image_size)
-    height, width = image_size
-    role_label_ids = _cityscapes_role_label_ids()
-    label_id_of_role = np.zeros(len(_ROLES), dtype=np.uint8)
-    for role, label_id in role_label_ids.items():
-        label_id_of_role[_ROLES.index(role)] = label_id
+    label_id_of_role = _role_table(_cityscapes_role_label_ids())
     colour_of_label_id = np.zeros((256, 4), dtype=np.uint8)
     for train_id, label_id in enumerate(CITYSCAPES_TRAIN_ID_TO_LABEL_ID):
         colour_of_label_id[label_id] = (*CITYSCAPES_PALETTE[train_id], 255)
@@ -405,49 +430,44 @@ def make_synthetic_cityscapes(
 
     with _atomic_directory(Path(root)) as folder:
         mirror_rows: dict[str, dict[str, list]] = {}
-        for split, count in (("train", num_train), ("validation", num_validation)):
-            directory = "train" if split == "train" else "val"
+        for scene in _scenes(seed, num_train, num_validation, image_size, void_roles=True):
+            directory = "train" if scene.split == "train" else "val"
             cities = _CITYSCAPES_CITIES[directory]
-            rows: dict[str, list] = {"image": [], "semantic_segmentation": []}
-            for index in range(count):
-                # Contiguous blocks per city, so that sorting the files by path keeps the generation order.
-                city = cities[index * len(cities) // count]
-                stem = f"{city}_{index:06d}_000019"
-                image, roles, instances = _render_scene(_scene_rng(seed, split, index), height, width, void_roles=True)
-                label_ids = label_id_of_role[roles]
-                image_png = _encode(image, "PNG")
-                if layout == "mirror":
-                    rows["image"].append({"bytes": image_png, "path": f"{stem}_leftImg8bit.png"})
-                    rgb_label_ids = np.repeat(label_ids[..., None], 3, axis=2)
-                    rows["semantic_segmentation"].append(
-                        {"bytes": _encode(rgb_label_ids, "PNG"), "path": f"{stem}_gtFine_labelIds.png"}
-                    )
-                    continue
-                image_folder = folder / "leftImg8bit" / directory / city
-                label_folder = folder / "gtFine" / directory / city
-                image_folder.mkdir(parents=True, exist_ok=True)
-                label_folder.mkdir(parents=True, exist_ok=True)
-                (image_folder / f"{stem}_leftImg8bit.png").write_bytes(image_png)
-                Image.fromarray(label_ids).save(label_folder / f"{stem}_gtFine_labelIds.png")
-                Image.fromarray(colour_of_label_id[label_ids]).save(label_folder / f"{stem}_gtFine_color.png")
-                instance_ids = label_ids.astype(np.uint16)
-                has_instance = np.isin(roles, [_ROLES.index(role) for role in _CITYSCAPES_INSTANCE_ROLES])
-                instance_ids[has_instance] = label_ids[has_instance].astype(np.uint16) * 1000 + instances[has_instance]
-                Image.fromarray(instance_ids).save(label_folder / f"{stem}_gtFine_instanceIds.png")
-                if train_ids:
-                    Image.fromarray(train_id_of_label_id[label_ids]).save(
-                        label_folder / f"{stem}_gtFine_labelTrainIds.png"
-                    )
-            mirror_rows[split] = rows
+            # Contiguous blocks per city, so that sorting the files by path keeps the generation order.
+            city = cities[scene.number * len(cities) // scene.split_size]
+            stem = f"{city}_{scene.number:06d}_000019"
+            label_ids = label_id_of_role[scene.roles]
+            image_png = _encode(scene.image, "PNG")
+            if layout == "mirror":
+                rows = mirror_rows.setdefault(scene.split, {"image": [], "semantic_segmentation": []})
+                rows["image"].append({"bytes": image_png, "path": f"{stem}_leftImg8bit.png"})
+                rgb_label_ids = np.repeat(label_ids[..., None], 3, axis=2)
+                rows["semantic_segmentation"].append(
+                    {"bytes": _encode(rgb_label_ids, "PNG"), "path": f"{stem}_gtFine_labelIds.png"}
+                )
+                continue
+            image_folder = folder / "leftImg8bit" / directory / city
+            label_folder = folder / "gtFine" / directory / city
+            image_folder.mkdir(parents=True, exist_ok=True)
+            label_folder.mkdir(parents=True, exist_ok=True)
+            (image_folder / f"{stem}_leftImg8bit.png").write_bytes(image_png)
+            Image.fromarray(label_ids).save(label_folder / f"{stem}_gtFine_labelIds.png")
+            Image.fromarray(colour_of_label_id[label_ids]).save(label_folder / f"{stem}_gtFine_color.png")
+            instance_ids = label_ids.astype(np.uint16)
+            has_instance = np.isin(scene.roles, [_ROLES.index(role) for role in _CITYSCAPES_INSTANCE_ROLES])
+            instance_ids[has_instance] = (
+                label_ids[has_instance].astype(np.uint16) * 1000 + scene.instances[has_instance]
+            )
+            Image.fromarray(instance_ids).save(label_folder / f"{stem}_gtFine_instanceIds.png")
+            if train_ids:
+                Image.fromarray(train_id_of_label_id[label_ids]).save(
+                    label_folder / f"{stem}_gtFine_labelTrainIds.png"
+                )
         if layout == "mirror":
             import datasets
 
-            for split, rows in mirror_rows.items():
-                _write_parquet(
-                    rows,
-                    {"image": datasets.Image(), "semantic_segmentation": datasets.Image()},
-                    folder / "data" / f"{split}-00000-of-00001.parquet",
-                )
+            features = {"image": datasets.Image(), "semantic_segmentation": datasets.Image()}
+            _write_push_to_hub_layout(folder, mirror_rows, features)
     return Path(root)
 
 
@@ -527,40 +547,34 @@ def make_synthetic_custom(
 
     import datasets
 
-    height, width = image_size
-    value_of_role = np.zeros(len(_ROLES), dtype=np.uint8)
-    for role, name in _SIDEWALK_ROLE_CLASSES.items():
-        value_of_role[_ROLES.index(role)] = SIDEWALK_CLASSES.index(name)
+    value_of_role = _role_table({role: SIDEWALK_CLASSES.index(name) for role, name in _SIDEWALK_ROLE_CLASSES.items()})
     mask_palette = [channel for index in range(256) for channel in ((index * 37) % 256, (index * 91) % 256, index)]
     id2label = json.dumps({str(index): name for index, name in enumerate(SIDEWALK_CLASSES)}, indent=1)
 
     with _atomic_directory(Path(root)) as folder:
-        tables = {}
-        for split, count in (("train", num_train), ("validation", num_validation)):
-            rows: dict[str, list] = {"image": [], "label": []}
-            for index in range(count):
-                image, roles, _ = _render_scene(_scene_rng(seed, split, index), height, width, void_roles=False)
-                values = value_of_role[roles]
-                stem = f"{split}_{index:04d}"
-                if layout == "folder":
-                    directory = "train" if split == "train" else "val"
-                    (folder / "images" / directory).mkdir(parents=True, exist_ok=True)
-                    (folder / "masks" / directory).mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(image).save(folder / "images" / directory / f"{stem}.jpg", quality=95)
-                    mask = Image.fromarray(values, mode="L").convert("P")
-                    mask.putpalette(mask_palette)
-                    mask.save(folder / "masks" / directory / f"{stem}.png")
-                    continue
-                rows["image"].append({"bytes": _encode(image, "JPEG", quality=95), "path": f"{stem}.jpg"})
-                rows["label"].append({"bytes": _encode(values, "PNG"), "path": f"{stem}.png"})
-            tables[split] = rows
+        tables: dict[str, dict[str, list]] = {}
+        for scene in _scenes(seed, num_train, num_validation, image_size, void_roles=False):
+            values = value_of_role[scene.roles]
+            stem = f"{scene.split}_{scene.number:04d}"
+            if layout == "folder":
+                directory = "train" if scene.split == "train" else "val"
+                (folder / "images" / directory).mkdir(parents=True, exist_ok=True)
+                (folder / "masks" / directory).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(scene.image).save(folder / "images" / directory / f"{stem}.jpg", quality=95)
+                mask = Image.fromarray(values, mode="L").convert("P")
+                mask.putpalette(mask_palette)
+                mask.save(folder / "masks" / directory / f"{stem}.png")
+                continue
+            rows = tables.setdefault(scene.split, {"image": [], "label": []})
+            rows["image"].append({"bytes": _encode(scene.image, "JPEG", quality=95), "path": f"{stem}.jpg"})
+            rows["label"].append({"bytes": _encode(values, "PNG"), "path": f"{stem}.png"})
         if layout == "parquet":
-            for split, rows in tables.items():
-                _write_parquet(
-                    {"pixel_values": rows["image"], "label": rows["label"]},
-                    {"pixel_values": datasets.Image(), "label": datasets.Image()},
-                    folder / "data" / f"{split}-00000-of-00001.parquet",
-                )
+            hub_tables = {
+                split: {"pixel_values": rows["image"], "label": rows["label"]} for split, rows in tables.items()
+            }
+            _write_push_to_hub_layout(
+                folder, hub_tables, {"pixel_values": datasets.Image(), "label": datasets.Image()}
+            )
         elif layout == "saved":
             features = datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()})
             splits = {

@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
+from ..data.errors import DatasetFormatError, UndeclaredClassesError
 from ..data.label_tables import DATASETS, id2label_for
-from ..data.loading import DatasetFormatError, UndeclaredClassesError, load_segmentation_data
+from ..data.sources import load_segmentation_data
 from ..files import write_text_atomically
 from ..inference.predict import INFERENCE_MODES as EVAL_MODES
 from ..models.setr.fast_inference_setr import optimize_for_inference

@@ -20,22 +20,17 @@ from transformers import HfArgumentParser, set_seed
 
 from ..cli import parse_config_overrides
 from ..conversion.from_mmseg import processor_for
+from ..data.classes import UNDECLARED_COLORS, parse_mask_values
+from ..data.dataset import SegmentationData
+from ..data.errors import DatasetFormatError
 from ..data.label_tables import DATASETS
-from ..data.loading import (
-    DEFAULT_TRAIN_VAL_SPLIT,
-    IGNORE_INDEX,
-    UNDECLARED_COLORS,
-    DatasetFormatError,
-    SegmentationData,
-    load_segmentation_data,
-    normalise_split,
-    parse_mask_values,
-)
 from ..data.report import data_report
+from ..data.sources import load_segmentation_data
+from ..data.splits import DEFAULT_TRAIN_VAL_SPLIT, normalise_split
 from ..evaluation.protocol import SegmentationEvalDataset, eval_collate
 from ..files import write_text_atomically
 from ..hub import push_folder_to_hub
-from ..models.setr.configuration_setr import SetrConfig, default_slide_stride
+from ..models.setr.configuration_setr import IGNORE_INDEX, SetrConfig, default_slide_stride
 from ..models.setr.modeling_setr import SetrForSemanticSegmentation
 from ..presets import HUB_DATASETS, PRESETS, CheckpointPreset
 from .adapt import adapt_for_training, trainable_parameter_count

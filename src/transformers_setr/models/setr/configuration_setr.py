@@ -196,7 +196,7 @@ def default_slide_stride(crop_size: int) -> int:
 
 def checked_id2label(id2label: dict, contiguous: bool = True) -> dict[int, str]:
     """`id2label` with int keys (JSON gives strings), which must be the class ids 0..n-1 when `contiguous`; a
-    `ValueError` names the problem. The one checker of label maps: the datasets' (`data.loading`) add their own rules
+    `ValueError` names the problem. The one checker of label maps: the datasets' (`data.classes`) add their own rules
     on top."""
     if not isinstance(id2label, dict):
         raise ValueError(f"id2label must map class ids 0..n-1 to names, got {str(id2label)[:200]}")
