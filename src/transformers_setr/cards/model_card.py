@@ -16,7 +16,7 @@ two ADE20K MLA checkpoints, which differ only in their batch size.
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from functools import cache
 from importlib.resources import files
@@ -122,12 +122,12 @@ def _card(card_data: ModelCardData, body: str) -> ModelCard:
 
 
 def _card_data(name: str, *, tags: list[str], **fields: Any) -> ModelCardData:
-    common = {"library_name": "transformers", "pipeline_tag": TASK_TYPE, "license": MMSEG_CODE_LICENSE}
+    common: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": TASK_TYPE, "license": MMSEG_CODE_LICENSE}
     return ModelCardData(model_name=name, tags=CARD_TAGS + tags, **common, **fields)
 
 
 def _eval_result(value: float, metric_name: str, metric_type: str = METRIC_TYPE, **dataset: Any) -> EvalResult:
-    task = {"task_type": TASK_TYPE, "task_name": TASK_NAME}
+    task: dict[str, Any] = {"task_type": TASK_TYPE, "task_name": TASK_NAME}
     return EvalResult(**task, **dataset, metric_type=metric_type, metric_value=value, metric_name=metric_name)
 
 
@@ -145,11 +145,17 @@ def _and_list(items: list[int]) -> str:
     return ", ".join(str(item) for item in items[:-1]) + (" and " if len(items) > 1 else "") + str(items[-1])
 
 
-def _kernel(size: int) -> str:
+def _kernel(size: int | None) -> str:
     return f"{size}×{size}"
 
 
-def feature_layers(config: SetrConfig, indices: list[int] | None = None) -> list[int]:
+def _resolved(value: int | None) -> int:
+    """A decoder-dependent config field, which `SetrConfig` always fills at construction."""
+    assert value is not None, "SetrConfig resolves the decoder defaults at construction"
+    return value
+
+
+def feature_layers(config: SetrConfig, indices: Sequence[int] | None = None) -> list[int]:
     """The 1-based encoder layers of `out_indices` (all, or the `indices` into it that a head reads)."""
     out_indices = list(config.out_indices or [])
     return [out_indices[index] + 1 for index in (range(len(out_indices)) if indices is None else indices)]
@@ -168,7 +174,7 @@ def parameter_count_text(count: int) -> str:
 
 def _output_resolution(config: SetrConfig) -> str:
     stages = 1 if config.decoder_type == "mla" else config.decoder_num_convs
-    scale = Fraction(config.decoder_up_scale**stages, config.patch_size)
+    scale = Fraction(_resolved(config.decoder_up_scale) ** _resolved(stages), config.patch_size)
     return "the full (padded) input resolution" if scale == 1 else f"{scale} of the (padded) input resolution"
 
 
@@ -181,7 +187,7 @@ def decoder_description(config: SetrConfig) -> str:
         decoder_layer=layers[config.decoder_in_index],
         feature_layers=_and_list(layers),
         levels=_in_words(len(layers)),
-        stages=_in_words(config.decoder_num_convs),
+        stages=_in_words(_resolved(config.decoder_num_convs)),
         kernel=_kernel(config.decoder_kernel_size),
         output_resolution=_output_resolution(config),
     )
@@ -189,7 +195,7 @@ def decoder_description(config: SetrConfig) -> str:
 
 def auxiliary_description(config: SetrConfig) -> str:
     """The auxiliary heads in words: FCN heads on the MLA neck, SETR-UP heads on encoder layers otherwise."""
-    indices, convs = config.auxiliary_in_indices, config.auxiliary_num_convs
+    indices, convs = list(config.auxiliary_in_indices or []), config.auxiliary_num_convs
     return _fragment(
         "auxiliary_mla.md" if config.decoder_type == "mla" else "auxiliary_up.md",
         config=config,
@@ -256,7 +262,7 @@ def _measured_eval_result(preset: CheckpointPreset, measured: dict) -> EvalResul
             "a measured result needs a dataset_config or dataset_revision: without either the Hub would merge it "
             "with mmsegmentation's reported results under their source"
         )
-    source = {"source_name": "transformers_setr evaluation" if measured.get("source_url") else None}
+    source: dict[str, Any] = {"source_name": "transformers_setr evaluation" if measured.get("source_url") else None}
     return _eval_result(
         measured["mIoU"],
         f"mIoU (%), {MEASURED_PROTOCOLS[measured['protocol']]} (measured with transformers_setr)",
@@ -360,7 +366,7 @@ def _released_facts(preset: CheckpointPreset, config: SetrConfig) -> dict[str, A
         "tokens": f"{tokens:,}",
         "token_note": "patches + cls" if config.use_cls_token else "the patches; MLA drops the cls token",
         "eager_attention_mib": round(config.num_attention_heads * tokens * tokens * 4 / 2**20),
-        "id2label_json": json.dumps({str(index): name for index, name in config.id2label.items()}, indent=1),
+        "id2label_json": json.dumps({str(index): name for index, name in (config.id2label or {}).items()}, indent=1),
         "window_example": f"a {example_w}×{example_h} image becomes {windows}",
         "example_original_size": f"{example_w}×{example_h}",
         "example_windows": windows,
@@ -506,7 +512,8 @@ def build_trained_model_card(
         eval_results=eval_results or None,
     )
     train_loss = training.get("train_loss")
-    classes = ", ".join(config.id2label[i] for i in range(config.num_labels))
+    id2label: dict[Any, str] = dict(config.id2label or {})
+    classes = ", ".join(id2label[i] for i in range(len(id2label)))
     body = _short_card(
         "trained.md",
         config,
