@@ -13,15 +13,13 @@ from huggingface_hub import ModelCard
 from PIL import Image
 
 from transformers_setr import SetrConfig, SetrForSemanticSegmentation, SetrImageProcessorPil
+from transformers_setr.cards.architecture import auxiliary_description, decoder_description, encoder_parameters
 from transformers_setr.cards.model_card import (
     CITATION,
     CONVERTER_SCRIPT,
     HUB_REPO_NAME_SCHEME,
-    auxiliary_description,
     build_converted_model_card,
     build_model_card,
-    decoder_description,
-    encoder_parameters,
     hub_repo_id,
     keep_ratio_size,
     preset_config,

@@ -1,13 +1,12 @@
 """Hugging Face Hub model cards: of the seven converted mmsegmentation SETR checkpoints (`build_model_card`), of a
 trained model (`build_trained_model_card`) and of any other converted checkpoint (`build_converted_model_card`).
 
-The card text is Markdown in `templates/` (package data), filled with `string.Template`. The metadata is built with
+The text is Markdown in `templates/` (package data, filled by `templating`). The metadata is built with
 `ModelCardData` and `EvalResult` (the YAML is generated, never written by hand). Facts come from one place each: the
-architecture from the model's `SetrConfig` (the layers feeding the heads from `out_indices` /
-`auxiliary_in_indices`, the parameter count from the model built on the meta device), the checkpoints and recipes
-from `presets.py`, class names from `label_tables.py`; the reported numbers are mmsegmentation's, marked as such.
-`setr cards` writes the released cards to `model_cards/` and checks that the committed ones are current; the
-converter writes the same card as `README.md`.
+architecture from the model's `SetrConfig` (`architecture`: the layers feeding the heads, the parameter count of the
+model built on the meta device), the checkpoints and recipes from `presets.py`, class names from `label_tables.py`;
+the reported numbers are mmsegmentation's, marked as such. `setr cards` writes the released cards to `model_cards/`
+and checks that the committed ones are current; the converter writes the same card as `README.md`.
 
 Hub repository names (`HUB_REPO_NAME_SCHEME`): each checkpoint goes to `{HUB_ORGANISATION}/{preset.name}`, which is
 `preset.hub_repo_id`. Preset names read `setr-{decoder}-vit-large-{dataset}-{crop}`, with `-b8` / `-b16` added to the
@@ -16,22 +15,16 @@ two ADE20K MLA checkpoints, which differ only in their batch size.
 
 import json
 import math
-from collections.abc import Mapping, Sequence
-from fractions import Fraction
-from functools import cache
-from importlib.resources import files
 from pathlib import Path
-from string import Template
 from typing import Any
 
-import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..data.label_tables import id2label_for
 from ..inference.multi_scale import MMSEG_TTA_RATIOS
 from ..models.setr.configuration_setr import SetrConfig
 from ..models.setr.image_processing_base_setr import get_setr_resize_output_size
-from ..models.setr.modeling_setr import SetrModel, slide_windows
+from ..models.setr.modeling_setr import slide_windows
 from ..presets import (
     HUB_DATASETS,
     HUB_ORGANISATION,
@@ -42,6 +35,8 @@ from ..presets import (
     TIMM_VIT_LARGE_URL,
     CheckpointPreset,
 )
+from .architecture import auxiliary_description, decoder_description, encoder_parameters, parameter_count_text
+from .templating import CITATION, DATASET_TEXTS, CardTemplate, TemplateFields, fill, template
 
 HUB_REPO_NAME_SCHEME = "{organisation}/{preset_name}"
 """Repo id of a converted checkpoint (see `hub_repo_id`); the default equals `preset.hub_repo_id`."""
@@ -72,50 +67,6 @@ SETR_OPTIMIZATION = (
     "(power 0.9) to 1e-4"
 )
 
-TEMPLATES = files(__package__).joinpath("templates")
-
-
-class CardTemplate(Template):
-    """`string.Template` whose placeholders may name an attribute or key of a field: `$config.num_hidden_layers`,
-    `${preset.mmseg_v0_config}.py`, `$text.domain`."""
-
-    idpattern = r"(?a:[_a-z][_a-z0-9]*(?:\.[_a-z][_a-z0-9]*)*)"
-
-
-class _Fields(dict):
-    """The fields of a template; a dotted name reads the attributes (or keys) of a field."""
-
-    def __missing__(self, name: str) -> Any:
-        head, *path = name.split(".")
-        if not path:
-            raise KeyError(name)
-        value = self[head]
-        for part in path:
-            value = value[part] if isinstance(value, Mapping) else getattr(value, part)
-        return value
-
-
-@cache
-def template(name: str) -> CardTemplate:
-    """`templates/{name}`, read once."""
-    return CardTemplate(TEMPLATES.joinpath(name).read_text(encoding="utf-8"))
-
-
-def fill(name: str, **fields: Any) -> str:
-    """`templates/{name}` filled in."""
-    return template(name).substitute(_Fields(fields))
-
-
-def _fragment(name: str, **fields: Any) -> str:
-    """A paragraph template filled in, without its file's final newline."""
-    return fill(name, **fields).rstrip("\n")
-
-
-CITATION = _fragment("citation.bib")
-DATASET_TEXTS: dict[str, dict[str, Any]] = json.loads(TEMPLATES.joinpath("datasets.json").read_text(encoding="utf-8"))
-"""What the cards say of each dataset: a typical original image (height, width) for the worked examples, its file
-name in the snippets, the domain, and how labels are stored and shown."""
-
 
 def _card(card_data: ModelCardData, body: str) -> ModelCard:
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
@@ -129,81 +80,6 @@ def _card_data(name: str, *, tags: list[str], **fields: Any) -> ModelCardData:
 def _eval_result(value: float, metric_name: str, metric_type: str = METRIC_TYPE, **dataset: Any) -> EvalResult:
     task: dict[str, Any] = {"task_type": TASK_TYPE, "task_name": TASK_NAME}
     return EvalResult(**task, **dataset, metric_type=metric_type, metric_value=value, metric_name=metric_name)
-
-
-# --- facts derived from the config -------------------------------------------------------------------------------
-
-_NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-
-
-def _in_words(count: int) -> str:
-    return _NUMBER_WORDS[count] if count < len(_NUMBER_WORDS) else str(count)
-
-
-def _and_list(items: list[int]) -> str:
-    """`[6, 12, 18, 24]` -> "6, 12, 18 and 24"."""
-    return ", ".join(str(item) for item in items[:-1]) + (" and " if len(items) > 1 else "") + str(items[-1])
-
-
-def _kernel(size: int | None) -> str:
-    return f"{size}×{size}"
-
-
-def _resolved(value: int | None) -> int:
-    """A decoder-dependent config field, which `SetrConfig` always fills at construction."""
-    assert value is not None, "SetrConfig resolves the decoder defaults at construction"
-    return value
-
-
-def feature_layers(config: SetrConfig, indices: Sequence[int] | None = None) -> list[int]:
-    """The 1-based encoder layers of `out_indices` (all, or the `indices` into it that a head reads)."""
-    out_indices = list(config.out_indices or [])
-    return [out_indices[index] + 1 for index in (range(len(out_indices)) if indices is None else indices)]
-
-
-def encoder_parameters(config: SetrConfig) -> int:
-    """Parameters of the encoder `config` describes, counted on the model built on the meta device (no memory)."""
-    with torch.device("meta"):
-        return sum(parameter.numel() for parameter in SetrModel(config).parameters())
-
-
-def parameter_count_text(count: int) -> str:
-    """305458176 -> "305.5 M"; a tiny model's count in full."""
-    return f"{count / 1e6:.1f} M" if count >= 1e6 else f"{count:,}"
-
-
-def _output_resolution(config: SetrConfig) -> str:
-    stages = 1 if config.decoder_type == "mla" else config.decoder_num_convs
-    scale = Fraction(_resolved(config.decoder_up_scale) ** _resolved(stages), config.patch_size)
-    return "the full (padded) input resolution" if scale == 1 else f"{scale} of the (padded) input resolution"
-
-
-def decoder_description(config: SetrConfig) -> str:
-    """The decode head in words, from the config's decoder fields."""
-    layers = feature_layers(config)
-    return _fragment(
-        f"decoder_{config.decoder_type}.md",
-        config=config,
-        decoder_layer=layers[config.decoder_in_index],
-        feature_layers=_and_list(layers),
-        levels=_in_words(len(layers)),
-        stages=_in_words(_resolved(config.decoder_num_convs)),
-        kernel=_kernel(config.decoder_kernel_size),
-        output_resolution=_output_resolution(config),
-    )
-
-
-def auxiliary_description(config: SetrConfig) -> str:
-    """The auxiliary heads in words: FCN heads on the MLA neck, SETR-UP heads on encoder layers otherwise."""
-    indices, convs = list(config.auxiliary_in_indices or []), config.auxiliary_num_convs
-    return _fragment(
-        "auxiliary_mla.md" if config.decoder_type == "mla" else "auxiliary_up.md",
-        config=config,
-        heads=_in_words(len(indices)),
-        feature_layers=_and_list(feature_layers(config, indices)),
-        convs=f"{convs} convolution{'s' if convs != 1 else ''}",
-        kernel=_kernel(config.auxiliary_kernel_size),
-    )
 
 
 # --- the released checkpoints ------------------------------------------------------------------------------------
@@ -421,7 +297,7 @@ def _short_card(name: str, config: SetrConfig, **fields: Any) -> str:
         encoder_parameters=parameter_count_text(encoder_parameters(config)),
         citation=CITATION,
     )
-    return CardTemplate(text).substitute(_Fields(fields))
+    return CardTemplate(text).substitute(TemplateFields(fields))
 
 
 def _trained_dataset(data: Any) -> tuple[dict[str, Any], str, str]:
