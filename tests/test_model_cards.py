@@ -425,3 +425,19 @@ def test_usage_snippets_run(name, stand_in_repo, capsys):
             segments = namespace["segmenter"](str(image))
             assert segments and all(segment["score"] is None for segment in segments)
     assert capsys.readouterr().out  # the snippets print their results
+
+
+def test_a_template_placeholder_reads_a_field_or_fails_loudly():
+    from transformers_setr.cards.templating import CardTemplate, TemplateFields
+
+    preset = PRESETS["setr-pup-vit-large-ade20k-512"]
+    fields = TemplateFields(preset=preset, text={"domain": "rooms"})
+    # a sentence's full stop, a file suffix in braces and a key of a mapping
+    filled = CardTemplate("$preset.name. ${preset.mmseg_v0_config}.py $text.domain, $$5").substitute(fields)
+    assert filled == f"{preset.name}. {preset.mmseg_v0_config}.py rooms, $5"
+    with pytest.raises(AttributeError, match="no_such_fact"):
+        CardTemplate("$preset.no_such_fact").substitute(fields)
+    with pytest.raises(KeyError):
+        CardTemplate("$config.num_hidden_layers").substitute(fields)
+    with pytest.raises(KeyError):
+        CardTemplate("$text.no_such_text").substitute(fields)
