@@ -11,6 +11,7 @@ import importlib.metadata
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -130,6 +131,24 @@ def test_the_wheel_requires_only_the_inference_stack(lean_env):
     # package data and the shipped model files are in the wheel
     assert "transformers_setr/evaluation/evaluate_metrics/setr_mean_iou/setr_mean_iou.py" in lean_env["files"]
     assert "transformers_setr/models/setr/modeling_setr.py" in lean_env["files"]
+    templates = {
+        Path(name).name for name in lean_env["files"] if name.startswith("transformers_setr/cards/templates/")
+    }
+    assert templates == {path.name for path in (ROOT / "src/transformers_setr/cards/templates").iterdir()}
+
+
+def test_the_installed_wheel_reproduces_the_committed_cards(lean_env, tmp_path):
+    """The cards' templates travel as package data: `setr cards --check` of the installed wheel passes on the
+    committed cards, and fails on a changed one."""
+    cards = tmp_path / "model_cards"
+    shutil.copytree(ROOT / "model_cards", cards)
+    setr = [str(lean_env["bin"] / "setr"), "cards", "--check", "--output-dir", str(cards)]
+    completed = subprocess.run(setr, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert completed.returncode == 0 and "7 model cards up to date" in completed.stdout, completed.stderr[-2000:]
+    card = next(cards.glob("*.md"))
+    card.write_text(card.read_text(encoding="utf-8").replace("24 layers", "12 layers"), encoding="utf-8")
+    completed = subprocess.run(setr, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert completed.returncode == 1 and card.name in completed.stderr
 
 
 README_SNIPPET = """

@@ -13,15 +13,17 @@ from huggingface_hub import ModelCard
 from PIL import Image
 
 from transformers_setr import SetrConfig, SetrForSemanticSegmentation, SetrImageProcessorPil
+from transformers_setr.cards.architecture import auxiliary_description, decoder_description, encoder_parameters
 from transformers_setr.cards.model_card import (
     CITATION,
     CONVERTER_SCRIPT,
     HUB_REPO_NAME_SCHEME,
+    build_converted_model_card,
     build_model_card,
     hub_repo_id,
     keep_ratio_size,
+    preset_config,
     slide_window_grid,
-    vit_large_parameters,
 )
 from transformers_setr.data.label_tables import id2label_for
 from transformers_setr.presets import (
@@ -207,18 +209,72 @@ def test_worked_examples():
     assert slide_window_grid(1025, 2049, 768, 512) == (2, 4)
     assert slide_window_grid(512, 683, 512, 341) == (1, 2)
     assert slide_window_grid(300, 300, 512, 341) == (1, 1)
+
+
+def vit_parameters(width: int, layers: int, mlp: int, positions: int, patch: int = 16) -> int:
+    """A ViT encoder's parameters counted by hand: patch embedding with bias, cls token, position table, per layer
+    two LayerNorms, q/k/v/o with biases and the MLP; no final LayerNorm."""
+    layer = 2 * 2 * width + 4 * (width * width + width) + (width * mlp + mlp) + (mlp * width + width)
+    return 3 * patch * patch * width + width + width + positions * width + layers * layer
+
+
+def test_parameter_counts_come_from_the_model_built_from_the_config():
     # the encoder counts of the released models (mmsegmentation, plus the patch-embedding bias)
-    assert vit_large_parameters(32 * 32 + 1) == 304_147_456
-    assert vit_large_parameters(48 * 48 + 1) == 305_458_176
+    assert vit_parameters(1024, 24, 4096, 32 * 32 + 1) == 304_147_456
+    assert vit_parameters(1024, 24, 4096, 48 * 48 + 1) == 305_458_176
+    for name, count, text in (
+        ("setr-pup-vit-large-ade20k-512", 304_147_456, "(304.1 M parameters)"),
+        ("setr-mla-vit-large-cityscapes-768", 305_458_176, "(305.5 M parameters)"),
+    ):
+        assert encoder_parameters(preset_config(PRESETS[name])) == count
+        assert text in (CARDS_DIR / f"{name}.md").read_text(encoding="utf-8")
+    # any other config: its own count, in the converted card too
+    config = tiny_config("naive", num_hidden_layers=3, out_indices=[0, 1, 2])
+    assert encoder_parameters(config) == vit_parameters(32, 3, 64, 4 * 4 + 1)
+    card = str(build_converted_model_card(config, checkpoint_name="/somewhere/tiny.pth"))
+    assert (
+        f"- Encoder: ViT, 3 layers, width 32, 2 heads, patch 16 ({vit_parameters(32, 3, 64, 17):,} parameters);"
+        in card
+    )
+    assert "/somewhere" not in card and "`tiny.pth`" in card
 
 
-@pytest.mark.parametrize("crop", [512, 768])
-def test_encoder_parameter_count_matches_the_model(crop):
-    config = SetrConfig(decoder_type="naive", image_size=crop, num_labels=19)  # the released ViT-L/16
-    with torch.device("meta"):  # counts only; no memory for 300 M parameters
-        model = SetrForSemanticSegmentation(config)
-    encoder = sum(parameter.numel() for parameter in model.setr.parameters())
-    assert encoder == vit_large_parameters((crop // 16) ** 2 + 1)
+def test_the_heads_are_described_from_the_config():
+    # the released ones: the layers feeding the heads are out_indices (+1) and the auxiliary heads' indices into them
+    assert "encoder layers 6, 12, 18 and 24 each go" in decoder_description(
+        preset_config(PRESETS["setr-mla-vit-large-ade20k-512-b8"])
+    )
+    naive = preset_config(PRESETS["setr-naive-vit-large-cityscapes-768"])
+    assert "the output of encoder layer 24 goes through a LayerNorm, a 1×1 convolution (256 channels)" in (
+        decoder_description(naive)
+    )
+    assert "three auxiliary SETR-UP heads on encoder layers 10, 15 and 20 (1 convolution each, a 1×1 kernel" in (
+        auxiliary_description(naive)
+    )
+    # another architecture: another text, never the released one's
+    mla = SetrConfig.for_decoder("mla", num_hidden_layers=8, out_indices=[1, 3, 5, 7], decoder_up_scale=2)
+    text = decoder_description(mla)
+    assert "encoder layers 2, 4, 6 and 8 each go" in text and "1/8 of the (padded) input resolution" in text
+    assert "six" not in text and "24" not in text
+    assert "four auxiliary FCN heads" in auxiliary_description(mla)
+    pup = SetrConfig.for_decoder("pup", num_hidden_layers=12, out_indices=[2, 5, 8, 11], auxiliary_in_indices=[0, 2])
+    assert "output of encoder layer 12 goes through a LayerNorm and four stages of 3×3 convolution" in (
+        decoder_description(pup)
+    )
+    assert "at the full (padded) input resolution" in decoder_description(pup)
+    assert "two auxiliary SETR-UP heads on encoder layers 3 and 9 (2 convolutions each, a 3×3 kernel" in (
+        auxiliary_description(pup)
+    )
+
+
+def test_the_templates_are_package_data():
+    from importlib.resources import files
+
+    templates = files("transformers_setr.cards").joinpath("templates")
+    names = {path.name for path in templates.iterdir()}
+    assert {"released.md", "trained.md", "converted.md", "usage.md", "citation.bib", "datasets.json"} <= names
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert '"cards/templates/*"' in pyproject
 
 
 def test_card_references_exist():
@@ -369,3 +425,19 @@ def test_usage_snippets_run(name, stand_in_repo, capsys):
             segments = namespace["segmenter"](str(image))
             assert segments and all(segment["score"] is None for segment in segments)
     assert capsys.readouterr().out  # the snippets print their results
+
+
+def test_a_template_placeholder_reads_a_field_or_fails_loudly():
+    from transformers_setr.cards.templating import CardTemplate, TemplateFields
+
+    preset = PRESETS["setr-pup-vit-large-ade20k-512"]
+    fields = TemplateFields(preset=preset, text={"domain": "rooms"})
+    # a sentence's full stop, a file suffix in braces and a key of a mapping
+    filled = CardTemplate("$preset.name. ${preset.mmseg_v0_config}.py $text.domain, $$5").substitute(fields)
+    assert filled == f"{preset.name}. {preset.mmseg_v0_config}.py rooms, $5"
+    with pytest.raises(AttributeError, match="no_such_fact"):
+        CardTemplate("$preset.no_such_fact").substitute(fields)
+    with pytest.raises(KeyError):
+        CardTemplate("$config.num_hidden_layers").substitute(fields)
+    with pytest.raises(KeyError):
+        CardTemplate("$text.no_such_text").substitute(fields)

@@ -6,6 +6,7 @@ Numbers are mmsegmentation's, as reported in its SETR model zoo (V100; `miou_rep
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 from .models.setr.configuration_setr import default_slide_stride
 
@@ -94,6 +95,20 @@ class CheckpointPreset:
     @property
     def num_labels(self) -> int:
         return 150 if self.dataset == "ade20k" else 19
+
+    @property
+    def architecture(self) -> dict[str, Any]:
+        """The `SetrConfig` fields of the released model but its classes (`data.label_tables` holds those): the
+        ViT-L/16 encoder, the decoder and its auxiliary heads, the crop (= position grid), the slide protocol."""
+        return dict(
+            RELEASED_ENCODER,
+            decoder_type=self.decoder_type,
+            image_size=self.crop_size,
+            auxiliary_num_convs=self.auxiliary_num_convs,
+            inference_mode="slide",
+            slide_crop_size=self.crop_size,
+            slide_stride=self.slide_stride,
+        )
 
 
 PRESETS: dict[str, CheckpointPreset] = {

@@ -1,6 +1,6 @@
 """Model cards: of the seven released checkpoints (`build_model_card`), of a trained model
-(`build_trained_model_card`) and of any other converted checkpoint (`build_converted_model_card`); `setr cards`
-(`command`) writes or checks the committed ones.
+(`build_trained_model_card`) and of any other converted checkpoint (`build_converted_model_card`), filled from the
+Markdown templates in `templates/`; `setr cards` (`command`) writes or checks the committed ones.
 """
 
 from .._imports import lazy_exports

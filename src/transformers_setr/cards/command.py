@@ -3,8 +3,8 @@
     setr cards            # (re)write every card (atomically: temporary file, then rename)
     setr cards --check    # exit 1 if a committed card is missing or differs
 
-The cards come from `transformers_setr.cards.model_card.build_model_card` (no measured results); edit that module or
-`conversion/presets.py`, never the generated files.
+The cards come from `transformers_setr.cards.model_card.build_model_card` (no measured results): edit
+`cards/templates/`, that module or `presets.py`, never the generated files.
 """
 
 import argparse

@@ -522,14 +522,9 @@ def config_for_preset(preset: CheckpointPreset, **overrides: Any) -> SetrConfig:
     """The `SetrConfig` of a released architecture (its dataset's classes and palette, crop, slide protocol), with
     `overrides` for anything else (e.g. a smaller encoder: `hidden_size`, `num_hidden_layers`, `out_indices`...)."""
     kwargs: dict[str, Any] = dict(
-        decoder_type=preset.decoder_type,
-        image_size=preset.crop_size,
+        preset.architecture,
         id2label=id2label_for(preset.dataset),
         palette=[list(colour) for colour in DATASETS[preset.dataset]["palette"]],
-        auxiliary_num_convs=preset.auxiliary_num_convs,
-        inference_mode="slide",
-        slide_crop_size=preset.crop_size,
-        slide_stride=preset.slide_stride,
     )
     kwargs.update(overrides)
     return SetrConfig(**kwargs)
