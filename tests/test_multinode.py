@@ -1,7 +1,8 @@
 """Multi-node training proven on one host: two `torchrun --nnodes 2 --nproc_per_node 1` processes (node ranks 0 and
 1, a static rendezvous on 127.0.0.1 at a free port) train the Trainer path and the Accelerate loop. Each node's
 process has LOCAL_RANK 0, which is what a second machine looks like: only the global main process may write the
-shared output folder. Their losses and weights equal one process with gradient accumulation 2."""
+shared output folder. Their losses equal one process with gradient accumulation 2 within 1e-6 (measured: equal), their
+weights within float32 reduction order."""
 
 import json
 import os
@@ -74,7 +75,7 @@ def test_trainer_on_two_nodes_matches_one_process_with_accumulation_and_resumes(
     single, nodes = step_losses(single_dir), step_losses(nodes_dir)
     assert sorted(single) == sorted(nodes) == [1, 2, 3, 4]
     for step in single:
-        assert nodes[step] == pytest.approx(single[step], rel=1e-4, abs=1e-5), (step, single, nodes)
+        assert nodes[step] == pytest.approx(single[step], rel=0, abs=1e-6), (step, single, nodes)
     assert_same_weights(single_dir, nodes_dir)
     assert not [path.name for path in nodes_dir.rglob("*.tmp")]
 
@@ -99,7 +100,7 @@ def test_accelerate_loop_on_two_nodes_matches_one_process_with_accumulation_and_
     single = json.loads((single_dir / "train_losses.json").read_text())
     nodes = json.loads((nodes_dir / "train_losses.json").read_text())
     assert (single["num_processes"], nodes["num_processes"]) == (1, 2)
-    assert nodes["losses"] == pytest.approx(single["losses"], rel=1e-4, abs=1e-5)
+    assert nodes["losses"] == pytest.approx(single["losses"], rel=0, abs=1e-6)
     assert_same_weights(single_dir, nodes_dir)
 
     resumed_dir.mkdir()
