@@ -688,10 +688,28 @@ def start_command(argv: list[str] | None, parser: HfArgumentParser, resume: Call
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
         check_streaming_arguments(data_args, args)
+        check_fsdp_arguments(args)
         check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, resume=bool(resume(args)))
     except CommandLineError as error:
         exit_with_error(str(error))
     return model_args, data_args, args
+
+
+def check_fsdp_arguments(args: Any) -> None:
+    """Refuse FSDP where Accelerate would not run it: accelerate 1.15 forms an FSDP run only on GPU-like devices
+    (`AcceleratorState`: MULTI_GPU, MULTI_XPU, ...); on the CPU (`Accelerator(cpu=True)`, the gloo group of our
+    CPU processes) `--use_fsdp` / `--fsdp` are dropped without a word and DDP runs."""
+    import torch
+
+    asked = "--fsdp" if getattr(args, "fsdp", None) else None
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        asked = asked or "accelerate launch --use_fsdp (ACCELERATE_USE_FSDP=true)"
+    on_cpu = bool(getattr(args, "use_cpu", False)) or not torch.accelerator.is_available()
+    if asked and on_cpu:
+        raise CommandLineError(
+            f"{asked}: FSDP needs GPUs in accelerate 1.15: on the CPU it would silently run DDP (every process "
+            "holding the whole model); drop it on the CPU, or run on GPUs"
+        )
 
 
 def check_streaming_arguments(data_args: DataArguments, args: Any) -> None:
