@@ -763,8 +763,11 @@ def report_data(data: SegmentationData, data_args: DataArguments) -> None:
     except DatasetFormatError as error:
         raise CommandLineError(str(error)) from None
     if int(os.environ.get("RANK", "0")) == 0:
-        note = f"\n  (--streaming: the {normalise_split(data_args.train_split)} figures are of the stream's first {REPORT_ROWS} rows)"
-        logger.info("%s%s", report, note if streamed else "")
+        note = ""
+        if streamed:
+            train = normalise_split(data_args.train_split)
+            note = f"\n  (--streaming: the {train} figures are of the stream's first {REPORT_ROWS} rows)"
+        logger.info("%s%s", report, note)
 
 
 def data_errors_as_one_line(command: Callable[..., int]) -> Callable[..., int]:
