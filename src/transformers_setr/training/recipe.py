@@ -679,6 +679,21 @@ class SetrTrainer(Trainer):
         if isinstance(self.train_dataset, SegmentationTrainDataset):
             self.add_callback(AugmentationEpochCallback(self.train_dataset))
 
+    def get_train_dataloader(self) -> torch.utils.data.DataLoader:
+        """A stream already split by rank (`--streaming`) gets a loader Accelerate does not split again."""
+        from .streaming import StreamingTrainDataset, prepare_rank_stream_loader
+
+        if not isinstance(self.train_dataset, StreamingTrainDataset):
+            return super().get_train_dataloader()
+        loader = torch.utils.data.DataLoader(
+            self.train_dataset,
+            batch_size=self._train_batch_size,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        return prepare_rank_stream_loader(self.accelerator, loader)
+
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         if self.optimizer is None:
             model = self.model if model is None else model

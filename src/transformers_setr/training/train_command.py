@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except CommandLineError as error:
         exit_with_error(str(error))
-    preset, data, model, processor = load_data_and_model(model_args, data_args, training_args.seed)
+    preset, data, model, processor = load_data_and_model(
+        model_args, data_args, training_args.seed, evaluate=training_args.do_eval
+    )
     model = adapt_model(model, training_args)
     if uses_sync_batch_norm(training_args):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -24,6 +24,7 @@ from .recipe import (
     scheduler_from_arguments,
     train_collate,
 )
+from .streaming import StreamingTrainDataset, prepare_rank_stream_loader
 from .workflow import (
     adapt_model,
     build_argument_parser,
@@ -109,25 +110,38 @@ def main(argv: list[str] | None = None) -> int:
             f"launched as {launched} processes but Accelerate formed a group of {accelerator.num_processes} "
             f"on {accelerator.device.type}: the processes would train separately"
         )
-    preset, data, model, processor = load_data_and_model(model_args, data_args, args.seed)
+    preset, data, model, processor = load_data_and_model(model_args, data_args, args.seed, evaluate=args.do_eval)
     model = adapt_model(model, args)
     if args.activation_checkpointing:  # after LoRA: peft would hook the embeddings' (tuple) output for checkpointing
         model.activation_checkpointing_enable()
     if accelerator.num_processes > 1 and accelerator.device.type in ("cuda", "xpu"):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    train_dataset = build_train_dataset(data, data_args, model, processor, args.seed)
+    train_dataset = build_train_dataset(
+        data,
+        data_args,
+        model,
+        processor,
+        args.seed,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+    )
+    streamed = isinstance(train_dataset, StreamingTrainDataset)  # split by rank already, endless, no sampler
     loader = torch.utils.data.DataLoader(
         train_dataset,
         batch_size=args.per_device_train_batch_size,
-        shuffle=True,
-        drop_last=True,
+        shuffle=not streamed,
+        drop_last=not streamed,
         collate_fn=train_collate,
         num_workers=args.dataloader_num_workers,
     )
     optimizer = optimizer_from_arguments(model, args)
     # Not prepared: Accelerate's scheduler wrapper steps once per process; the schedule counts optimizer steps.
     scheduler = scheduler_from_arguments(optimizer, args, args.max_steps)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    if streamed:
+        model, optimizer = accelerator.prepare(model, optimizer)
+        loader = prepare_rank_stream_loader(accelerator, loader)
+    else:
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     accelerator.register_for_checkpointing(scheduler)
 
     output_dir = Path(args.output_dir)

@@ -44,10 +44,12 @@ from .recipe import (
     describe_optimization,
     recipe_training_defaults,
 )
+from .streaming import StreamingTrainDataset
 
 logger = logging.getLogger("transformers_setr.train")
 
 DEFAULT_PRESET = "setr-pup-vit-large-ade20k-512"
+DEFAULT_SHUFFLE_BUFFER = 1000  # --streaming: rows in the shuffle buffer
 TIMM_BACKBONE_DEFAULT = "vit-large-p16-384"  # `convert_timm.TIMM_VIT_PRESETS`: the weights SETR trains from
 HUB_PUSH_IGNORE = ["checkpoint-*", "checkpoint-*/**", "step_*/**", "runs/**", "*.tmp"]
 
@@ -157,10 +159,39 @@ class DataArguments:
     )
     ratio_range: str = field(default="0.5,2.0", metadata={"help": "random resize ratio range 'low,high'"})
     data_cache_dir: str | None = field(default=None, metadata={"help": "datasets cache directory"})
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "train from a stream of Parquet shards (a local folder of .parquet files or a Hub dataset id), "
+            "never downloaded in full: shards split per process, augmentation seeded per row (shard, position); "
+            "needs --max_steps; the evaluation split is read into memory"
+        },
+    )
+    shuffle_buffer_size: int | None = field(
+        default=None,
+        metadata={
+            "help": f"--streaming: rows in the seeded shuffle buffer (datasets' IterableDataset.shuffle; 0: the "
+            f"stream's order). Default {DEFAULT_SHUFFLE_BUFFER}"
+        },
+    )
 
     def __post_init__(self):
         if self.crop_size is not None and self.crop_size < 1:
             raise ValueError(f"--crop_size must be a positive number of pixels, got {self.crop_size}")
+        if not self.streaming and self.shuffle_buffer_size is not None:
+            raise ValueError("--shuffle_buffer_size is for --streaming (a map-style dataset is shuffled whole)")
+        if self.shuffle_buffer_size is not None and self.shuffle_buffer_size < 0:
+            raise ValueError(f"--shuffle_buffer_size must not be negative, got {self.shuffle_buffer_size}")
+        if self.streaming and self.max_train_samples is not None:
+            raise ValueError(
+                "--max_train_samples is not for --streaming (a stream split across processes has no first rows); "
+                "--max_steps bounds the run"
+            )
+        if self.streaming and self.train_val_split != DEFAULT_TRAIN_VAL_SPLIT:
+            raise ValueError(
+                "--train_val_split is not for --streaming: no validation split is carved out of a stream; give the "
+                "data a validation split (validation-*.parquet) or pass --do_eval false"
+            )
 
 
 def _int_pair(text: str, what: str) -> tuple[int, int]:
@@ -239,11 +270,30 @@ def data_source_for(preset: CheckpointPreset, data_args: DataArguments) -> str:
     )
 
 
-def load_data(preset: CheckpointPreset, data_args: DataArguments) -> SegmentationData:
-    """The data of both training commands; a bad source or class declaration is a `CommandLineError`."""
+def load_data(preset: CheckpointPreset, data_args: DataArguments, *, evaluate: bool = True) -> SegmentationData:
+    """The data of both training commands; a bad source or class declaration is a `CommandLineError`. With
+    `--streaming`, the evaluation split is read (into memory) only when `evaluate`."""
     try:
         source = data_source_for(preset, data_args)
         default_data = not (data_args.data or data_args.dataset_name)
+        if data_args.streaming:
+            from ..data.streaming import load_streaming_data
+
+            return load_streaming_data(
+                source,
+                data_args.dataset or (preset.dataset if default_data else None),
+                splits=(data_args.train_split, data_args.eval_split) if evaluate else (data_args.train_split,),
+                cache_dir=data_args.data_cache_dir,
+                config_name=data_args.dataset_config_name,
+                max_eval_samples=data_args.max_eval_samples,
+                id2label=data_args.id2label,
+                reduce_labels=data_args.do_reduce_labels,
+                image_column=data_args.image_column,
+                label_column=data_args.label_column,
+                ignore_index=data_args.ignore_index,
+                mask_values=parse_mask_values(data_args.mask_values, "--mask_values"),
+                undeclared_colors=data_args.undeclared_colors,
+            )
         return load_segmentation_data(
             source,
             data_args.dataset or (preset.dataset if default_data else None),
@@ -516,8 +566,16 @@ def _pretrained_model(
 
 
 def build_train_dataset(
-    data: SegmentationData, data_args: DataArguments, model: SetrForSemanticSegmentation, processor, seed: int
-) -> SegmentationTrainDataset:
+    data: SegmentationData,
+    data_args: DataArguments,
+    model: SetrForSemanticSegmentation,
+    processor,
+    seed: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+) -> "SegmentationTrainDataset | StreamingTrainDataset":
+    """The augmented training split; with `--streaming`, this rank's share of the stream (`rank` of `world_size`)."""
     crop = data_args.crop_size or model.config.slide_window[0][0]
     scale = (processor.size["longest_edge"], processor.size["shortest_edge"])
     low, high = (float(value) for value in data_args.ratio_range.split(","))
@@ -528,6 +586,17 @@ def build_train_dataset(
         ignore_index=data.ignore_index,
         num_labels=data.num_labels,
     )
+    if data_args.streaming:
+        buffer = DEFAULT_SHUFFLE_BUFFER if data_args.shuffle_buffer_size is None else data_args.shuffle_buffer_size
+        return StreamingTrainDataset(
+            data,
+            normalise_split(data_args.train_split),
+            augmentation,
+            seed,
+            rank=rank,
+            world_size=world_size,
+            shuffle_buffer_size=buffer,
+        )
     return SegmentationTrainDataset(data, data_args.train_split, augmentation, seed, data_args.max_train_samples)
 
 
@@ -560,7 +629,17 @@ def build_trainer(
     return SetrTrainer(
         model=model,
         args=training_args,
-        train_dataset=build_train_dataset(data, data_args, model, processor, training_args.seed) if train else None,
+        train_dataset=build_train_dataset(
+            data,
+            data_args,
+            model,
+            processor,
+            training_args.seed,
+            rank=training_args.process_index,
+            world_size=training_args.world_size,
+        )
+        if train
+        else None,
         eval_dataset=build_eval_dataset(data, data_args, processor, keep_images=training_args.eval_mode == "ms_flip")
         if evaluate
         else None,
@@ -608,19 +687,58 @@ def start_command(argv: list[str] | None, parser: HfArgumentParser, resume: Call
         exit_with_error(str(error))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
+        check_streaming_arguments(data_args, args)
+        check_fsdp_arguments(args)
         check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, resume=bool(resume(args)))
     except CommandLineError as error:
         exit_with_error(str(error))
     return model_args, data_args, args
 
 
+def check_fsdp_arguments(args: Any) -> None:
+    """Refuse FSDP where Accelerate would not run it: accelerate 1.15 forms an FSDP run only on GPU-like devices
+    (`AcceleratorState`: MULTI_GPU, MULTI_XPU, ...); on the CPU (`Accelerator(cpu=True)`, the gloo group of our
+    CPU processes) `--use_fsdp` / `--fsdp` are dropped without a word and DDP runs."""
+    import torch
+
+    asked = "--fsdp" if getattr(args, "fsdp", None) else None
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        asked = asked or "accelerate launch --use_fsdp (ACCELERATE_USE_FSDP=true)"
+    on_cpu = bool(getattr(args, "use_cpu", False)) or not torch.accelerator.is_available()
+    if asked and on_cpu:
+        raise CommandLineError(
+            f"{asked}: FSDP needs GPUs in accelerate 1.15: on the CPU it would silently run DDP (every process "
+            "holding the whole model); drop it on the CPU, or run on GPUs"
+        )
+
+
+def check_streaming_arguments(data_args: DataArguments, args: Any) -> None:
+    """What `--streaming` refuses of a command's own arguments (`args`: either command's)."""
+    if not data_args.streaming:
+        return
+    if args.max_steps <= 0:
+        raise CommandLineError(f"--streaming needs --max_steps (a stream's length is not known), got {args.max_steps}")
+    epochs = getattr(args, "num_train_epochs", None)  # the Trainer's; its default is 3
+    if epochs is not None and epochs != 3.0:
+        raise CommandLineError(
+            "--num_train_epochs is not for --streaming: a stream's length is not known, so it has no epochs; "
+            "--max_steps gives the run's length"
+        )
+
+
 def load_data_and_model(
-    model_args: "ModelArguments", data_args: "DataArguments", seed: int
+    model_args: "ModelArguments", data_args: "DataArguments", seed: int, *, evaluate: bool = True
 ) -> tuple[CheckpointPreset, SegmentationData, SetrForSemanticSegmentation, Any]:
+    """The data (refused in one line when `evaluate` and a stream has no evaluation split), its report, the model."""
     set_seed(seed)
     preset = PRESETS[model_args.preset]
     try:
-        data = load_data(preset, data_args)
+        data = load_data(preset, data_args, evaluate=evaluate)
+        if data_args.streaming and evaluate and normalise_split(data_args.eval_split) not in data.splits:
+            raise CommandLineError(
+                f"--streaming: {data.source} has no {normalise_split(data_args.eval_split)} split, and none is "
+                "carved out of a stream: pass --do_eval false, or give the data one (validation-*.parquet)"
+            )
         report_data(data, data_args)
         model, processor = build_model(model_args, data_args, data)
     except CommandLineError as error:
@@ -631,6 +749,11 @@ def load_data_and_model(
 def report_data(data: SegmentationData, data_args: DataArguments) -> None:
     """The data report of the run's splits, logged once (rank 0); its refusals are `CommandLineError`s."""
     splits = [s for s in (data_args.train_split, data_args.eval_split) if normalise_split(s) in data.splits]
+    streamed = data_args.streaming
+    if streamed:  # the report reads a bounded sample of the stream, never all of it
+        from ..data.streaming import REPORT_ROWS, report_sample
+
+        data = report_sample(data)
     limits = {
         normalise_split(data_args.train_split): data_args.max_train_samples,
         normalise_split(data_args.eval_split): data_args.max_eval_samples,
@@ -640,7 +763,11 @@ def report_data(data: SegmentationData, data_args: DataArguments) -> None:
     except DatasetFormatError as error:
         raise CommandLineError(str(error)) from None
     if int(os.environ.get("RANK", "0")) == 0:
-        logger.info("%s", report)
+        note = ""
+        if streamed:
+            train = normalise_split(data_args.train_split)
+            note = f"\n  (--streaming: the {train} figures are of the stream's first {REPORT_ROWS} rows)"
+        logger.info("%s%s", report, note)
 
 
 def data_errors_as_one_line(command: Callable[..., int]) -> Callable[..., int]:
