@@ -41,6 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference import SIZES, VARIANTS, run_ours  # noqa: E402
 from common import (  # noqa: E402
+    SMOKE_ENCODER,
     GemmFloor,
     add_floor_argument,
     format_table,
@@ -55,10 +56,6 @@ from transformers_setr.models.setr.modeling_setr import SetrForSemanticSegmentat
 from transformers_setr.presets import PRESETS  # noqa: E402
 from transformers_setr.training import config_for_preset  # noqa: E402
 
-SMOKE_ENCODER = dict(
-    hidden_size=64, num_hidden_layers=4, num_attention_heads=2, intermediate_size=256, out_indices=[0, 1, 2, 3],
-    mla_channels=8, mla_neck_channels=16, auxiliary_channels=16,
-)  # fmt: skip
 # Scope labels (profiler annotations opened around the modules' forwards): the `where` of each operator.
 SCOPE_PREFIX = "## "
 WHERE = ("encoder", "decoder", "outside modules", "backward", "optimizer")
