@@ -89,8 +89,6 @@ def inference_row(args, device, decoder: str, mode: str, dtype: str, batch: int,
 
     one_pass()  # warm-up: kernels, caches
     images_per_second = calls * batch / min(one_pass() for _ in range(args.repeats))
-    del model
-    release(device)
     return {
         "decoder": decoder, "mode": mode, "dtype": dtype, "batch": batch, "image": list(image),
         "images_per_second": images_per_second, "gflop_per_image": gflop,
@@ -127,8 +125,6 @@ def training_row(args, device, decoder: str, dtype: str, peak: float | None) -> 
     gib = 1024**3
     allocated = torch.cuda.max_memory_allocated(device) / gib if device.type == "cuda" else None
     reserved = torch.cuda.max_memory_reserved(device) / gib if device.type == "cuda" else None
-    del model, optimizer
-    release(device)
     images_per_second = batch / seconds
     return {
         "decoder": decoder, "dtype": dtype, "batch_per_gpu": batch, "crop": [size, size], "step_seconds": seconds,
@@ -185,10 +181,12 @@ def main(argv: list[str] | None = None) -> dict:
                 for batch in (1, 8):
                     if in_budget(f"inference {decoder} {mode} {dtype} batch {batch}"):
                         inference.append(inference_row(args, device, decoder, mode, dtype, batch, peak))
+                        release(device)  # the row's model is gone with its function
     for decoder in args.decoders:
         for dtype in ("bf16", "fp32"):
             if in_budget(f"training {decoder} {dtype}"):
                 training.append(training_row(args, device, decoder, dtype, peak))
+                release(device)
     slide_bf16 = [row["images_per_second"] for row in inference if row["mode"] == "slide" and row["dtype"] == "bf16"]
     training_mfu = [row["mfu_bf16_peak"] for row in training if row["dtype"] == "bf16" and row["mfu_bf16_peak"]]
     figures = {
