@@ -40,7 +40,7 @@ import torch
 try:  # optional: mmseg's own kernels for the resize and the HSV conversions (see the module notes)
     import cv2 as _cv2
 except ImportError:  # pragma: no cover - the numpy reproductions run instead
-    _cv2 = None
+    _cv2 = None  # type: ignore[assignment]
 
 from ..models.setr.configuration_setr import IGNORE_INDEX, int_pair
 from ..models.setr.image_processing_base_setr import decode_image, get_setr_resize_output_size, nearest_source_indices
