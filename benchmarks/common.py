@@ -352,6 +352,13 @@ class GemmFloor:
         )
 
 
+# `--smoke` runs of the scripts: a reduced encoder (64 wide, 4 layers) with the real heads at small width.
+SMOKE_ENCODER = dict(
+    hidden_size=64, num_hidden_layers=4, num_attention_heads=2, intermediate_size=256, out_indices=[0, 1, 2, 3],
+    mla_channels=8, mla_neck_channels=16, auxiliary_channels=16,
+)  # fmt: skip
+
+
 # What FlopCounterMode counts, by the profile's categories (`profile_inference.py`): on the meta device attention
 # runs as its two batched matmuls (bmm), the projections and the MLP as addmm (mm in backward).
 FLOP_KINDS = ("GEMMs", "attention (SDPA)", "patch embedding conv", "decoder convolutions")

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 import traceback
+from pathlib import Path
 
 from common import REPLY_PREFIX, ROOT, timed_sgd_steps, torch_build  # the script's folder is on sys.path
 
@@ -31,6 +32,7 @@ class Worker:
         self.fixtures = fixtures
         self.mods = fixtures._import_mmseg()
         self.models: dict[str, object] = {}
+        self.pipelines: dict[str, tuple] = {}
 
     # ------------------------------------------------------------------ models
     def build(self, variant: str, checkpoint: str | None = None, suite: str = "full", keep: bool = True) -> dict:
@@ -98,6 +100,43 @@ class Worker:
                 output = pipeline()
                 times.append(time.perf_counter() - start)
         return {"times": times, "shape": list(output["inputs"].shape)}
+
+    # ------------------------------------------------------------ augmentation
+    def augment(self, config: str, files: list[list[str]], batch: int, seed: int, reduce_zero_label: bool) -> dict:
+        """One pass of a SETR config's own `train_pipeline` (LoadImageFromFile, LoadAnnotations, RandomResize,
+        RandomCrop, RandomFlip, PhotoMetricDistortion, PackSegInputs) over `files` ([image, annotation] paths), then
+        mmseg's collate and the model's `SegDataPreProcessor` (training: normalise, pad) per `batch` samples; cv2 on
+        one thread. Returns the pass's time."""
+        import cv2
+        import numpy as np
+        import torch
+        from mmengine.config import Config
+        from mmengine.dataset import Compose, pseudo_collate
+        from mmseg.registry import MODELS
+
+        cv2.setNumThreads(1)
+        if config not in self.pipelines:
+            import mmseg
+
+            cfg = Config.fromfile(str(Path(mmseg.__file__).parent / ".mim" / "configs" / "setr" / config))
+            preprocessor = MODELS.build(dict(cfg.model.data_preprocessor))
+            self.pipelines[config] = (Compose(cfg.train_pipeline), preprocessor)
+        pipeline, preprocessor = self.pipelines[config]
+        np.random.seed(seed)
+        start = time.perf_counter()
+        with torch.no_grad():
+            for first in range(0, len(files), batch):
+                samples = [
+                    pipeline(
+                        dict(
+                            img_path=image, seg_map_path=annotation, seg_fields=[], reduce_zero_label=reduce_zero_label
+                        )
+                    )
+                    for image, annotation in files[first : first + batch]
+                ]
+                output = preprocessor(pseudo_collate(samples), training=True)
+        seconds = time.perf_counter() - start
+        return {"seconds": seconds, "shape": list(output["inputs"].shape)}
 
     # ---------------------------------------------------------------- training
     def train_step(self, variant: str, suite: str, batch: int, size: list[int], steps: int, seed: int) -> dict:

@@ -1,10 +1,13 @@
 """Where the time goes: torch.profiler over a SETR forward (Naive, PUP, MLA; ViT-L/16 with random weights; whole
-512x512 and slide 512x683; fp32 and bf16 autocast), and over one ViT-L PUP training step (batch 2, 512x512).
+512x512 and slide 512x683; fp32 and bf16 autocast), and over one ViT-L PUP training step (batch 2, 512x512: forward,
+decode and auxiliary losses, backward, SGD step) in fp32, bf16 autocast and fp32 with activation checkpointing.
 
     .venv/bin/python benchmarks/profile_inference.py                 # the 12 inference cases (~10 min on 2 cores)
     .venv/bin/python benchmarks/profile_inference.py --training      # and the training step (~5 min more, ~11 GiB)
     .venv/bin/python benchmarks/profile_inference.py --decoders naive --modes whole --dtypes fp32 --top 15
-    .venv/bin/python benchmarks/profile_inference.py --smoke --training  # reduced models: checks the script
+    .venv/bin/python benchmarks/profile_inference.py --training-only  # the training step only (~11 GiB)
+    .venv/bin/python benchmarks/profile_inference.py --training-only --training-size 256 --training-variants fp32
+    .venv/bin/python benchmarks/profile_inference.py --smoke --training --training-size 64  # checks the script
 
 Each case runs as `bench_inference.py` runs ours (`model(pixel_values, inference_mode=...)` under
 `torch.inference_mode`, whole-mode logits resized to the input): one warm-up call (it fills the inference caches),
@@ -23,7 +26,11 @@ rate measured in the same run (`common.GemmFloor`, fp32 or bf16 as the case), an
 how far each kind of work is from the machine's dense matmul rate. The profiler adds its own overhead (`profiled
 s` against `forward s`); the whole-forward `× floor` uses the unprofiled time. Training: `step s` is the minimum of
 `--repeats` steps after a warm-up step (SGD, momentum 0.9, as `bench_training_step.py`, which also measures the
-memory); the profiled step is another one.
+memory); the profiled step is another one. The step's `where` adds backward, the optimizer step and, under
+activation checkpointing, `recomputation` (the encoder's and heads' forwards run again inside backward); the
+checkpointed step's floor is the same useful GFLOP, so recomputation shows as time over it, and the note gives the
+checkpointed step's time over the plain one's (target ≤ 1.33). `--optimizer` swaps the SGD implementation (the
+training commands' `build_optimizer` by default).
 """
 
 import argparse
@@ -41,6 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference import SIZES, VARIANTS, run_ours  # noqa: E402
 from common import (  # noqa: E402
+    SMOKE_ENCODER,
     GemmFloor,
     add_floor_argument,
     format_table,
@@ -53,15 +61,18 @@ from common import (  # noqa: E402
 from transformers_setr.models.setr.fast_inference_setr import optimize_for_inference  # noqa: E402
 from transformers_setr.models.setr.modeling_setr import SetrForSemanticSegmentation  # noqa: E402
 from transformers_setr.presets import PRESETS  # noqa: E402
-from transformers_setr.training import config_for_preset  # noqa: E402
+from transformers_setr.training import build_optimizer, config_for_preset  # noqa: E402
 
-SMOKE_ENCODER = dict(
-    hidden_size=64, num_hidden_layers=4, num_attention_heads=2, intermediate_size=256, out_indices=[0, 1, 2, 3],
-    mla_channels=8, mla_neck_channels=16, auxiliary_channels=16,
-)  # fmt: skip
 # Scope labels (profiler annotations opened around the modules' forwards): the `where` of each operator.
 SCOPE_PREFIX = "## "
-WHERE = ("encoder", "decoder", "outside modules", "backward", "optimizer")
+WHERE = ("encoder", "decoder", "outside modules", "backward", "recomputation", "optimizer")
+# Training variants: name -> (dtype, activation checkpointing).
+TRAINING_VARIANTS = {
+    "fp32": ("fp32", False),
+    "bf16": ("bf16", False),
+    "fp32-ckpt": ("fp32", True),
+    "bf16-ckpt": ("bf16", True),
+}
 PYTHON = "Python between operators"
 CONV = "convolutions"  # told apart below into the patch embedding's and the decoder's
 CASTS = "copies and casts"
@@ -105,12 +116,23 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--training", action="store_true", help="also profile one PUP training step")
     parser.add_argument("--training-only", action="store_true", help="only the training step")
     parser.add_argument("--training-batch", type=int, default=2)
+    parser.add_argument("--training-size", type=int, default=512, help="square training crop (smaller: quicker)")
+    parser.add_argument(
+        "--training-variants", nargs="+", choices=list(TRAINING_VARIANTS), default=["fp32", "bf16", "fp32-ckpt"]
+    )
+    parser.add_argument(
+        "--training-decoder", choices=list(VARIANTS), default="pup", help="the decoder of the profiled step"
+    )
+    parser.add_argument(
+        "--optimizer", choices=["recipe", "loop", "foreach", "fused"], default="recipe",
+        help="the training step's SGD: the training commands' own (recipe) or one of torch's implementations",
+    )  # fmt: skip
     parser.add_argument("--top", type=int, default=0, help="also list the N operators with the most self time")
     parser.add_argument("--smoke", action="store_true", help="reduced encoder (64 wide, 4 layers): checks the script")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all CPUs)")
     add_floor_argument(parser)
     args = parser.parse_args()
-    for name in ("batch", "repeats", "training_batch"):
+    for name in ("batch", "repeats", "training_batch", "training_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     args.training = args.training or args.training_only
@@ -123,22 +145,34 @@ def build_model(decoder: str, smoke: bool) -> SetrForSemanticSegmentation:
     return SetrForSemanticSegmentation(config_for_preset(PRESETS[VARIANTS[decoder][1]], **overrides))
 
 
+IN_BACKWARD = [False]  # set while `training_step` runs backward: a layer's forward then is checkpointing's recompute
+
+
 def annotate_scopes(model: SetrForSemanticSegmentation) -> Callable[[], None]:
-    """Open a profiler scope around the encoder, the patch embedding and the decoder modules' forwards (hooks, so
-    the model runs unchanged); returns the function that removes the hooks."""
+    """Open a profiler scope around the encoder, the patch embedding and the decoder modules' forwards, and around
+    an encoder layer's forward when it runs inside backward (activation checkpointing's recomputation); hooks, so the
+    model runs unchanged. Returns the function that removes the hooks."""
     scopes = {"encoder": [model.setr], "patch embedding": [model.setr.embeddings]}
     scopes["decoder"] = [m for m in (model.neck, model.decode_head, *(model.auxiliary_heads or ())) if m is not None]
+    # transformers checkpoints a layer's `forward`, not its `__call__`: the layer's own hooks do not run again, its
+    # children's do (the residual sums and dropouts between them stay in backward's row).
+    scopes["recomputation"] = [child for layer in model.setr.layers for child in layer.children()]
     handles = []
     for label, modules in scopes.items():
         for module in modules:
-            stack = []
+            stack: list = []
 
             def enter(module, args, label=label, stack=stack):
+                if label == "recomputation" and not IN_BACKWARD[0]:
+                    stack.append(None)  # a layer's ordinary forward: the encoder scope around it says enough
+                    return
                 stack.append(torch.profiler.record_function(SCOPE_PREFIX + label))
                 stack[-1].__enter__()
 
             def leave(module, args, output, stack=stack):
-                stack.pop().__exit__(None, None, None)
+                scope = stack.pop()
+                if scope is not None:
+                    scope.__exit__(None, None, None)
 
             handles.append(module.register_forward_pre_hook(enter))
             handles.append(module.register_forward_hook(leave))
@@ -310,32 +344,60 @@ def training_step(model, optimizer, pixel_values: torch.Tensor, labels: torch.Te
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         loss = model(pixel_values, labels=labels).loss
     with torch.profiler.record_function(SCOPE_PREFIX + "backward"):
-        loss.backward()
+        IN_BACKWARD[0] = True
+        try:
+            loss.backward()
+        finally:
+            IN_BACKWARD[0] = False
     with torch.profiler.record_function(SCOPE_PREFIX + "optimizer"):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
 
 def training_cases(args: argparse.Namespace, floor: GemmFloor) -> list[dict]:
-    cases, size = [], 512
-    for dtype in args.dtypes:
-        model = build_model("pup", args.smoke).train()
+    cases, size, batch = [], args.training_size, args.training_batch
+    for variant in args.training_variants:
+        dtype, checkpointing = TRAINING_VARIANTS[variant]
+        model = build_model(args.training_decoder, args.smoke).train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
         remove_scopes = annotate_scopes(model)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        optimizer = build_training_optimizer(model, args.optimizer)
         generator = torch.Generator().manual_seed(0)
-        pixel_values = torch.randn(args.training_batch, 3, size, size, generator=generator)
-        labels = torch.randint(0, model.config.num_labels, (args.training_batch, size, size), generator=generator)
-        label = f"training step, PUP b{args.training_batch} {size}x{size} {dtype}"
+        pixel_values = torch.randn(batch, 3, size, size, generator=generator)
+        labels = torch.randint(0, model.config.num_labels, (batch, size, size), generator=generator)
+        label = f"training step, {args.training_decoder.upper()} b{batch} {size}x{size} {variant}"
         print(f"[{label}] warm-up step (allocates the optimizer state), {args.repeats} timed, 1 profiled", flush=True)
         step = functools.partial(training_step, model, optimizer, pixel_values, labels, dtype == "bf16")
         cases.append(measure_case(label, step, args.repeats, floor, dtype))
-        flops = training_gflop_by_kind(model.config, args.training_batch, size, size)
-        cases[-1].update(flops=flops, what="step", wheres=["encoder", "decoder", "outside modules", *WHERE[3:]])
+        flops = training_gflop_by_kind(model.config, batch, size, size)
+        wheres = ["encoder", "decoder", "outside modules", "backward", *(["recomputation"] if checkpointing else [])]
+        cases[-1].update(flops=flops, what="step", wheres=[*wheres, "optimizer"], variant=variant)
         print("\n### {}\n\n{}\n".format(*render(cases[-1], floor, args.top)), flush=True)
         remove_scopes()
         del model, optimizer
         gc.collect()
     return cases
+
+
+def build_training_optimizer(model: SetrForSemanticSegmentation, kind: str) -> torch.optim.Optimizer:
+    """SGD, momentum 0.9 (the SETR recipe): the training commands' own (`--optimizer recipe`), or torch's
+    per-parameter loop / foreach / fused implementation, to compare them."""
+    if kind == "recipe":
+        return build_optimizer(model, "sgd", learning_rate=0.01, head_lr_multiplier=1.0)
+    options = {"loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}[kind]
+    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, **options)
+
+
+def checkpointing_note(cases: list[dict]) -> list[str]:
+    """Each checkpointed step's time over the same dtype's step without checkpointing (target ≤ 1.33)."""
+    seconds = {case.get("variant"): case["seconds"] for case in cases}
+    return [
+        f"Activation checkpointing costs {seconds[name] / seconds[name[: -len('-ckpt')]]:.3f}× the {name[:4]} step "
+        "without it (target ≤ 1.33)."
+        for name in seconds
+        if name and name.endswith("-ckpt") and name[: -len("-ckpt")] in seconds
+    ]
 
 
 def main() -> None:
@@ -352,6 +414,7 @@ def main() -> None:
         floor.note(threads),
         "Shares of the profiled self time; `s` unprofiled (min over the timed calls). Every `× floor` here uses the "
         f"run's best matmul rate{' (reduced encoder: --smoke)' if args.smoke else ''}.",
+        *checkpointing_note(cases),
     ]
     print_report("Where the time goes: torch.profiler, by category", body, notes, threads)
 

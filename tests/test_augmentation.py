@@ -451,3 +451,22 @@ def test_generator_must_be_a_cpu_generator():
     image, labels, _ = _colour_coded_sample()
     with pytest.raises(TypeError, match="torch.Generator"):
         _tiny_augmentation()(image, labels, 0)
+
+
+def test_opencv_and_numpy_paths_give_the_same_samples(monkeypatch):
+    """Issue 25: with OpenCV installed the pipeline calls cv2 for the resize and the HSV round trips (mmseg's own
+    kernels, ~2x faster); without it, the numpy reproductions. Same seeds, same pixels, for crops whose rows are whole
+    64-pixel blocks (every crop of an image at least as large as the crop; see the module notes for the others)."""
+    pytest.importorskip("cv2")
+    from transformers_setr.training import augmentation as module
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (150, 230, 3), dtype=np.uint8)
+    labels = (np.arange(150)[:, None] // 30 * 5 + np.arange(230)[None, :] // 40).astype(np.uint8)
+    augment = SetrTrainAugmentation(crop_size=(64, 128), scale=(260, 170), ratio_range=(0.6, 1.6))
+    with_cv2 = [augment(image, labels, torch.Generator().manual_seed(seed)) for seed in range(12)]
+    monkeypatch.setattr(module, "_cv2", None)
+    for seed, (pixel_values, target) in enumerate(with_cv2):
+        numpy_pixel_values, numpy_target = augment(image, labels, torch.Generator().manual_seed(seed))
+        assert torch.equal(pixel_values, numpy_pixel_values), seed
+        assert torch.equal(target, numpy_target), seed

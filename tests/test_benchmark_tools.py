@@ -169,3 +169,53 @@ def test_floor_is_the_fastest_matmul_library_and_the_onednn_matmul_is_a_matmul(c
     assert floor.multiple(2 * floor.seconds(1.0, "fp32"), 1.0, "fp32") == "2.00"
     note = floor.note(threads=2)
     assert all(library in note for library in libraries) and "64^3 on 2 threads" in note
+
+
+def test_gpu_figures_runs_on_cpu_and_writes_one_json(tmp_path):
+    """`gpu_figures.py --device cpu --smoke` (the GPU script's own check): every row of the issue's table, the seed's
+    Mem (GB) next to the training rows, the goals, one JSON file and no temporary left."""
+    import json
+
+    output = tmp_path / "figures.json"
+    load("gpu_figures").main(
+        ["--device", "cpu", "--smoke", "--decoders", "pup", "--images", "1", "--repeats", "1", "--steps", "1",
+         "--output", str(output)]
+    )  # fmt: skip
+    assert [path.name for path in tmp_path.iterdir()] == ["figures.json"]
+    figures = json.loads(output.read_text())
+    cases = {(row["mode"], row["dtype"], row["batch"]) for row in figures["inference"]}
+    assert cases == {(m, d, b) for m in ("whole", "slide") for d in ("fp32", "bf16") for b in (1, 8)}
+    assert all(row["images_per_second"] > 0 and row["gflop_per_image"] > 0 for row in figures["inference"])
+    slide = next(row for row in figures["inference"] if row["mode"] == "slide")
+    whole = next(row for row in figures["inference"] if row["mode"] == "whole")
+    assert slide["gflop_per_image"] > whole["gflop_per_image"]  # overlapping windows: more work than one pass
+    assert [(row["dtype"], row["batch_per_gpu"], row["seed_mem_gb"]) for row in figures["training"]] == [
+        ("bf16", 2, 19.54),  # the seed's PUP ADE20K row: 16 images on 8 GPUs, Mem (GB) 19.54
+        ("fp32", 2, 19.54),
+    ]
+    assert figures["training"][0]["peak_allocated_gib"] is None and figures["peak_bf16_tflops"] is None  # CPU
+    assert figures["goals"]["slide_bf16_images_per_second"] == 60.0 and figures["goals"]["training_mfu"] == 0.4
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--images", "0"], "--images must be at least 1"),
+        (["--device", "warp-drive"], "is not a torch device"),
+        (["--peak-tflops", "-3"], "--peak-tflops must be positive"),
+    ],
+)
+def test_gpu_figures_refuses_bad_options_in_one_line(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        load("gpu_figures").main(["--device", "cpu", "--output", str(tmp_path / "x.json"), *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_figures_without_cuda_says_so(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        load("gpu_figures").main(["--output", str(tmp_path / "x.json")])
+    assert exit_info.value.code == 2
+    assert "CUDA is not available" in capsys.readouterr().err

@@ -159,3 +159,25 @@ def test_train_script_arguments_default_to_the_preset_recipe_and_can_be_overridd
     assert (overridden.max_steps, overridden.learning_rate) == (10, 0.5)
     with pytest.raises(SystemExit):
         parse_arguments([*base, "--eval_mode", "sliding"], (SetrTrainingArguments,))
+
+
+def test_dataloader_workers_default_follows_the_measured_rates(monkeypatch):
+    """Issue 25: the default `dataloader_num_workers` of both training commands is what one GPU's training rate needs
+    at the measured augmentation rate per core (40 / 3.9 images/s -> 11), bounded by the cores of each GPU's process
+    less one; none without a GPU."""
+    from transformers_setr.training import SetrTrainingArguments, default_dataloader_workers, recipe
+    from transformers_setr.training.train_loop_command import LoopArguments
+
+    assert default_dataloader_workers(cpu_count=16, gpus=1) == 11  # one H100 machine of 16 cores
+    assert default_dataloader_workers(cpu_count=64, gpus=1) == 11  # never more than needed
+    assert default_dataloader_workers(cpu_count=16, gpus=8) == 1  # 2 cores per process: one for the process
+    assert default_dataloader_workers(cpu_count=96, gpus=8) == 11
+    assert default_dataloader_workers(cpu_count=2, gpus=4) == 1  # at least one with a GPU
+    assert default_dataloader_workers(cpu_count=2, gpus=0) == 0
+    monkeypatch.setattr(recipe.torch.cuda, "device_count", lambda: 0)
+    assert SetrTrainingArguments(output_dir="unused").dataloader_num_workers == 0
+    assert LoopArguments().dataloader_num_workers == 0
+    monkeypatch.setattr(recipe.torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(recipe.os, "cpu_count", lambda: 16)
+    assert LoopArguments().dataloader_num_workers == 7
+    assert SetrTrainingArguments(output_dir="unused", dataloader_num_workers=3).dataloader_num_workers == 3

@@ -20,6 +20,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "RecipeArguments",
             "build_optimizer",
             "build_scheduler",
+            "default_dataloader_workers",
             "check_recipe_arguments",
             "encoder_layer_id",
             "parameter_groups",

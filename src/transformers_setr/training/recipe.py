@@ -15,6 +15,7 @@ the same augmentations as an uninterrupted one.
 import dataclasses
 import json
 import math
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -148,6 +149,8 @@ def build_optimizer(
         model, learning_rate, head_lr_multiplier=head_lr_multiplier, weight_decay=weight_decay, layer_decay=layer_decay
     )
     if name == "sgd":
+        # Not torch's fused SGD (~2x faster on CPU, an update equal up to float32 rounding): with it, the loop resumed
+        # from a checkpoint no longer repeats its losses within 1e-5 (tests/test_training.py, issue 25).
         return torch.optim.SGD(groups, lr=learning_rate, momentum=momentum, weight_decay=0.0)
     if name in ("adamw_torch", "adamw_torch_fused"):
         fused = True if name == "adamw_torch_fused" else None
@@ -323,6 +326,25 @@ def describe_optimization(args: Any) -> str:
             "saved weights"
         )
     return ", ".join(parts)
+
+
+# The DataLoader workers a training process needs (issue 25; `benchmarks/bench_augmentation.py`, RESULTS.md): the
+# images/s one GPU trains at over the images/s one CPU core augments (files decoded to the collated batch).
+AUGMENTATION_IMAGES_PER_CORE = 3.9  # Cityscapes-sized 2048x1024 PNGs, the slower dataset (ADE-sized JPEGs: ~26)
+GPU_TRAINING_IMAGES_PER_SECOND = 40.0  # ViT-L SETR on one H100 in bf16 (issue 25: tens of images/s)
+
+
+def default_dataloader_workers(cpu_count: int | None = None, gpus: int | None = None) -> int:
+    """`dataloader_num_workers` when not given: 0 without a GPU (a CPU step takes seconds, the augmentation ~1 % of
+    it in the main process, and a worker would take a core from the step); with GPUs, per training process (one per
+    GPU), ceil(GPU_TRAINING_IMAGES_PER_SECOND / AUGMENTATION_IMAGES_PER_CORE) = 11, at most the process's share of the
+    cores less one for the process itself, at least 1."""
+    gpus = torch.cuda.device_count() if gpus is None else gpus
+    if gpus == 0:
+        return 0
+    needed = math.ceil(GPU_TRAINING_IMAGES_PER_SECOND / AUGMENTATION_IMAGES_PER_CORE)
+    cores_per_process = (cpu_count or os.cpu_count() or 1) // gpus
+    return max(1, min(needed, cores_per_process - 1))
 
 
 def _option(default: Any, help: str, **metadata: Any) -> Any:
@@ -558,6 +580,10 @@ class SetrTrainingArguments(RecipeArguments, TrainingArguments):
     remove_unused_columns: bool = _option(False, "must stay False: the dataset's columns are decoded by the transform")
     batch_eval_metrics: bool = _option(True, "stream the evaluation: per-batch areas, summed, never all logits")
     per_device_eval_batch_size: int = _option(1, "evaluation images differ in size, so they go one at a time")
+    dataloader_num_workers: int = field(
+        default_factory=default_dataloader_workers,
+        metadata={"help": "DataLoader workers augmenting the training images (default: default_dataloader_workers)"},
+    )
     overwrite_output_dir: bool = _option(
         False, "write over a non-empty output_dir (otherwise refused unless resuming)"
     )
@@ -739,6 +765,7 @@ __all__ = [
     "SetrTrainingArguments",
     "build_optimizer",
     "build_poly_scheduler",
+    "default_dataloader_workers",
     "build_scheduler",
     "check_recipe_arguments",
     "describe_optimization",

@@ -20,6 +20,7 @@ from .adapt import save_trained_model
 from .recipe import (
     RecipeArguments,
     check_recipe_arguments,
+    default_dataloader_workers,
     optimizer_from_arguments,
     scheduler_from_arguments,
     train_collate,
@@ -64,7 +65,10 @@ class LoopArguments(RecipeArguments):
     logging_steps: int = field(default=50)
     eval_mode: str = field(default="slide", metadata={"choices": list(INFERENCE_MODES)})
     do_eval: bool = field(default=True)
-    dataloader_num_workers: int = field(default=0)
+    dataloader_num_workers: int = field(
+        default_factory=default_dataloader_workers,
+        metadata={"help": "DataLoader workers augmenting the training images (default: default_dataloader_workers)"},
+    )
     push_to_hub: bool = field(default=False)
     hub_model_id: str | None = field(default=None)
     hub_token: str | None = field(default=None)
