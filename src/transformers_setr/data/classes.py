@@ -28,7 +28,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 from transformers.utils import logging
@@ -153,6 +153,10 @@ class ClassDeclaration:
     mask_colors: tuple[tuple[int, int, int], ...] | None = None  # colour masks: the colour of class i
 
 
+@overload
+def parse_mask_values(values: str | Sequence[int], origin: str = ...) -> tuple[int, ...]: ...
+@overload
+def parse_mask_values(values: None, origin: str = ...) -> None: ...
 def parse_mask_values(values: str | Sequence[int] | None, origin: str = "mask_values") -> tuple[int, ...] | None:
     """`"0,255"` or `[0, 255]` -> `(0, 255)`: distinct non-negative stored values, the i-th is class i."""
     if values is None:
@@ -224,7 +228,8 @@ def declare_classes(
         if len(set(colours)) != len(colours):
             raise DatasetFormatError(f"{origin}: two classes have the same colour in id2label")
         classes = checked_dataset_id2label(names, origin)
-        return ClassDeclaration(classes, mask_colors=tuple(colours))
+        # every class has its colour (checked above)
+        return ClassDeclaration(classes, mask_colors=tuple(colour for colour in colours if colour is not None))
     if mask_values is not None:
         if reduce_labels:
             raise DatasetFormatError(

@@ -96,7 +96,7 @@ class SegmentationData:
                         "with reduce_labels or colours)"
                     )
             if self.mask_colors is not None:
-                self.mask_colors = tuple(tuple(int(c) for c in colour) for colour in self.mask_colors)
+                self.mask_colors = tuple((int(r), int(g), int(b)) for r, g, b in self.mask_colors)
                 if self.reduce_labels or len(self.mask_colors) != len(self.classes):
                     raise ValueError(f"{len(self.mask_colors)} mask colours for {len(self.classes)} classes")
                 packed = [(r << 16) | (g << 8) | b for r, g, b in self.mask_colors]
@@ -127,10 +127,10 @@ class SegmentationData:
 
     @property
     def id2label(self) -> dict[int, str]:
-        return dict(self.classes) if self.is_custom else id2label_for(self.dataset)
+        return dict(self.classes or {}) if self.is_custom else id2label_for(self.dataset)
 
     @property
-    def palette(self) -> tuple[tuple[int, int, int], ...]:
+    def palette(self) -> tuple[tuple[int, ...], ...]:
         if not self.is_custom:
             return DATASETS[self.dataset]["palette"]
         if self.custom_palette is not None:
@@ -191,7 +191,7 @@ class SegmentationData:
         small = max(self.num_labels - 1, self.ignore_index) <= 255
         return train_ids.astype(np.uint8 if small else np.int32)
 
-    def unexpected_values_message(self, values: Sequence[int], pixels: int, where: str) -> str:
+    def unexpected_values_message(self, values: Sequence[int] | np.ndarray, pixels: int, where: str) -> str:
         """The refusal of stored values (or colours) no class has: `where` names the file(s)."""
         if self.mask_colors:
             shown = ", ".join(colour_name(int(v)) for v in values[:5]) + (", ..." if len(values) > 5 else "")
@@ -207,7 +207,7 @@ class SegmentationData:
     def _allowed(self) -> str:
         if not self.is_custom:
             return ALLOWED_VALUES[self.label_format]
-        count = len(self.classes)
+        count = self.num_labels
         if self.mask_values is not None:
             ignored = f" and the ignore index {self.ignore_index}" if self.ignore_index not in self.mask_values else ""
             return f"the stored values {', '.join(map(str, self.mask_values))} of the {count} classes{ignored}"

@@ -373,7 +373,8 @@ def generate_palette(num_labels: int) -> tuple[tuple[int, int, int], ...]:
         hue = (index * 0.618033988749895) % 1.0
         value = (1.0, 0.75, 0.55)[index % 3]
         saturation = (0.85, 0.65)[(index // 3) % 2]
-        palette.append(tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(hue, saturation, value)))
+        red, green, blue = (int(round(255 * c)) for c in colorsys.hsv_to_rgb(hue, saturation, value))
+        palette.append((red, green, blue))
     return tuple(palette)
 
 

@@ -31,10 +31,14 @@ def open_cell(value: Any, name: str, what: str) -> Image.Image:
     if isinstance(value, Image.Image):
         return value
     data, path = (value.get("bytes"), value.get("path")) if isinstance(value, dict) else (None, value)
-    if data is None and not path:
+    if data is not None:
+        source = io.BytesIO(data)
+    elif path:
+        source = path
+    else:
         raise DatasetFormatError(f"{name}: the {what} has neither bytes nor a path")
     try:
-        image = Image.open(io.BytesIO(data) if data is not None else path)
+        image = Image.open(source)
         image.load()
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:  # what Pillow raises on bad files
         raise DatasetFormatError(f"{name}: cannot read the {what}: {error}") from error

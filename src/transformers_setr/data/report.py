@@ -69,8 +69,11 @@ def _image_size(value: Any, name: str) -> tuple[int, int]:
         import io
 
         data, path = (value.get("bytes"), value.get("path")) if isinstance(value, dict) else (None, value)
+        source = io.BytesIO(data) if data is not None else path
+        if source is None:
+            raise DatasetFormatError(f"{name}: the image has neither bytes nor a path")
         try:
-            image = Image.open(io.BytesIO(data) if data is not None else path)
+            image = Image.open(source)
         except (OSError, ValueError, SyntaxError) as error:
             raise DatasetFormatError(f"{name}: cannot read the image: {error}") from error
     width, height = image.size
@@ -267,7 +270,7 @@ def _format(data: SegmentationData, report: DataReport) -> str:
     hidden = 0
     if data.num_labels > MAX_CLASS_ROWS:  # the most frequent classes of the first split, and how many are left out
         by_share = np.argsort(-shares[splits[0]][0], kind="stable").tolist()
-        present = sum(shares[s][0] for s in splits) > 0
+        present = np.sum([shares[s][0] for s in splits], axis=0) > 0
         order = sorted(i for i in by_share[: MAX_CLASS_ROWS - 2] if present[i])
         hidden = data.num_labels - len(order)
     for index in order:

@@ -65,7 +65,7 @@ def open_image(image: str | PIL.Image.Image, timeout: float | None = None) -> PI
                 image = PIL.Image.open(io.BytesIO(base64.decodebytes(image.encode())))
             except Exception as error:
                 raise ValueError(
-                    f"Incorrect image source: {image[:100]!r} is no file here, no URL (http:// or https://) and no "
+                    f"Incorrect image source: {str(image)[:100]!r} is no file here, no URL (http:// or https://) and no "
                     f"base64 image data ({error})"
                 ) from error
     elif not isinstance(image, PIL.Image.Image):
@@ -78,26 +78,32 @@ def open_image(image: str | PIL.Image.Image, timeout: float | None = None) -> PI
 class SetrImageSegmentationPipeline(ImageSegmentationPipeline):
     """`ImageSegmentationPipeline`, with SETR's image loading and batching of different sizes (see the module)."""
 
+    # The `type: ignore[override]`s: the hooks below take the parameters of `ImageSegmentationPipeline`'s own
+    # (untyped) hooks, which the base `Pipeline` types as `input_, **parameters: dict`.
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if is_setr(self.model):
             optimize_for_inference(self.model)  # in place: the CPU inference variants (`fast_inference_setr`)
 
-    def __call__(self, inputs: Any = None, **kwargs: Any) -> Any:
+    def __call__(self, inputs: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
         images = kwargs.get("images", inputs)
         if is_setr(self.model) and isinstance(images, (list, tuple)) and len(images) == 0:
             raise ValueError("No images were given (empty list): pass an image or a non-empty list of images.")
         return super().__call__(inputs, **kwargs)
 
-    def preprocess(self, image: Any, subtask: str | None = None, timeout: float | None = None) -> dict[str, Any]:
+    def preprocess(  # type: ignore[override]
+        self, image: Any, subtask: str | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
         if not is_setr(self.model):
             return super().preprocess(image, subtask=subtask, timeout=timeout)
         image = open_image(image, timeout=timeout)
+        assert self.image_processor is not None  # the task loads it with the model
         pixel_values = self.image_processor(images=[image], return_tensors="pt")["pixel_values"].to(self.dtype)
         # Lists, not tensors: the stock collation then gathers them as they are instead of concatenating them.
         return {"pixel_values": [pixel_values], "target_size": [(image.height, image.width)]}
 
-    def _forward(self, model_inputs: dict[str, Any]) -> Any:
+    def _forward(self, model_inputs: dict[str, Any]) -> Any:  # type: ignore[override]
         if not is_setr(self.model):
             return super()._forward(model_inputs)
         images, target_sizes = model_inputs["pixel_values"], model_inputs["target_size"]
@@ -121,12 +127,13 @@ class SetrImageSegmentationPipeline(ImageSegmentationPipeline):
         outputs["target_size"] = target_sizes
         return outputs
 
-    def postprocess(self, model_outputs: Any, subtask: str | None = None, **kwargs: Any) -> Any:
+    def postprocess(self, model_outputs: Any, subtask: str | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
         if not is_setr(self.model):
             return super().postprocess(model_outputs, subtask=subtask, **kwargs)
         if subtask not in ("semantic", None):
             raise ValueError(f"Subtask {subtask} is not supported for SETR, a semantic segmentation model")
-        segmentation = self.image_processor.post_process_semantic_segmentation(
+        image_processor: Any = self.image_processor  # SETR's (maybe remote code): its own post-processing
+        segmentation = image_processor.post_process_semantic_segmentation(
             model_outputs, target_sizes=model_outputs["target_size"]
         )[0].numpy()
         id2label = self.model.config.prediction_id2label

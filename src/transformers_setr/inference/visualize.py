@@ -40,7 +40,7 @@ def overlay_with_legend(
         raise ValueError(f"segmentation {segmentation.shape} does not match the image ({image.height}, {image.width})")
     colours = colorize(segmentation, palette, ignore_index)
     blended = (np.asarray(image, dtype=np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha).round()
-    blended = Image.fromarray(blended.astype(np.uint8))
+    blended_image = Image.fromarray(blended.astype(np.uint8))
 
     ids, counts = np.unique(segmentation[segmentation != ignore_index], return_counts=True)
     present = [int(i) for i in ids[np.argsort(-counts)]]
@@ -48,7 +48,7 @@ def overlay_with_legend(
     row = 16 if font_size is None else font_size + 8
     legend_width = 10 + max((int(font.getlength(f"{i}: {id2label.get(i, i)}")) for i in present), default=0) + row + 14
     canvas = Image.new("RGB", (image.width + legend_width, max(image.height, row * len(present) + 10)), "white")
-    canvas.paste(blended, (0, 0))
+    canvas.paste(blended_image, (0, 0))
     draw = ImageDraw.Draw(canvas)
     for position, class_id in enumerate(present):
         top = 5 + position * row

@@ -456,15 +456,15 @@ class SetrTrainAugmentation:
 
         pixel_values = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).to(torch.float32)
         pixel_values.sub_(self._mean).div_(self._std)
-        labels = torch.from_numpy(labels.astype(np.int64))
-        if labels.shape == self.crop_size:
-            return pixel_values, labels
+        label_ids = torch.from_numpy(labels.astype(np.int64))
+        if label_ids.shape == self.crop_size:
+            return pixel_values, label_ids
         # SegDataPreProcessor pads at the bottom/right, the image with 0 *after* normalisation.
-        height, width = labels.shape
+        height, width = label_ids.shape
         padded_pixel_values = torch.zeros((3, *self.crop_size), dtype=torch.float32)
         padded_pixel_values[:, :height, :width] = pixel_values
         padded_labels = torch.full(self.crop_size, self.ignore_index, dtype=torch.int64)
-        padded_labels[:height, :width] = labels
+        padded_labels[:height, :width] = label_ids
         return padded_pixel_values, padded_labels
 
     def _choose_crop(

@@ -11,7 +11,7 @@ of the preset's recipe (batch, iterations, lr, crop...) is a default that the co
 """
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import HfArgumentParser
@@ -116,7 +116,7 @@ def _summary_from_eval(metrics: dict[str, float], config: SetrConfig) -> dict[st
     """The Trainer's `eval_*` floats back into `summarize_areas` form (fractions; per-class by name)."""
     per_class = {
         name: metrics.get(f"eval_IoU-{name}", float("nan"))
-        for name in (config.id2label[i] for i in range(config.num_labels))
+        for name in (cast(dict[int, str], config.id2label)[i] for i in range(config.num_labels))
     }
     return {
         "mIoU": metrics["eval_mIoU"],

@@ -542,7 +542,7 @@ def _pretrained_model(
             f"--config_overrides {fixed} cannot change a model loaded with --model_name_or_path (its architecture is "
             f"the checkpoint's); allowed: {', '.join(PRETRAINED_OVERRIDES)}"
         )
-    relabel = {int(k): v for k, v in config.id2label.items()} != id2label
+    relabel = {int(k): v for k, v in (config.id2label or {}).items()} != id2label
     if relabel:
         # The user's classes: a new classifier (the main and auxiliary heads' last convolutions, whose shapes
         # change), every other weight kept.

@@ -20,7 +20,7 @@ This file is shipped next to the weights for `trust_remote_code` users: it impor
 import copy
 from collections.abc import Sequence
 from numbers import Integral
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, TypeGuard, TypeVar, cast, get_args
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
@@ -75,6 +75,18 @@ IGNORE_INDEX = 255  # the label of unscored pixels, in the loss, the metric, the
 # What `forward` does without labels in eval mode (`config.inference_mode`); the package adds multi-scale + flip.
 InferenceMode = Literal["whole", "slide"]
 MODEL_INFERENCE_MODES: tuple[str, ...] = get_args(InferenceMode)
+DecoderType = Literal["naive", "pup", "mla"]
+
+_Value = TypeVar("_Value")
+
+
+def resolved(value: _Value | None) -> _Value:
+    """A decoder-dependent field (`out_indices`, `decoder_channels`, ...: `None` in the dataclass means the decoder's
+    default), which `SetrConfig` fills at construction, typed without `None` for its readers; a `ValueError` if one
+    was set back to `None` on a built config."""
+    if value is None:
+        raise ValueError("a decoder-dependent SetrConfig field is None: its default is filled only at construction")
+    return value
 
 
 # The encoders SETR's heads take through transformers' backbone API (`backbone_config.model_type`): plain ViTs whose
@@ -125,13 +137,14 @@ def backbone_encoder_facts(backbone_config: PreTrainedConfig) -> dict[str, int]:
         if len(set(facts["patch_size"])) != 1:
             raise ValueError(f"SETR needs square patches, the backbone has patch_size {facts['patch_size']}")
         facts["patch_size"] = facts["patch_size"][0]
-    missing = [name for name, value in facts.items() if not isinstance(value, int)]
+    known = {name: value for name, value in facts.items() if isinstance(value, int)}
+    missing = [name for name in facts if name not in known]
     if missing:
         raise ValueError(
             f"the {model_type} backbone_config does not say its {', '.join(missing)}: build the model with "
             "SetrForSemanticSegmentation.from_backbone(name), which reads them from the encoder"
         )
-    return facts
+    return known
 
 
 def default_backbone_out_indices(num_layers: int, decoder_type: str) -> list[int] | None:
@@ -149,15 +162,16 @@ def backbone_stage_indices(config: "SetrConfig") -> list[int]:
     (transformers ViTs: stage 0 is the embeddings, "stem"; timm: stage i is block i)."""
     if config.backbone_config is None:
         raise ValueError("the built-in encoder has no backbone stages")
+    assert isinstance(config.backbone_config, PreTrainedConfig)  # `SetrConfig` builds a dict into its config
     offset = BACKBONE_STAGE_OFFSET[config.backbone_config.model_type]
-    return [index + offset for index in config.out_indices]
+    return [index + offset for index in resolved(config.out_indices)]
 
 
 def int_pair(value: int | Sequence[int], name: str, positive: bool = False) -> tuple[int, int]:
     """An int (both sides) or a pair of ints as (height, width), or a `ValueError` naming `name`. The one reader of
     size pairs: the sliding window here, the training augmentation's crop and scale."""
 
-    def is_int(v: object) -> bool:
+    def is_int(v: object) -> TypeGuard[int]:  # numpy integers too, as ints
         return isinstance(v, Integral) and not isinstance(v, bool)
 
     values = [value] * 2 if is_int(value) else value
@@ -372,7 +386,7 @@ class SetrConfig(PreTrainedConfig):
     use_cls_token: bool | None = None
     out_indices: list[int] | tuple[int, ...] | None = None
 
-    decoder_type: Literal["naive", "pup", "mla"] = "pup"
+    decoder_type: DecoderType = "pup"
     decoder_in_index: int = -1
     decoder_channels: int | None = None
     decoder_num_convs: int | None = None
@@ -401,6 +415,14 @@ class SetrConfig(PreTrainedConfig):
 
     palette: list[list[int]] | None = None
     backbone_config: dict | PreTrainedConfig | None = None
+
+    if TYPE_CHECKING:  # for the type checker only (no field, no runtime change): construction always sets the labels
+
+        @property
+        def num_labels(self) -> int: ...
+
+        @num_labels.setter
+        def num_labels(self, num_labels: int) -> None: ...
 
     def __post_init__(self, **kwargs):
         given = [name for name in BACKBONE_LOADING_KWARGS if kwargs.pop(name, None) not in (None, False, {})]
@@ -469,9 +491,10 @@ class SetrConfig(PreTrainedConfig):
     def _align_backbone_stages(self) -> None:
         """Set the backbone's out_indices from SETR's (the one source of truth); a backbone config that names other
         stages than its default (the last one) is a contradiction, refused in one line."""
-        if any(not 0 <= index < self.num_hidden_layers for index in self.out_indices):
+        if any(not 0 <= index < self.num_hidden_layers for index in resolved(self.out_indices)):
             return  # `validate_architecture` names the bad indices
         stages = backbone_stage_indices(self)
+        assert isinstance(self.backbone_config, PreTrainedConfig)  # built by `_adopt_backbone`
         current = self.backbone_config.out_indices
         last_stage = BACKBONE_STAGE_OFFSET[self.backbone_config.model_type] + self.num_hidden_layers - 1
         if current not in (None, stages, [last_stage], [-1]):
@@ -517,7 +540,7 @@ class SetrConfig(PreTrainedConfig):
         return output
 
     @classmethod
-    def for_decoder(cls, decoder_type: str, **kwargs) -> "SetrConfig":
+    def for_decoder(cls, decoder_type: DecoderType, **kwargs) -> "SetrConfig":
         """The config of a `decoder_type` model ("naive", "pup" or "mla"): every decoder-dependent field not given in
         `kwargs` takes that decoder's value from the released configs. The one place decoder defaults are resolved
         is construction (`__post_init__`); a built config's `decoder_type` is not meant to change (build another, or
@@ -549,17 +572,17 @@ class SetrConfig(PreTrainedConfig):
             value = checked_id2label(value)
         super().__setattr__(name, value)
         if relabel:
-            self._labels_changed()
+            self._labels_changed(value)
 
-    def _labels_changed(self) -> None:
+    def _labels_changed(self, id2label: dict[int, str]) -> None:
         """The one rule for the label-dependent fields when `id2label` changes on a built config: `label2id` is rebuilt
         from it (a `label2id` given with it is set after it, as `from_pretrained` does), and a palette whose length no
         longer matches is dropped (one of the right length is kept). A palette given to the constructor with
         `id2label` is checked instead (`validate_architecture`): a mismatch there is the caller's error."""
-        self.label2id = {label: index for index, label in self.id2label.items()}
-        if self.palette is not None and len(self.palette) != len(self.id2label):
+        self.label2id = {label: index for index, label in id2label.items()}
+        if self.palette is not None and len(self.palette) != len(id2label):
             logger.info(
-                f"id2label now has {len(self.id2label)} labels: dropping the palette of {len(self.palette)} colours."
+                f"id2label now has {len(id2label)} labels: dropping the palette of {len(self.palette)} colours."
             )
             self.palette = None
 
@@ -590,13 +613,14 @@ class SetrConfig(PreTrainedConfig):
     def prediction_id2label(self) -> dict[int, str]:
         """The classes that predicted label maps hold: `id2label`, or for a binary model background (0) and its one
         label (1)."""
+        id2label = cast(dict[int, str], self.id2label)  # int keys: every id2label goes through `checked_id2label`
         if self.is_binary:
-            return {0: "background", 1: self.id2label[0]}
-        return dict(self.id2label)
+            return {0: "background", 1: id2label[0]}
+        return dict(id2label)
 
     @property
     def num_feature_levels(self) -> int:
-        return len(self.out_indices)
+        return len(resolved(self.out_indices))
 
     def validate_architecture(self):
         """Reject combinations the model cannot build, with a message naming the fields."""
@@ -639,15 +663,15 @@ class SetrConfig(PreTrainedConfig):
                     f"must be {levels * self.mla_channels}, got {self.decoder_channels}"
                 )
         if self.decoder_type in ("naive", "pup"):
-            if self.decoder_num_convs < 1:
+            if resolved(self.decoder_num_convs) < 1:
                 errors.append(f"decoder_num_convs must be >= 1 for the {self.decoder_type} head")
             if self.decoder_kernel_size not in (1, 3):
                 errors.append(
                     f"decoder_kernel_size must be 1 or 3 (mmsegmentation's SETRUPHead), got {self.decoder_kernel_size}"
                 )
-            if self.use_auxiliary_head and self.auxiliary_num_convs < 1:
+            if self.use_auxiliary_head and resolved(self.auxiliary_num_convs) < 1:
                 errors.append("auxiliary_num_convs must be >= 1 for Naive/PUP auxiliary heads")
-        if self.decoder_kernel_size % 2 == 0 or (self.auxiliary_kernel_size or 1) % 2 == 0:
+        if resolved(self.decoder_kernel_size) % 2 == 0 or (self.auxiliary_kernel_size or 1) % 2 == 0:
             errors.append("kernel sizes must be odd so that convolutions keep the feature size")
         for name in (
             "decoder_channels",
@@ -692,4 +716,5 @@ __all__ = [
     "checked_id2label",
     "default_slide_stride",
     "int_pair",
+    "resolved",
 ]

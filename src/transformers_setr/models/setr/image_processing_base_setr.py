@@ -27,7 +27,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast, overload
 
 import numpy as np
 import PIL.Image
@@ -99,7 +99,8 @@ def decode_image(image: "str | os.PathLike | bytes | IO[bytes] | PIL.Image.Image
     image = upright(image)
     if image.mode == "RGB" and "transparency" not in image.info:
         return image
-    return PIL.Image.fromarray(convert_to_rgb(image, return_numpy=True))
+    # `return_numpy=True` gives an array; transformers types the result as any `ImageInput`
+    return PIL.Image.fromarray(cast(np.ndarray, convert_to_rgb(image, return_numpy=True)))
 
 
 class SetrImageProcessorKwargs(ImagesKwargs, total=False):
@@ -264,6 +265,10 @@ def to_label_map(segmentation_map: Any, index: int = 0) -> torch.Tensor:
     return x.to(torch.int64, copy=True)
 
 
+@overload
+def reduce_segmentation_labels(labels: np.ndarray) -> np.ndarray: ...
+@overload
+def reduce_segmentation_labels(labels: torch.Tensor) -> torch.Tensor: ...
 def reduce_segmentation_labels(labels: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     """mmseg `reduce_zero_label`: 0 -> 255, v -> v - 1, 255 stays 255; a new array of the same kind. A value of 256
     is refused: it would become 255 and be silently ignored."""
@@ -286,7 +291,7 @@ class SetrImageProcessingMixin:
     backend only says what it returns (`_output`: tensors, or NumPy arrays for the PIL backend).
     """
 
-    valid_kwargs = SetrImageProcessorKwargs
+    valid_kwargs: type[ImagesKwargs] = SetrImageProcessorKwargs
     model_input_names = ["pixel_values"]
 
     resample = PILImageResampling.BILINEAR
@@ -304,6 +309,9 @@ class SetrImageProcessingMixin:
     do_pad = False
     pad_size = None
     do_reduce_labels = False
+
+    def __init__(self, **kwargs: Unpack[SetrImageProcessorKwargs]):  # the backend's, typed with SETR's kwargs
+        super().__init__(**kwargs)  # type: ignore[misc]  # the backend's (as in the methods below)
 
     def _output(self, x: torch.Tensor) -> Any:
         return x
@@ -389,7 +397,8 @@ class SetrImageProcessingMixin:
             return list(images)  # one map per image: a 3-D item is refused as a map (a colour mask), not a batch
         images = [grey_as_3d(item) for item in images] if isinstance(images, (list, tuple)) else grey_as_3d(images)
         try:
-            flat = make_flat_list_of_images(images, expected_ndims=expected_ndims)
+            # a flat list; transformers types the result as any `ImageInput`
+            flat = cast(list[Any], make_flat_list_of_images(images, expected_ndims=expected_ndims))
         except (ValueError, TypeError, AttributeError):
             raise ValueError(
                 f"Unsupported {what} ({type(images).__name__}): expected PIL images, numpy arrays or torch tensors, "
@@ -412,6 +421,7 @@ class SetrImageProcessingMixin:
         as `decode_image` does for PIL images) with `do_convert_rgb`, else the channels as they are."""
         if isinstance(image, PIL.Image.Image):
             image, input_data_format = np.array(decode_image(image) if do_convert_rgb else image), "channels_last"
+        x: object
         if isinstance(image, np.ndarray):  # torch views neither read-only nor flipped (negative-stride) arrays
             x = torch.from_numpy(
                 image if image.flags.writeable and min(image.strides, default=0) >= 0 else image.copy()
@@ -421,18 +431,21 @@ class SetrImageProcessingMixin:
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"Unsupported image type {type(image).__name__}: expected a PIL image, array or tensor.")
         _refuse_dtype(x)
+        shape = tuple(x.shape)  # the image's own, for the errors
         if x.ndim not in (2, 3):
             raise ValueError(f"Expected a 2-D (H, W) or 3-D (C, H, W) / (H, W, C) image, got shape {tuple(x.shape)}.")
         if x.ndim == 2:
             x, input_data_format = x[None], ChannelDimension.FIRST
         if 0 in x.shape:
-            raise ValueError(f"Empty image: shape {tuple(image.shape)} has a zero-size side.")
+            raise ValueError(f"Empty image: shape {shape} has a zero-size side.")
         if input_data_format is None and x.shape[-1] == 3 and x.shape[0] != 3:  # (1, W, 3): one RGB row, not grey
             input_data_format = ChannelDimension.LAST
-        if (input_data_format or infer_channel_dimension_format(x, num_channels=(1, 3, 4))) == ChannelDimension.LAST:
+        # typed for arrays, it reads only `ndim` and `shape` (transformers' torchvision backend passes tensors too)
+        channel_format = input_data_format or infer_channel_dimension_format(x, num_channels=(1, 3, 4))  # type: ignore[arg-type]
+        if channel_format == ChannelDimension.LAST:
             x = x.permute(2, 0, 1)
         if do_convert_rgb and x.shape[0] not in (1, 3, 4):
-            raise ValueError(f"Image of shape {tuple(image.shape)} has {x.shape[0]} channels; expected 1, 3 or 4.")
+            raise ValueError(f"Image of shape {shape} has {x.shape[0]} channels; expected 1, 3 or 4.")
         if do_convert_rgb and x.shape[0] == 1:
             x = x.expand(3, -1, -1)
         elif do_convert_rgb and x.shape[0] == 4:  # float32 maths; `alpha_white` is white of float input
@@ -506,7 +519,12 @@ class SetrImageProcessingMixin:
             data["labels"] = labels
         if do_pad:
             sizes = [tuple(x.shape[-2:]) for x in data["pixel_values"]]
-            height, width = (pad_size.height, pad_size.width) if pad_size else map(max, zip(*sizes))
+            # a `pad_size` has both sides (`_validate_preprocess_kwargs`)
+            height, width = (
+                (pad_size.height, pad_size.width)
+                if pad_size and pad_size.height and pad_size.width
+                else map(max, zip(*sizes))
+            )
             if any(h > height or w > width for h, w in sizes):
                 raise ValueError(f"Cannot pad images of sizes {sizes} to pad_size {height}x{width}: it is smaller.")
             for key, fill in (("pixel_values", 0), ("labels", IGNORE_INDEX)):
@@ -548,7 +566,8 @@ class SetrImageProcessingMixin:
             processed[shape] = rescale_and_normalize(
                 stack, do_rescale, rescale_factor, do_normalize, image_mean, image_std
             )
-        return reorder_images(processed, grouped_index)
+        # a list for a flat input; transformers types the result as a list or one tensor
+        return cast(list[torch.Tensor], reorder_images(processed, grouped_index))
 
     def post_process_semantic_segmentation(
         self,

@@ -38,7 +38,10 @@ __all__ = [
 ]
 
 
-class SetrImageProcessorPil(SetrImageProcessingMixin, PilBackend):
+# The mixin overrides `_preprocess`, `_preprocess_image_like_inputs` (with `segmentation_maps`) and the other hooks
+# with SETR's own signatures, as transformers' BaseImageProcessor docs tell a model's processor to; its backends'
+# hooks are typed with theirs.
+class SetrImageProcessorPil(SetrImageProcessingMixin, PilBackend):  # type: ignore[misc]
     __doc__ = processor_docstring("PIL backend: no torchvision needed, NumPy arrays out")
 
     def _output(self, x: torch.Tensor) -> np.ndarray:

@@ -22,7 +22,10 @@ from .image_processing_base_setr import SetrImageProcessingMixin, SetrImageProce
 __all__ = ["SetrImageProcessor", "SetrImageProcessorKwargs"]
 
 
-class SetrImageProcessor(SetrImageProcessingMixin, TorchvisionBackend):
+# The mixin overrides `_preprocess`, `_preprocess_image_like_inputs` (with `segmentation_maps`) and the other hooks
+# with SETR's own signatures, as transformers' BaseImageProcessor docs tell a model's processor to; its backends'
+# hooks are typed with theirs.
+class SetrImageProcessor(SetrImageProcessingMixin, TorchvisionBackend):  # type: ignore[misc]
     __doc__ = processor_docstring("torchvision backend: tensors, on `device` when given")
 
 

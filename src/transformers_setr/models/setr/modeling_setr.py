@@ -23,6 +23,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -41,9 +42,11 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_setr import (
     MODEL_INFERENCE_MODES,
+    DecoderType,
     SetrConfig,
     backbone_encoder_facts,
     check_slide_window,
+    resolved,
 )
 from .loss_setr import head_loss
 
@@ -75,7 +78,7 @@ class SetrSemanticSegmenterOutput(SemanticSegmenterOutput):
         Logits of each auxiliary head. They are computed only for the loss, so inference never pays for them.
     """
 
-    auxiliary_logits: tuple[torch.FloatTensor, ...] | None = None
+    auxiliary_logits: tuple[torch.Tensor, ...] | None = None
 
 
 def patch_grid_size(height: int, width: int, patch_size: int) -> tuple[int, int]:
@@ -113,9 +116,10 @@ def build_backbone(config: SetrConfig) -> nn.Module:
         raise ImportError(
             f"this SETR model's encoder is the timm model {backbone_config.backbone!r}: pip install timm"
         )
-    from transformers import TimmBackbone
+    from transformers import TimmBackbone, TimmBackboneConfig
 
-    return TimmBackbone(backbone_config, **timm_model_arguments(backbone_config))
+    # `model_type` "timm_backbone" is `TimmBackboneConfig`'s (AutoConfig builds that class from a dict)
+    return TimmBackbone(cast(TimmBackboneConfig, backbone_config), **timm_model_arguments(backbone_config))
 
 
 def resize_position_embeddings(
@@ -327,12 +331,12 @@ class SetrConvBatchNormReLU(nn.Module):
         return self.activation(self.batch_norm(self.conv(features)))
 
 
-def channel_layernorm(layernorm: nn.LayerNorm, features: torch.Tensor) -> torch.Tensor:
+def channel_layernorm(layernorm: nn.Module, features: torch.Tensor) -> torch.Tensor:
     """LayerNorm over the channels of an NCHW map (mmsegmentation flattens to NLC and back)."""
     return channel_layernorm_nhwc(layernorm, features).contiguous()
 
 
-def channel_layernorm_nhwc(layernorm: nn.LayerNorm, features: torch.Tensor) -> torch.Tensor:
+def channel_layernorm_nhwc(layernorm: nn.Module, features: torch.Tensor) -> torch.Tensor:
     """`channel_layernorm` in the NHWC layout LayerNorm writes (an NCHW-shaped view with channels-last strides)."""
     return layernorm(features.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
@@ -402,20 +406,20 @@ class SetrMLAHead(nn.Module):
 
     def __init__(self, config: SetrConfig):
         super().__init__()
-        self.up_scale = config.decoder_up_scale
+        self.up_scale = resolved(config.decoder_up_scale)
         eps, mla = config.batch_norm_eps, config.mla_channels
         self.branches = nn.ModuleList(
             nn.Sequential(
                 *(
                     SetrConvBatchNormReLU(
-                        config.mla_neck_channels if i == 0 else mla, mla, config.decoder_kernel_size, eps
+                        config.mla_neck_channels if i == 0 else mla, mla, resolved(config.decoder_kernel_size), eps
                     )
-                    for i in range(config.decoder_num_convs)
+                    for i in range(resolved(config.decoder_num_convs))
                 )
             )
             for _ in range(config.num_feature_levels)
         )
-        self.classifier = nn.Conv2d(config.decoder_channels, config.num_labels, kernel_size=1)
+        self.classifier = nn.Conv2d(resolved(config.decoder_channels), config.num_labels, kernel_size=1)
 
     def forward(self, neck_outputs: list[torch.Tensor]) -> torch.Tensor:
         features = torch.cat([branch(x) for branch, x in zip(self.branches, neck_outputs)], dim=1)
@@ -433,9 +437,12 @@ class SetrFCNHead(nn.Module):
         self.convs = nn.Sequential(
             *(
                 SetrConvBatchNormReLU(
-                    in_channels if i == 0 else channels, channels, config.auxiliary_kernel_size, config.batch_norm_eps
+                    in_channels if i == 0 else channels,
+                    channels,
+                    resolved(config.auxiliary_kernel_size),
+                    config.batch_norm_eps,
                 )
-                for i in range(config.auxiliary_num_convs)
+                for i in range(resolved(config.auxiliary_num_convs))
             )
         )
         self.classifier = nn.Conv2d(channels, config.num_labels, kernel_size=1)
@@ -448,7 +455,7 @@ class SetrPreTrainedModel(PreTrainedModel):
     config: SetrConfig
     base_model_prefix = "setr"
     main_input_name = "pixel_values"
-    input_modalities = ("image",)
+    input_modalities = ("image",)  # type: ignore[assignment]  # a tuple as transformers' ViT; typed str | list[str]
     supports_gradient_checkpointing = True
     _no_split_modules = ["SetrEmbeddings", "SetrLayer"]
     _supports_sdpa = True
@@ -468,15 +475,17 @@ class SetrPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if hasattr(module, "init_non_persistent_buffers"):  # timm modules (rotary tables), as TimmBackbone does
-            module.init_non_persistent_buffers()
+        init_buffers = getattr(module, "init_non_persistent_buffers", None)
+        if callable(init_buffers):  # timm modules (rotary tables), as TimmBackbone does
+            init_buffers()
         if isinstance(module, SetrEmbeddings):
             init.trunc_normal_(module.position_embeddings, std=self.config.initializer_range)
             init.trunc_normal_(module.cls_token, std=self.config.initializer_range)
         elif isinstance(module, (SetrUpHead, SetrMLAHead, SetrFCNHead)):
             # mmsegmentation initialises the classifier with std 0.01.
             init.normal_(module.classifier.weight, std=0.01)
-            init.zeros_(module.classifier.bias)
+            if module.classifier.bias is not None:  # always: the classifiers are built with a bias
+                init.zeros_(module.classifier.bias)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # Complete the auto_map: transformers writes only the saved class's entry, so AutoModel would not resolve
@@ -561,6 +570,8 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
             self.setr.check_input_values = False  # checked once per call here, not once per slide window
         else:
             self.backbone = build_backbone(config)
+        self.neck: SetrMLANeck | None
+        self.decode_head: SetrMLAHead | SetrUpHead
         if config.decoder_type == "mla":
             self.neck = SetrMLANeck(config)
             self.decode_head = SetrMLAHead(config)
@@ -569,14 +580,16 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
             self.decode_head = SetrUpHead(
                 config,
                 config.hidden_size,
-                config.decoder_channels,
-                config.decoder_num_convs,
-                config.decoder_kernel_size,
-                config.decoder_up_scale,
+                resolved(config.decoder_channels),
+                resolved(config.decoder_num_convs),
+                resolved(config.decoder_kernel_size),
+                resolved(config.decoder_up_scale),
             )
         self.auxiliary_heads = None
         if config.use_auxiliary_head:
-            self.auxiliary_heads = nn.ModuleList(self._build_auxiliary_head() for _ in config.auxiliary_in_indices)
+            self.auxiliary_heads = nn.ModuleList(
+                self._build_auxiliary_head() for _ in resolved(config.auxiliary_in_indices)
+            )
         self.post_init()
 
     def _build_auxiliary_head(self) -> nn.Module:
@@ -587,8 +600,8 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
             config,
             config.hidden_size,
             config.auxiliary_channels,
-            config.auxiliary_num_convs,
-            config.auxiliary_kernel_size,
+            resolved(config.auxiliary_num_convs),
+            resolved(config.auxiliary_kernel_size),
             config.auxiliary_up_scale,
         )
 
@@ -601,7 +614,7 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
     def from_backbone(
         cls,
         backbone: str | os.PathLike,
-        decoder_type: str = "pup",
+        decoder_type: DecoderType = "pup",
         num_labels: int | None = None,
         id2label: dict[int, str] | None = None,
         **config_kwargs,
@@ -627,13 +640,14 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
             config_kwargs["num_labels"] = num_labels
         config = SetrConfig(decoder_type=decoder_type, backbone_config=backbone_config, **config_kwargs)
         model = cls(config)
+        assert isinstance(config.backbone_config, PreTrainedConfig)  # built from `backbone_config` above
         load_weights(model.backbone, config.backbone_config)
         return model
 
     def feature_maps(self, hidden_states: tuple[torch.Tensor, ...], grid: tuple[int, int]) -> list[torch.Tensor]:
         """The NCHW maps of the `out_indices` layers (the MLA neck applied when present)."""
         maps = []
-        for index in self.config.out_indices:
+        for index in resolved(self.config.out_indices):
             tokens = hidden_states[index + 1]
             if self.config.use_cls_token:
                 tokens = tokens[:, 1:]
@@ -652,6 +666,7 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
         multiple of the patch size, then the backbone's own `feature_maps` of the `out_indices` layers (prefix tokens
         dropped, reshaped, normalised where the family does; its own position-embedding interpolation)."""
         backbone_config = self.config.backbone_config
+        assert isinstance(backbone_config, PreTrainedConfig)  # called only with a backbone
         pixel_values = pad_to_patch_multiple(pixel_values, self.config.patch_size)
         pixel_values = pixel_values.to(next(self.backbone.parameters()).dtype)
         if backbone_config.model_type == "timm_backbone":
@@ -675,7 +690,7 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
             return self.decode(features), features, outputs
         # The decoder reads the `out_indices` layers whatever the caller asked for: capture those too, then return
         # only the hidden states asked for (all of them for `True`; the selected indices, others None, for a list).
-        needed = {i + 1 for i in self.config.out_indices}
+        needed = {i + 1 for i in resolved(self.config.out_indices)}
         count = self.config.num_hidden_layers + 1
         requested = None  # indices into all hidden states (negative ones count from the end), as capture_outputs
         if isinstance(output_hidden_states, int) and not isinstance(output_hidden_states, bool):
@@ -684,7 +699,8 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
             requested = {i % count for i in output_hidden_states if -count <= i < count}
         capture = True if output_hidden_states is True else sorted(needed | (requested or set()))
         outputs = self.setr(pixel_values, output_hidden_states=capture, return_dict=True, **kwargs)
-        grid = patch_grid_size(*pixel_values.shape[-2:], self.config.patch_size)
+        height, width = pixel_values.shape[-2:]
+        grid = patch_grid_size(height, width, self.config.patch_size)
         features = self.feature_maps(outputs.hidden_states, grid)
         if requested is not None:
             outputs.hidden_states = tuple(
@@ -720,7 +736,9 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
         )
 
     @can_return_tuple
-    def forward(
+    # `output_hidden_states` is a named parameter (it also takes layer indices), so it never reaches `kwargs`, whose
+    # TypedDict lists it too
+    def forward(  # type: ignore[misc]
         self,
         pixel_values: torch.Tensor,
         labels: torch.LongTensor | None = None,
@@ -782,7 +800,7 @@ class SetrForSemanticSegmentation(SetrPreTrainedModel):
             return loss, None
         # One head at a time: each loss's temporaries are freed before the next head runs.
         auxiliary_logits = []
-        for head, index in zip(self.auxiliary_heads, self.config.auxiliary_in_indices):
+        for head, index in zip(self.auxiliary_heads, resolved(self.config.auxiliary_in_indices)):
             auxiliary_logits.append(head(features[index]))
             loss = loss + self.config.auxiliary_loss_weight * self._head_loss(auxiliary_logits[-1], labels)
         return loss, tuple(auxiliary_logits)
@@ -832,7 +850,8 @@ def slide_window_logits(
     images, _, height, width = pixel_values.shape
     windows = slide_windows(height, width, crop, stride)
     window_height, window_width = min(crop[0], height), min(crop[1], width)
-    logits_sum = count = None
+    logits_sum: torch.Tensor | None = None
+    count: torch.Tensor | None = None
     # Window-major order: the windows of one image stay together for the accumulation below.
     crops = [(w, i) for w in range(len(windows)) for i in range(images)]
     for start in range(0, len(crops), batch_size):
@@ -856,6 +875,7 @@ def slide_window_logits(
         for (w, i), one_window in zip(chunk, logits):
             y1, y2, x1, x2 = windows[w]
             logits_sum[i, :, y1:y2, x1:x2] += one_window
+    assert logits_sum is not None and count is not None  # at least one window: `check_slide_window`, non-empty input
     for y1, y2, x1, x2 in windows:
         count[..., y1:y2, x1:x2] += 1
     return logits_sum / count
@@ -883,7 +903,9 @@ def _pretrained_backbone(source: str) -> tuple[PreTrainedConfig, Callable[[nn.Mo
     def load_weights(backbone: nn.Module, built_config: PreTrainedConfig) -> None:
         assert isinstance(backbone, PreTrainedModel)
         # The backbone's own class: `AutoBackbone.from_pretrained` asks the Hub whether a local folder is a repo.
-        pretrained, info = type(backbone).from_pretrained(source, config=built_config, output_loading_info=True)
+        # `output_loading_info=True` returns (model, info); transformers types the return as the model alone
+        loaded = type(backbone).from_pretrained(source, config=built_config, output_loading_info=True)
+        pretrained, info = cast(tuple[PreTrainedModel, dict[str, list[str]]], loaded)
         if info["missing_keys"]:
             missing = sorted(info["missing_keys"])
             raise ValueError(f"backbone checkpoint {source} lacks encoder weights: {missing[:5]}")
@@ -923,7 +945,7 @@ def _pretrained_timm_backbone(
         raise ValueError(f"timm model {name!r} is not a plain ViT (blocks, patch_embed, forward_intermediates)")
     backbone_config = TimmBackboneConfig(backbone=name, num_channels=patch_embed.proj.in_channels)
     backbone_config.model_args = model_args
-    backbone_config.hidden_size = int(probe.embed_dim)
+    backbone_config.hidden_size = cast(int, probe.embed_dim)  # timm ViTs' width, an int
     backbone_config.num_hidden_layers = len(blocks)
     backbone_config.patch_size = list(patch_embed.patch_size)
 
@@ -935,7 +957,9 @@ def _pretrained_timm_backbone(
             out_indices=built_config.out_indices,
             **timm_model_arguments(built_config),
         )
-        backbone._backbone.load_state_dict(pretrained.state_dict())
+        timm_model = backbone._backbone  # `TimmBackbone` wraps the timm model
+        assert isinstance(timm_model, nn.Module)
+        timm_model.load_state_dict(pretrained.state_dict())
 
     return backbone_config, load_weights
 
