@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import torch
 
-from ..models.setr.configuration_setr import SetrConfig
+from ..models.setr.configuration_setr import SetrConfig, resolved
 from ..models.setr.modeling_setr import SetrModel
 from .templating import fill_paragraph
 
@@ -25,12 +25,6 @@ def _and_list(items: list[int]) -> str:
 
 def _kernel(size: int | None) -> str:
     return f"{size}×{size}"
-
-
-def _resolved(value: int | None) -> int:
-    """A decoder-dependent config field, which `SetrConfig` always fills at construction."""
-    assert value is not None, "SetrConfig resolves the decoder defaults at construction"
-    return value
 
 
 def feature_layers(config: SetrConfig, indices: Sequence[int] | None = None) -> list[int]:
@@ -52,7 +46,7 @@ def parameter_count_text(count: int) -> str:
 
 def _output_resolution(config: SetrConfig) -> str:
     stages = 1 if config.decoder_type == "mla" else config.decoder_num_convs
-    scale = Fraction(_resolved(config.decoder_up_scale) ** _resolved(stages), config.patch_size)
+    scale = Fraction(resolved(config.decoder_up_scale) ** resolved(stages), config.patch_size)
     return "the full (padded) input resolution" if scale == 1 else f"{scale} of the (padded) input resolution"
 
 
@@ -65,7 +59,7 @@ def decoder_description(config: SetrConfig) -> str:
         decoder_layer=layers[config.decoder_in_index],
         feature_layers=_and_list(layers),
         levels=_in_words(len(layers)),
-        stages=_in_words(_resolved(config.decoder_num_convs)),
+        stages=_in_words(resolved(config.decoder_num_convs)),
         kernel=_kernel(config.decoder_kernel_size),
         output_resolution=_output_resolution(config),
     )
