@@ -28,7 +28,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -149,13 +149,11 @@ def load_image(source: ImageSource) -> Image.Image:
     """The image through the processors' `decode_image` (8-bit RGB, upright, transparency onto white, as in training);
     `InputError` naming the problem otherwise."""
     try:
-        if source.is_url:
-            request = urllib.request.Request(source.location, headers={"User-Agent": "transformers-setr"})
-            with urllib.request.urlopen(request, timeout=URL_TIMEOUT_S) as response:
-                data = io.BytesIO(response.read())
-        else:
-            data = source.location
-        return decode_image(data)
+        if not source.is_url:
+            return decode_image(source.location)
+        request = urllib.request.Request(source.location, headers={"User-Agent": "transformers-setr"})
+        with urllib.request.urlopen(request, timeout=URL_TIMEOUT_S) as response:
+            return decode_image(io.BytesIO(response.read()))
     except UnsupportedImageError as error:
         raise InputError(str(error)) from None
     except UnidentifiedImageError:
@@ -219,7 +217,7 @@ def palette_of(config) -> list[tuple[int, int, int]]:
     num_classes = len(config.prediction_id2label)
     generated = list(generate_palette(num_classes))
     if config.palette is not None and len(config.palette) == config.num_labels:
-        own = [tuple(int(c) for c in colour) for colour in config.palette]
+        own = [(int(red), int(green), int(blue)) for red, green, blue in config.palette]
         return generated[:1] + own if config.is_binary else own
     return generated
 
@@ -266,7 +264,10 @@ def upsampled_prediction(
         if not confidence:
             return labels, None
         return labels, confidence_from_probabilities(class_probabilities(logits.float(), dim=1), dim=1)[0]
-    best = labels = better = total = None
+    best: torch.Tensor | None = None
+    labels = torch.zeros((height, width), dtype=torch.int32, device=logits.device)
+    better = torch.empty((height, width), dtype=torch.bool, device=logits.device)
+    total = torch.ones((height, width), dtype=torch.float32, device=logits.device) if confidence else None
     for start in range(0, channels, chunk):
         part = logits[:, start : start + chunk]
         if tuple(part.shape[-2:]) != (height, width):
@@ -276,13 +277,9 @@ def upsampled_prediction(
         for offset, channel in enumerate(part[0]):
             if best is None:
                 best = channel.clone()
-                labels = torch.zeros((height, width), dtype=torch.int32, device=logits.device)
-                better = torch.empty((height, width), dtype=torch.bool, device=logits.device)
-                if confidence:
-                    total = torch.ones((height, width), dtype=torch.float32, device=logits.device)
                 continue
             torch.gt(channel, best, out=better)  # strictly: an earlier class keeps a tie
-            if confidence:
+            if total is not None:
                 # sum_c exp(logit_c - max) with a moving max: exp(-|channel - best|) scales the old sum when the
                 # channel is the new max, else it is the channel's own term.
                 factor = (channel - best).abs_().neg_().exp_()
@@ -290,9 +287,21 @@ def upsampled_prediction(
             torch.maximum(best, channel, out=best)
             labels.masked_fill_(better, start + offset)
         del part
-    return labels, (total.reciprocal_() if confidence else None)
+    return labels, (total.reciprocal_() if total is not None else None)
 
 
+@overload
+def predict_label_maps(
+    model, processor, images: Sequence[Image.Image], mode: str, dtype: torch.dtype = ..., confidence: Literal[False] = ...
+) -> list[np.ndarray]: ...
+@overload
+def predict_label_maps(
+    model, processor, images: Sequence[Image.Image], mode: str, dtype: torch.dtype = ..., *, confidence: Literal[True]
+) -> list[tuple[np.ndarray, np.ndarray]]: ...
+@overload
+def predict_label_maps(
+    model, processor, images: Sequence[Image.Image], mode: str, dtype: torch.dtype = ..., *, confidence: bool
+) -> list[np.ndarray] | list[tuple[np.ndarray, np.ndarray]]: ...
 @torch.inference_mode()
 def predict_label_maps(
     model,
@@ -316,8 +325,8 @@ def predict_label_maps(
         raise ValueError(f"mode must be one of {INFERENCE_MODES}, got {mode!r}")
     device = next(model.parameters()).device
     num_labels = model.config.num_labels
+    results: list[Any] = []
     if mode == "ms_flip":
-        results = []
         for image in images:
             if num_labels * image.height * image.width * 4 > MAX_LOGITS_BYTES * 16:
                 raise InputError(
@@ -342,12 +351,14 @@ def predict_label_maps(
     input_size = tuple(batch.shape[-2:])
     if tuple(logits.shape[-2:]) != input_size:
         logits = F.interpolate(logits, size=input_size, mode="bilinear", align_corners=False)
-    results = []
     for i, image in enumerate(images):
-        labels, probability = upsampled_prediction(
+        label_map, probability = upsampled_prediction(
             logits[i : i + 1], (image.height, image.width), confidence=confidence
         )
-        results.append((labels.cpu().numpy(), probability.cpu().numpy()) if confidence else labels.cpu().numpy())
+        if probability is not None:
+            results.append((label_map.cpu().numpy(), probability.cpu().numpy()))
+        else:
+            results.append(label_map.cpu().numpy())
     return results
 
 
@@ -408,15 +419,17 @@ def legend_font_size(image: Image.Image) -> int:
 def render_overlay(
     image: Image.Image,
     labels: np.ndarray,
-    *legend: Any,
+    id2label: dict[int, str],
+    palette: Sequence[Sequence[int]],
+    alpha: float = 0.5,
+    *,
     side_by_side: bool = False,
     max_side: int = DEFAULT_OVERLAY_MAX_SIDE,
-    **options: Any,
 ) -> Image.Image:
-    """`visualize.overlay_with_legend(image, labels, *legend, **options)` (`id2label, palette, alpha`: the colour
-    overlay with a legend of the classes present) at most `max_side` large, optionally right of the photo itself."""
+    """`visualize.overlay_with_legend(image, labels, id2label, palette, alpha)` (the colour overlay with a legend of
+    the classes present) at most `max_side` large, optionally right of the photo itself."""
     image, labels = fit_for_display(image, labels, max_side)
-    overlay = overlay_with_legend(image, labels, *legend, **options, font_size=legend_font_size(image))
+    overlay = overlay_with_legend(image, labels, id2label, palette, alpha, font_size=legend_font_size(image))
     if not side_by_side:
         return overlay
     gap = 16
