@@ -156,10 +156,12 @@ def expand_inputs(
     return sources, problems
 
 
-def load_image(source: ImageSource) -> Image.Image:
+def load_image(source: ImageSource, data: bytes | None = None) -> Image.Image:
     """The image through the processors' `decode_image` (8-bit RGB, upright, transparency onto white, as in training);
-    `InputError` naming the problem otherwise."""
+    `InputError` naming the problem otherwise. With `data`, the image is those encoded bytes (`source` names it)."""
     try:
+        if data is not None:
+            return decode_image(io.BytesIO(data))
         if not source.is_url:
             return decode_image(source.location)
         request = urllib.request.Request(source.location, headers={"User-Agent": "transformers-setr"})
