@@ -136,10 +136,11 @@ class SegmentPredictor:
         return {"width": record["width"], "height": record["height"], **shares}
 
 
-def _parquet_rows(table: str) -> Any:
-    """The Ray dataset of a parquet table of images: `location` and `name` (and `image_bytes`) columns."""
+def _parquet_rows(tables: list[str]) -> Any:
+    """The Ray dataset of parquet tables of images: `location` and `name` (and `image_bytes`) columns."""
     ray = require("ray", "segment_with_ray")
-    dataset = ray.data.read_parquet(table)
+    table = ", ".join(tables)
+    dataset = ray.data.read_parquet(tables)
     names = dataset.schema().names
     if "path" in names:
 
@@ -209,11 +210,15 @@ def segment_with_ray(
     id2label = AutoConfig.from_pretrained(model).prediction_id2label
     if not ray.is_initialized():
         ray.init()
-    if isinstance(inputs, (str, os.PathLike)) and str(inputs).endswith(".parquet"):
-        dataset = _parquet_rows(str(inputs))
-        problems: list[tuple[str, str]] = []
+    inputs = [str(inputs)] if isinstance(inputs, (str, os.PathLike)) else [str(text) for text in inputs]
+    tables = [text for text in inputs if text.endswith(".parquet")]
+    if tables and len(tables) < len(inputs):
+        raise ValueError("give either images (files, folders, globs, URLs) or parquet tables of images, not both")
+    problems: list[tuple[str, str]] = []
+    if tables:
+        dataset = _parquet_rows(tables)
     else:
-        sources, problems = expand_inputs([inputs] if isinstance(inputs, str) else list(inputs), output)
+        sources, problems = expand_inputs(inputs, output)
         if not sources:
             raise ValueError("; ".join(f"{t}: {p}" for t, p in problems) or "no images to segment")
         dataset = ray.data.from_items([{"location": s.location, "name": s.name} for s in sources])

@@ -191,9 +191,11 @@ def page_name(page: int) -> str:
     return "index.html" if page == 1 else f"index-{page}.html"
 
 
-def write_index_pages(output: Path, summary: dict[str, Any], title: str, page_size: int = INDEX_PAGE_SIZE) -> int:
-    """`index.html` (and `index-2.html`, ... beyond `page_size` entries) from `manifest.jsonl`, one page in memory
-    at a time; every page starts with the run's summary. Returns the number of pages."""
+def write_index_pages(output: Path, summary: dict[str, Any], title: str, page_size: int | None = None) -> int:
+    """`index.html` (and `index-2.html`, ... beyond `page_size` entries, default `INDEX_PAGE_SIZE`) from
+    `manifest.jsonl`, one page in memory at a time; every page starts with the run's summary. Returns the number of
+    pages."""
+    page_size = page_size or INDEX_PAGE_SIZE
     total = summary["segmented"] + summary["skipped"] + summary["failed"]  # the manifest's lines
     pages = max(1, -(-total // page_size))
     page, entries = 1, []
