@@ -21,6 +21,7 @@ EXTRAS = {
     "onnx": "onnx",
     "onnxruntime": "onnx",
     "onnxscript": "onnx",
+    "ray": "ray",
 }
 
 

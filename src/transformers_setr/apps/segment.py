@@ -17,7 +17,6 @@ and the exit status is 1 when any image failed.
 import argparse
 import contextlib
 import glob
-import html
 import io
 import json
 import os
@@ -25,10 +24,12 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from ..data.label_tables import generate_palette
-from ..files import write_bytes_atomically
+from ..files import save_json_atomically, write_bytes_atomically
 from ..inference.predict import INFERENCE_MODES, predict_ms_flip_probabilities
 from ..inference.visualize import overlay_with_legend
 from ..models.setr.fast_inference_setr import optimize_for_inference
@@ -49,6 +50,16 @@ from ..models.setr.image_processing_base_setr import (
     labels_from_scores,
 )
 from . import OneLineArgumentParser
+from .segment_shards import (
+    SUMMARY,
+    ProcessGroupError,
+    Ranks,
+    manifest_part,
+    merge_manifests,
+    remove_stale_temporaries,
+    start_process_group,
+    write_index_pages,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # The largest full-resolution logits block held at once (a few classes at a time beyond it).
@@ -145,17 +156,17 @@ def expand_inputs(
     return sources, problems
 
 
-def load_image(source: ImageSource) -> Image.Image:
+def load_image(source: ImageSource, data: bytes | None = None) -> Image.Image:
     """The image through the processors' `decode_image` (8-bit RGB, upright, transparency onto white, as in training);
-    `InputError` naming the problem otherwise."""
+    `InputError` naming the problem otherwise. With `data`, the image is those encoded bytes (`source` names it)."""
     try:
-        if source.is_url:
-            request = urllib.request.Request(source.location, headers={"User-Agent": "transformers-setr"})
-            with urllib.request.urlopen(request, timeout=URL_TIMEOUT_S) as response:
-                data = io.BytesIO(response.read())
-        else:
-            data = source.location
-        return decode_image(data)
+        if data is not None:
+            return decode_image(io.BytesIO(data))
+        if not source.is_url:
+            return decode_image(source.location)
+        request = urllib.request.Request(source.location, headers={"User-Agent": "transformers-setr"})
+        with urllib.request.urlopen(request, timeout=URL_TIMEOUT_S) as response:
+            return decode_image(io.BytesIO(response.read()))
     except UnsupportedImageError as error:
         raise InputError(str(error)) from None
     except UnidentifiedImageError:
@@ -219,7 +230,7 @@ def palette_of(config) -> list[tuple[int, int, int]]:
     num_classes = len(config.prediction_id2label)
     generated = list(generate_palette(num_classes))
     if config.palette is not None and len(config.palette) == config.num_labels:
-        own = [tuple(int(c) for c in colour) for colour in config.palette]
+        own = [(int(red), int(green), int(blue)) for red, green, blue in config.palette]
         return generated[:1] + own if config.is_binary else own
     return generated
 
@@ -266,7 +277,10 @@ def upsampled_prediction(
         if not confidence:
             return labels, None
         return labels, confidence_from_probabilities(class_probabilities(logits.float(), dim=1), dim=1)[0]
-    best = labels = better = total = None
+    best: torch.Tensor | None = None
+    labels = torch.zeros((height, width), dtype=torch.int32, device=logits.device)
+    better = torch.empty((height, width), dtype=torch.bool, device=logits.device)
+    total = torch.ones((height, width), dtype=torch.float32, device=logits.device) if confidence else None
     for start in range(0, channels, chunk):
         part = logits[:, start : start + chunk]
         if tuple(part.shape[-2:]) != (height, width):
@@ -276,13 +290,9 @@ def upsampled_prediction(
         for offset, channel in enumerate(part[0]):
             if best is None:
                 best = channel.clone()
-                labels = torch.zeros((height, width), dtype=torch.int32, device=logits.device)
-                better = torch.empty((height, width), dtype=torch.bool, device=logits.device)
-                if confidence:
-                    total = torch.ones((height, width), dtype=torch.float32, device=logits.device)
                 continue
             torch.gt(channel, best, out=better)  # strictly: an earlier class keeps a tie
-            if confidence:
+            if total is not None:
                 # sum_c exp(logit_c - max) with a moving max: exp(-|channel - best|) scales the old sum when the
                 # channel is the new max, else it is the channel's own term.
                 factor = (channel - best).abs_().neg_().exp_()
@@ -290,9 +300,26 @@ def upsampled_prediction(
             torch.maximum(best, channel, out=best)
             labels.masked_fill_(better, start + offset)
         del part
-    return labels, (total.reciprocal_() if confidence else None)
+    return labels, (total.reciprocal_() if total is not None else None)
 
 
+@overload
+def predict_label_maps(
+    model,
+    processor,
+    images: Sequence[Image.Image],
+    mode: str,
+    dtype: torch.dtype = ...,
+    confidence: Literal[False] = ...,
+) -> list[np.ndarray]: ...
+@overload
+def predict_label_maps(
+    model, processor, images: Sequence[Image.Image], mode: str, dtype: torch.dtype = ..., *, confidence: Literal[True]
+) -> list[tuple[np.ndarray, np.ndarray]]: ...
+@overload
+def predict_label_maps(
+    model, processor, images: Sequence[Image.Image], mode: str, dtype: torch.dtype = ..., *, confidence: bool
+) -> list[np.ndarray] | list[tuple[np.ndarray, np.ndarray]]: ...
 @torch.inference_mode()
 def predict_label_maps(
     model,
@@ -316,8 +343,8 @@ def predict_label_maps(
         raise ValueError(f"mode must be one of {INFERENCE_MODES}, got {mode!r}")
     device = next(model.parameters()).device
     num_labels = model.config.num_labels
+    results: list[Any] = []
     if mode == "ms_flip":
-        results = []
         for image in images:
             if num_labels * image.height * image.width * 4 > MAX_LOGITS_BYTES * 16:
                 raise InputError(
@@ -342,12 +369,14 @@ def predict_label_maps(
     input_size = tuple(batch.shape[-2:])
     if tuple(logits.shape[-2:]) != input_size:
         logits = F.interpolate(logits, size=input_size, mode="bilinear", align_corners=False)
-    results = []
     for i, image in enumerate(images):
-        labels, probability = upsampled_prediction(
+        label_map, probability = upsampled_prediction(
             logits[i : i + 1], (image.height, image.width), confidence=confidence
         )
-        results.append((labels.cpu().numpy(), probability.cpu().numpy()) if confidence else labels.cpu().numpy())
+        if probability is not None:
+            results.append((label_map.cpu().numpy(), probability.cpu().numpy()))
+        else:
+            results.append(label_map.cpu().numpy())
     return results
 
 
@@ -408,15 +437,17 @@ def legend_font_size(image: Image.Image) -> int:
 def render_overlay(
     image: Image.Image,
     labels: np.ndarray,
-    *legend: Any,
+    id2label: dict[int, str],
+    palette: Sequence[Sequence[int]],
+    alpha: float = 0.5,
+    *,
     side_by_side: bool = False,
     max_side: int = DEFAULT_OVERLAY_MAX_SIDE,
-    **options: Any,
 ) -> Image.Image:
-    """`visualize.overlay_with_legend(image, labels, *legend, **options)` (`id2label, palette, alpha`: the colour
-    overlay with a legend of the classes present) at most `max_side` large, optionally right of the photo itself."""
+    """`visualize.overlay_with_legend(image, labels, id2label, palette, alpha)` (the colour overlay with a legend of
+    the classes present) at most `max_side` large, optionally right of the photo itself."""
     image, labels = fit_for_display(image, labels, max_side)
-    overlay = overlay_with_legend(image, labels, *legend, **options, font_size=legend_font_size(image))
+    overlay = overlay_with_legend(image, labels, id2label, palette, alpha, font_size=legend_font_size(image))
     if not side_by_side:
         return overlay
     gap = 16
@@ -442,7 +473,22 @@ class Outputs:
         return paths
 
     def complete(self, name: str) -> bool:
-        return all(path.is_file() for path in self.paths(name).values())
+        return self.existing_record(name) is not None
+
+    def existing_record(self, name: str) -> dict[str, Any] | None:
+        """The record of an image segmented earlier into this folder, or None when it must be (re)done: some output
+        is missing, or the class file is not this command's record of this image (each file is renamed into place
+        whole, the class file last, so an interrupted image has none)."""
+        paths = self.paths(name)
+        if not all(path.is_file() for path in paths.values()):
+            return None
+        try:
+            record = json.loads(paths["classes"].read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or record.get("name") != name or not isinstance(record.get("classes"), list):
+            return None
+        return record
 
 
 def save_outputs(
@@ -491,41 +537,6 @@ def save_outputs(
     return record
 
 
-def index_html(records: Sequence[dict[str, Any]], failures: Sequence[tuple[str, str]], title: str) -> str:
-    """A self-contained page: every overlay with its classes (share of the image), then the failures."""
-    cards = []
-    for record in records:
-        rows = "".join(
-            f"<tr><td>{c['id']}</td><td>{html.escape(str(c['label']))}</td><td>{100 * c['share']:.1f}%</td></tr>"
-            for c in record["classes"]
-        )
-        overlay = html.escape(urllib.parse.quote(record["overlay"]))
-        labels = html.escape(urllib.parse.quote(record["labels"]))
-        confidence = ""
-        if record.get("confidence"):
-            confidence = f' · <a href="{html.escape(urllib.parse.quote(record["confidence"]))}">confidence</a>'
-        cards.append(
-            f'<figure><a href="{overlay}"><img src="{overlay}" alt="overlay of {html.escape(record["name"])}"></a>'
-            f"<figcaption><b>{html.escape(record['source'])}</b> ({record['width']}×{record['height']}, "
-            f'{html.escape(record["mode"])}) · <a href="{labels}">label map</a>{confidence}'
-            f"<table><tr><th>id</th><th>class</th><th>share</th></tr>{rows}</table></figcaption></figure>"
-        )
-    failed = ""
-    if failures:
-        items = "".join(f"<li><b>{html.escape(s)}</b>: {html.escape(p)}</li>" for s, p in failures)
-        failed = f"<h2>Not segmented ({len(failures)})</h2><ul>{items}</ul>"
-    style = (
-        "body{font-family:sans-serif;margin:1.5em}figure{display:inline-block;vertical-align:top;margin:0 1em 1.5em 0;"
-        "max-width:720px}img{max-width:100%}table{border-collapse:collapse;font-size:90%}"
-        "td,th{padding:1px 8px;text-align:left}tr:nth-child(even){background:#f2f2f2}"
-    )
-    return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"
-        f"<p>{len(records)} images.</p>{''.join(cards)}{failed}</body></html>\n"
-    )
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The command
 
@@ -556,6 +567,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write confidence/<name>.png: the probability of the predicted class per pixel, as a 16-bit PNG "
         "of round(p * 65535)",
     )
+    parser.add_argument(
+        "--num_workers",
+        type=int,
+        default=0,
+        help="processes that decode the images, and threads that encode and write the outputs, while the model runs "
+        "(default: %(default)s, all in the main process)",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("torch", "ray"),
+        default="torch",
+        help="torch: this process, or one share per process under torchrun / accelerate launch; ray: Ray Data on the "
+        "cluster `ray.init()` finds (needs the [ray] extra)",
+    )
+    parser.add_argument("--concurrency", type=int, default=None, help="--engine ray: model replicas (default: 1)")
+    parser.add_argument("--num_gpus", type=float, default=None, help="--engine ray: GPUs per replica (default: 0)")
     return parser
 
 
@@ -571,22 +598,84 @@ def _check_arguments(args: argparse.Namespace) -> str | None:
         return f"--alpha must be between 0 and 1, got {args.alpha}"
     if args.overlay_max_side < 16:
         return f"--overlay_max_side must be at least 16, got {args.overlay_max_side}"
+    if args.num_workers < 0:
+        return f"--num_workers must be at least 0, got {args.num_workers}"
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         return f"--output {output} is a file, not a folder"
+    if args.engine == "ray":
+        if args.concurrency is not None and args.concurrency < 1:
+            return f"--concurrency must be at least 1, got {args.concurrency}"
+        if args.num_gpus is not None and args.num_gpus < 0:
+            return f"--num_gpus must be at least 0, got {args.num_gpus}"
+        if args.device != "auto":
+            return "--device is for --engine torch; with --engine ray, --num_gpus places each model replica"
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return "--engine ray runs from one driver process; do not start it under torchrun or accelerate launch"
+    else:
+        for flag in ("concurrency", "num_gpus"):
+            if getattr(args, flag) is not None:
+                return f"--{flag} is for --engine ray; under --engine torch, start processes with torchrun"
     return None
 
 
-def _loaded(sources: Sequence[ImageSource], outputs: Outputs, skip_existing: bool) -> Iterator[tuple]:
-    """(source, image or None when skipped, problem or None) for each source, reading one image at a time."""
-    for source in sources:
-        if skip_existing and outputs.complete(source.name):
-            yield source, None, None
-            continue
+class ImageReader(torch.utils.data.Dataset):
+    """A rank's images for a DataLoader: item i is (i, image or None, problem or None, earlier record or None), decoded
+    in the loader's worker processes. With `outputs` (`--skip_existing`) an image whose outputs are complete is not
+    decoded: its earlier record is returned instead."""
+
+    def __init__(self, sources: Sequence[ImageSource], outputs: Outputs | None = None) -> None:
+        self.sources = sources
+        self.outputs = outputs
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, index: int) -> tuple[int, Image.Image | None, str | None, dict[str, Any] | None]:
+        source = self.sources[index]
+        if self.outputs is not None:
+            record = self.outputs.existing_record(source.name)
+            if record is not None:
+                return index, None, None, record
         try:
-            yield source, load_image(source), None
+            return index, load_image(source), None, None
         except InputError as error:
-            yield source, None, str(error)
+            return index, None, str(error), None
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
+class _OrderedManifest:
+    """This rank's manifest part, one JSON line per image in the order of its share, although images finish out of
+    order (a batch waits for its images, writes run in threads): a slot is taken when an image arrives and the lines
+    go out once every earlier slot is filled."""
+
+    def __init__(self, path: Path, on_record) -> None:
+        self.file = open(path, "w", encoding="utf-8")  # noqa: SIM115 (closed by close(), in main's finally)
+        self.slots: deque[list[Any]] = deque()
+        self.on_record = on_record
+
+    def slot(self) -> list[Any]:
+        slot: list[Any] = [None]
+        self.slots.append(slot)
+        return slot
+
+    def flush(self, wait: bool = False) -> None:
+        while self.slots and self.slots[0][0] is not None:
+            value = self.slots[0][0]
+            if isinstance(value, Future):
+                if not (wait or value.done()):
+                    return
+                value = value.result()
+            self.slots.popleft()
+            self.on_record(value)
+            self.file.write(json.dumps(value) + "\n")
+
+    def close(self) -> None:
+        self.flush(wait=True)
+        self.file.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -594,21 +683,42 @@ def main(argv: list[str] | None = None) -> int:
     problem = _check_arguments(args)
     if problem:
         return _fail(problem)
+    if args.engine == "ray":
+        from .ray_segment import segment_command_with_ray
+
+        return segment_command_with_ray(args)
+    try:
+        ranks = start_process_group()
+    except ProcessGroupError as error:
+        return _fail(str(error))
+    try:
+        return _segment_share(args, ranks)
+    finally:
+        ranks.close()
+
+
+def _segment_share(args: argparse.Namespace, ranks: Ranks) -> int:
+    """`setr segment` in one process: its share of the images (all of them alone), then, on rank 0 once every rank
+    is done, the merged manifest, the summary and the index pages."""
+    # Every rank sees the same arguments and files: a refusal is printed once, by rank 0, and every rank exits.
+    fail = _fail if ranks.is_main else (lambda message: 2)
     output = Path(args.output)
     sources, input_problems = expand_inputs(args.inputs, output)
     if not sources:
-        return _fail("; ".join(f"{text}: {problem}" for text, problem in input_problems) or "no images to segment")
+        return fail("; ".join(f"{text}: {problem}" for text, problem in input_problems) or "no images to segment")
     try:
         device = pick_device(args.device)
+        if args.device == "auto" and device.type == "cuda" and ranks.world_size > 1:
+            device = torch.device("cuda", ranks.local_rank % torch.cuda.device_count())
         model, processor = load_model(args.model, device)
     except ValueError as error:
-        return _fail(str(error))
+        return fail(str(error))
     mode = args.mode or model.config.inference_mode
     dtype = DTYPES[args.dtype]
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        return _fail(f"--output {output}: {error}")
+        return fail(f"--output {output}: {error}")
     outputs = Outputs(output, confidence=args.save_confidence)
     save = dict(
         model_name=args.model,
@@ -617,84 +727,144 @@ def main(argv: list[str] | None = None) -> int:
         side_by_side=args.side_by_side,
         overlay_max_side=args.overlay_max_side,
     )
-    records: dict[str, dict] = {}
-    failures: list[tuple[str, str]] = list(input_problems)
-    for text, problem in input_problems:
-        print(f"setr segment: {text}: {problem}", file=sys.stderr)
-    skipped = 0
-    progress = tqdm(total=len(sources), unit="image", desc="segment", dynamic_ncols=True)
-    pending: list[tuple[ImageSource, Image.Image]] = []
+    if ranks.is_main:
+        for text, problem in input_problems:
+            print(f"setr segment: {text}: {problem}", file=sys.stderr)
+    mine = ranks.share(sources)
+    remove_stale_temporaries(output, (path for source in mine for path in outputs.paths(source.name).values()))
+    counts = {"images": len(mine), "segmented": 0, "skipped": 0, "failed": 0, "model_seconds": 0.0}
+    where = f" (rank {ranks.rank} of {ranks.world_size})" if ranks.world_size > 1 else ""
+    progress = tqdm(
+        total=len(mine), unit="image", desc=f"segment{where}", dynamic_ncols=True, disable=not ranks.is_main
+    )
 
-    def report(source: ImageSource, problem: str) -> None:
-        failures.append((source.location, problem))
-        tqdm.write(f"setr segment: {source.location}: {problem}", file=sys.stderr)
+    def on_record(record: dict[str, Any]) -> None:
+        counts[record["status"]] += 1
+        if record["status"] == "failed":
+            tqdm.write(f"setr segment: {record['source']}: {record['error']}", file=sys.stderr)
+        progress.update(1)
 
-    def run(batch: list[tuple[ImageSource, Image.Image]]) -> None:
+    def failure(source: ImageSource, problem: str) -> dict[str, Any]:
+        return {"source": source.location, "name": source.name, "status": "failed", "error": problem}
+
+    writer = ThreadPoolExecutor(args.num_workers) if args.num_workers else None
+    in_flight: deque[Future] = deque()
+
+    def write(source: ImageSource, image: Image.Image, labels: np.ndarray, confidence: np.ndarray | None) -> dict:
+        try:
+            record = save_outputs(outputs, source, image, labels, model.config, confidence=confidence, **save)
+        except OSError as error:
+            return failure(source, f"cannot write its outputs: {error}")
+        return {**record, "status": "segmented"}
+
+    def run(batch: list[tuple[ImageSource, Image.Image, list[Any]]]) -> None:
         # Images of one processed size go through the model together; each keeps its own failure.
+        started = time.perf_counter()
         try:
             predictions = predict_label_maps(
-                model, processor, [image for _, image in batch], mode, dtype, confidence=args.save_confidence
+                model, processor, [image for _, image, _ in batch], mode, dtype, confidence=args.save_confidence
             )
         except (InputError, ValueError, RuntimeError) as error:
+            counts["model_seconds"] += time.perf_counter() - started
             if len(batch) > 1:
                 for item in batch:
                     run([item])
                 return
-            report(batch[0][0], str(error).splitlines()[0])
-            progress.update(1)
+            batch[0][2][0] = failure(batch[0][0], str(error).splitlines()[0])
             return
-        for (source, image), prediction in zip(batch, predictions):
-            labels, confidence = prediction if args.save_confidence else (prediction, None)
-            try:
-                records[source.name] = save_outputs(
-                    outputs, source, image, labels, model.config, confidence=confidence, **save
-                )
-            except OSError as error:
-                report(source, f"cannot write its outputs: {error}")
-            progress.update(1)
+        counts["model_seconds"] += time.perf_counter() - started
+        for (source, image, slot), prediction in zip(batch, predictions):
+            labels, confidence = prediction if isinstance(prediction, tuple) else (prediction, None)
+            if writer is None:
+                slot[0] = write(source, image, labels, confidence)
+                continue
+            slot[0] = writer.submit(write, source, image, labels, confidence)
+            in_flight.append(slot[0])
+            while len(in_flight) > 2 * args.num_workers:  # bounded memory: the label maps waiting to be written
+                in_flight.popleft().result()
 
     def processed_size(image: Image.Image) -> tuple:
         return (image.height, image.width) if mode == "ms_flip" else _processed_size(processor, image)
 
+    loader = torch.utils.data.DataLoader(
+        ImageReader(mine, outputs if args.skip_existing else None),
+        batch_size=None,
+        num_workers=args.num_workers,
+        collate_fn=_as_is,
+    )
     start = time.perf_counter()
-    for source, image, problem in _loaded(sources, outputs, args.skip_existing):
-        if problem is not None:
-            report(source, problem)
-            progress.update(1)
-            continue
-        if image is None:
-            skipped += 1
-            with contextlib.suppress(OSError, ValueError):  # the page lists what it can read; files stay as they are
-                records[source.name] = json.loads(outputs.paths(source.name)["classes"].read_text())
-            progress.update(1)
-            continue
-        if pending and (len(pending) >= args.batch_size or processed_size(pending[0][1]) != processed_size(image)):
-            run(pending)
-            pending = []
-        pending.append((source, image))
-        if mode == "ms_flip" or args.batch_size == 1:
-            run(pending)
-            pending = []
-    if pending:
-        run(pending)
-    progress.close()
-    elapsed = time.perf_counter() - start
-
-    ordered = [records[s.name] for s in sources if s.name in records]
+    pending: list[tuple[ImageSource, Image.Image, list[Any]]] = []
+    manifest = _OrderedManifest(manifest_part(output, ranks), on_record)
     try:
-        text = index_html(ordered, failures, f"SETR segmentation: {args.model} ({mode})")
-        write_bytes_atomically(output / "index.html", text.encode())
-    except OSError as error:
-        print(f"setr segment: cannot write {output / 'index.html'}: {error}", file=sys.stderr)
-        failures.append((str(output / "index.html"), str(error)))
-    segmented = len(records) - skipped
-    rate = f", {segmented / elapsed:.2f} images/s" if segmented and elapsed > 0 else ""
+        for index, image, problem, earlier in loader:
+            source, slot = mine[index], manifest.slot()
+            if problem is not None:
+                slot[0] = failure(source, problem)
+            elif image is None:
+                slot[0] = {**earlier, "status": "skipped"}
+            else:
+                if pending and (
+                    len(pending) >= args.batch_size or processed_size(pending[0][1]) != processed_size(image)
+                ):
+                    run(pending)
+                    pending = []
+                pending.append((source, image, slot))
+                if mode == "ms_flip" or args.batch_size == 1:
+                    run(pending)
+                    pending = []
+            manifest.flush()
+        if pending:
+            run(pending)
+    finally:
+        if writer is not None:
+            writer.shutdown(wait=True)
+        manifest.close()
+        progress.close()
+    counts["seconds"] = time.perf_counter() - start
+    if ranks.world_size > 1:
+        print(
+            f"setr segment: rank {ranks.rank} of {ranks.world_size}: {counts['images']} images, "
+            f"{counts['segmented']} segmented, {counts['skipped']} skipped (already done), {counts['failed']} failed",
+            file=sys.stderr,
+            flush=True,
+        )
+    ranks.barrier()
+    per_rank = ranks.gather(counts)
+    failed = len(input_problems) + sum(rank["failed"] for rank in per_rank)
+    if ranks.is_main:
+        failed += _write_index(args, ranks, output, mode, model.config, input_problems, per_rank)
+    ranks.barrier()  # the others wait for the index: a launcher may tear the group down when one rank exits
+    return 1 if failed else 0
+
+
+def _write_index(args, ranks: Ranks, output: Path, mode: str, config, input_problems, per_rank) -> int:
+    """Rank 0: the merged manifest, `summary.json`, the index pages and the last line; the number of failures it
+    adds (an index it could not write)."""
+    elapsed = max(rank["seconds"] for rank in per_rank)
+    summary: dict[str, Any] = {
+        "model": args.model,
+        "mode": mode,
+        "world_size": ranks.world_size,
+        "images": sum(rank["images"] for rank in per_rank),
+        "seconds": elapsed,
+        "ranks": [{"rank": i, **rank} for i, rank in enumerate(per_rank)],
+    }
+    try:
+        summary.update(merge_manifests(output, ranks, input_problems, config.prediction_id2label))
+        summary["images_per_second"] = summary["segmented"] / elapsed if elapsed > 0 else None
+        summary["pages"] = write_index_pages(output, summary, f"SETR segmentation: {args.model} ({mode})")
+        save_json_atomically(output / SUMMARY, summary)
+    except (OSError, ProcessGroupError) as error:
+        print(f"setr segment: cannot write the index of {output}: {error}", file=sys.stderr)
+        return 1
+    rate = f", {summary['images_per_second']:.2f} images/s" if summary["segmented"] and elapsed > 0 else ""
+    processes = f" on {ranks.world_size} processes" if ranks.world_size > 1 else ""
     print(
-        f"setr segment: {segmented} segmented, {skipped} skipped (already done), {len(failures)} failed{rate}; "
-        f"{output / 'index.html'}",
+        f"setr segment: {summary['segmented']} segmented, {summary['skipped']} skipped (already done), "
+        f"{summary['failed']} failed{rate}{processes}; {output / 'index.html'}",
         file=sys.stderr,
     )
-    return 1 if failures else 0
+    return 0
 
 
 def _processed_size(processor, image: Image.Image) -> tuple[int, int]:
