@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 from test_backbones import ALL_FAMILIES, SMALL, family_config, setr_config
 from test_training import TWO_CPU_PROCESSES, free_port, run_script
 from transformers import AutoModel, BeitConfig, Dinov2Config
@@ -20,8 +19,14 @@ from transformers_setr.data import load_segmentation_data
 from transformers_setr.data.synthetic import make_synthetic_custom
 from transformers_setr.presets import backbone_recipe
 from transformers_setr.training.recipe import encoder_family, encoder_layer_id, parameter_groups
+from transformers_setr.training.train_command import build_parser
 from transformers_setr.training.train_command import main as main_trainer
-from transformers_setr.training.workflow import parse_arguments
+from transformers_setr.training.workflow import parse_arguments as parse_with
+
+
+def parse_arguments(argv: list[str]) -> tuple:
+    return parse_with(argv, parser=build_parser())
+
 
 TINY_DINOV2 = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=28)
 # SETR's own fields only: the encoder is the backbone's
@@ -135,7 +140,7 @@ def test_frozen_run_trained_the_heads_and_reloads_to_the_measured_miou(runs, cus
     from transformers import set_seed
 
     from transformers_setr.evaluation.protocol import evaluate_segmentation
-    from transformers_setr.training.workflow import build_model, parse_arguments
+    from transformers_setr.training.workflow import build_model
 
     output_dir = runs["frozen"]
     # the model the run started from: the same arguments, the same seed
@@ -169,7 +174,7 @@ def test_card_names_the_encoder_its_weights_and_the_recipe(runs):
     assert "encoder frozen (neck and heads trained)" in card and "AdamW" in card
     assert str(runs["frozen"].parent.parent) not in card  # no machine path
     unfrozen = (runs["unfrozen"] / "README.md").read_text()
-    assert "encoder frozen" not in unfrozen and "poly decay (power 1) to 0" in unfrozen
+    assert "encoder frozen (neck and heads trained)" not in unfrozen and "poly decay (power 1) to 0" in unfrozen
 
 
 def test_train_loop_on_two_processes(dinov2_folder, custom_data, tmp_path):
