@@ -63,6 +63,7 @@ def encoder_name(config: SetrConfig) -> str:
     backbone_config = config.backbone_config
     if backbone_config is None:
         return "ViT"
+    assert not isinstance(backbone_config, dict), "SetrConfig builds a dict into its backbone config"
     if backbone_config.model_type == "timm_backbone":
         return f"timm `{backbone_config.backbone}`"
     family = ENCODER_FAMILY_NAMES.get(backbone_config.model_type, backbone_config.model_type)

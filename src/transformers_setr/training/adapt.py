@@ -60,7 +60,7 @@ def add_lora(model: SetrForSemanticSegmentation, rank: int, alpha: float = 16.0,
     if family == "timm_backbone" and any(name.endswith(".attn.q_bias") for name, _ in model.named_parameters()):
         # EVA-style attention calls `F.linear` with `qkv.weight` and its own biases: a LoRA on `qkv` would never run
         raise ValueError(
-            f"--lora_rank: timm {model.config.backbone_config.backbone}'s attention bypasses its qkv module "
+            f"--lora_rank: timm {getattr(model.config.backbone_config, 'backbone', '')}'s attention bypasses its qkv module "
             "(separate q / v biases), so LoRA cannot wrap it; use --freeze_encoder or full fine-tuning"
         )
 

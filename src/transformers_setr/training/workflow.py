@@ -49,6 +49,7 @@ from .recipe import (
     SetrTrainingArguments,
     config_for_preset,
     describe_optimization,
+    encoder_family,
     recipe_training_defaults,
 )
 
@@ -265,7 +266,7 @@ def recipe_for_backbone(model_args: "ModelArguments", given: set[str]) -> Backbo
             "--backbone_recipe is for an encoder --backbone (a transformers checkpoint or a timm ViT name), "
             f"not {model_args.backbone or 'the built-in ViT'}"
         )
-    if model_args.backbone and model_args.model_name_or_path:
+    if model_args.backbone not in (None, "none") and model_args.model_name_or_path:  # "none": nothing to load
         raise CommandLineError(
             f"--backbone {model_args.backbone} builds a fresh model and --model_name_or_path "
             f"{model_args.model_name_or_path} loads a trained one: give one of them"
@@ -582,7 +583,7 @@ def _model_on_backbone(
     except (ValueError, TypeError, StrictDataclassError) as error:  # the config's own refusals, one line each
         reason = error.__cause__ if isinstance(error, StrictDataclassError) and error.__cause__ else error
         raise CommandLineError(f"--backbone {source}: {_first_line(reason)}") from None
-    logger.info("encoder %s (%s) with its pretrained weights", source, model.config.backbone_config.model_type)
+    logger.info("encoder %s (%s) with its pretrained weights", source, encoder_family(model.config))
     return model
 
 
