@@ -8,7 +8,7 @@ from fractions import Fraction
 import torch
 
 from ..models.setr.configuration_setr import SetrConfig, resolved
-from ..models.setr.modeling_setr import SetrModel
+from ..models.setr.modeling_setr import SetrModel, build_backbone
 from .templating import fill_paragraph
 
 _NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -34,9 +34,43 @@ def feature_layers(config: SetrConfig, indices: Sequence[int] | None = None) -> 
 
 
 def encoder_parameters(config: SetrConfig) -> int:
-    """Parameters of the encoder `config` describes, counted on the model built on the meta device (no memory)."""
+    """Parameters of the encoder `config` describes (the built-in ViT or the backbone), counted on the model built on
+    the meta device (no memory)."""
     with torch.device("meta"):
-        return sum(parameter.numel() for parameter in SetrModel(config).parameters())
+        if config.backbone_config is None:
+            return sum(parameter.numel() for parameter in SetrModel(config).parameters())
+        return sum(parameter.numel() for parameter in build_backbone(config).parameters())
+
+
+# The encoder families in words (`SetrConfig.backbone_config.model_type`); timm ViTs are named by their timm name.
+ENCODER_FAMILY_NAMES = {
+    "dinov2": "DINOv2",
+    "dinov2_with_registers": "DINOv2 with registers",
+    "dinov3_vit": "DINOv3 ViT",
+    "beit": "BEiT",
+}
+
+
+def encoder_name(config: SetrConfig) -> str:
+    """The encoder's family in words: "ViT" (the built-in encoder), "DINOv2 (transformers `dinov2`)", "timm
+    `eva02_large_patch14_448.mim_in22k`"."""
+    backbone_config = config.backbone_config
+    if backbone_config is None:
+        return "ViT"
+    assert not isinstance(backbone_config, dict), "SetrConfig builds a dict into its backbone config"
+    if backbone_config.model_type == "timm_backbone":
+        return f"timm `{backbone_config.backbone}`"
+    family = ENCODER_FAMILY_NAMES.get(backbone_config.model_type, backbone_config.model_type)
+    return f"{family} (transformers `{backbone_config.model_type}`)"
+
+
+def encoder_shape(config: SetrConfig) -> str:
+    """ "24 layers, width 1024, 16 heads, patch 16" (the heads where the encoder's config says them)."""
+    source = config if config.backbone_config is None else config.backbone_config
+    heads = getattr(source, "num_attention_heads", None)
+    parts = [f"{config.num_hidden_layers} layers", f"width {config.hidden_size}"]
+    parts += [f"{heads} heads"] if isinstance(heads, int) else []
+    return ", ".join([*parts, f"patch {config.patch_size}"])
 
 
 def parameter_count_text(count: int) -> str:

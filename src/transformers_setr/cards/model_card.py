@@ -35,7 +35,14 @@ from ..presets import (
     TIMM_VIT_LARGE_URL,
     CheckpointPreset,
 )
-from .architecture import auxiliary_description, decoder_description, encoder_parameters, parameter_count_text
+from .architecture import (
+    auxiliary_description,
+    decoder_description,
+    encoder_name,
+    encoder_parameters,
+    encoder_shape,
+    parameter_count_text,
+)
 from .templating import CITATION, DATASET_TEXTS, CardTemplate, TemplateFields, fill, template
 
 HUB_REPO_NAME_SCHEME = "{organisation}/{preset_name}"
@@ -289,11 +296,11 @@ def build_model_card(
 def _short_card(name: str, config: SetrConfig, **fields: Any) -> str:
     """`templates/{name}` and the usage and citation that end every card but the released ones."""
     text = f"{template(name).template}\n{template('usage.md').template}"
-    encoder = f"{config.num_hidden_layers} layers, width {config.hidden_size}, {config.num_attention_heads} heads"
     fields.update(
         config=config,
         decoder=DECODER_NAMES[config.decoder_type],
-        encoder=f"{encoder}, patch {config.patch_size}",
+        encoder_name=encoder_name(config),
+        encoder=encoder_shape(config),
         encoder_parameters=parameter_count_text(encoder_parameters(config)),
         citation=CITATION,
     )
@@ -406,6 +413,7 @@ def build_trained_model_card(
         learning_rate=training.get("learning_rate", "?"),
         train_loss=f", final average training loss {train_loss:.4f}" if train_loss is not None else "",
         init=base_model or training.get("init", "a fresh model (see the training log)"),
+        backbone_recipe=f"\n- Recipe: {training['recipe']}." if training.get("recipe") else "",
         eval_split=eval_split,
         repo_id=repo_id or name,
     )

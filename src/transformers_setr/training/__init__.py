@@ -22,6 +22,8 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "build_scheduler",
             "default_dataloader_workers",
             "check_recipe_arguments",
+            "ENCODER_LAYER_PATTERNS",
+            "encoder_family",
             "encoder_layer_id",
             "parameter_groups",
             "warmup_poly_learning_rate",

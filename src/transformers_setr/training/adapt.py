@@ -1,9 +1,10 @@
 """Training less than the whole model: a frozen encoder, or LoRA adapters (the `peft` library) on the encoder.
 
-- `--freeze_encoder`: the encoder's parameters (`model.setr`: patch and position embeddings, every layer) get
-  `requires_grad=False`; the MLA neck and the heads train.
-- `--lora_rank R`: `peft` LoRA of rank R on the encoder's attention (`q_proj`, `k_proj`, `v_proj`, `o_proj`) and MLP
-  (`fc1`, `fc2`) projections; the neck and the heads are trained fully (`modules_to_save`). The encoder's own weights
+- `--freeze_encoder`: the encoder's parameters (`model.encoder`: the built-in `model.setr` or a backbone; embeddings,
+  every layer, a final norm) get `requires_grad=False`; the MLA neck and the heads train.
+- `--lora_rank R`: `peft` LoRA of rank R on the encoder's attention and MLP projections (`LORA_TARGET_MODULES`, per
+  encoder family: `q_proj`, `k_proj`, `v_proj`, `o_proj`, `fc1`, `fc2` and their kin); the neck and the heads are
+  trained fully (`modules_to_save`). The encoder's own weights
   are frozen. At the end the run saves the adapter in `OUTPUT/adapter/` (`PeftModel.from_pretrained(base, ...)`
   loads it on the model the run started from) and the merged model (`merge_and_unload`) in `OUTPUT/`, a plain SETR
   folder that `from_pretrained` loads without `peft`.
@@ -24,14 +25,25 @@ if TYPE_CHECKING:  # peft is optional ([train]); typing_extensions comes with to
     from typing_extensions import TypeIs
 
 ADAPTER_FOLDER = "adapter"
-# The encoder's linear projections, by module name (`SetrAttention`, `SetrMLP` in modeling_setr.py).
-LORA_TARGET_MODULES = r".*\bsetr\.layers\.\d+\.(?:attention\.(?:q_proj|k_proj|v_proj|o_proj)|mlp\.(?:fc1|fc2))"
+# The encoder's linear projections, by module name, per encoder family (`recipe.encoder_family`): the built-in
+# `SetrAttention` / `SetrMLP` (modeling_setr.py), transformers' DINOv2 / DINOv3 / BEiT layers, timm's ViT blocks.
+_TRANSFORMERS_PROJECTIONS = r"attention\.(?:q_proj|k_proj|v_proj|o_proj)|mlp\.(?:fc1|fc2|weights_in|weights_out)"
+LORA_TARGET_MODULES_BY_FAMILY: dict[str, str] = {
+    "setr": r".*\bsetr\.layers\.\d+\.(?:attention\.(?:q_proj|k_proj|v_proj|o_proj)|mlp\.(?:fc1|fc2))",
+    "dinov2": rf".*\bbackbone\.encoder\.layer\.\d+\.(?:{_TRANSFORMERS_PROJECTIONS})",
+    "dinov2_with_registers": rf".*\bbackbone\.encoder\.layer\.\d+\.(?:{_TRANSFORMERS_PROJECTIONS})",
+    "dinov3_vit": r".*\bbackbone\.model\.layer\.\d+\.(?:attention\.(?:q_proj|k_proj|v_proj|o_proj)|"
+    r"mlp\.(?:up_proj|down_proj|gate_proj))",
+    "beit": r".*\bbackbone\.beit\.layers\.\d+\.(?:attention\.(?:q_proj|k_proj|v_proj|o_proj)|mlp\.(?:fc1|fc2))",
+    "timm_backbone": r".*\bbackbone\._backbone\.model\.blocks\.\d+\.(?:attn\.(?:qkv|proj)|mlp\.(?:fc1|fc2|fc1_g|fc1_x))",
+}
+LORA_TARGET_MODULES = LORA_TARGET_MODULES_BY_FAMILY["setr"]
 FULLY_TRAINED_MODULES = ("neck", "decode_head", "auxiliary_heads")
 
 
 def freeze_encoder(model: SetrForSemanticSegmentation) -> int:
-    """`requires_grad=False` on every encoder parameter (`model.setr`); returns how many tensors were frozen."""
-    parameters = list(model.setr.parameters())
+    """`requires_grad=False` on every encoder parameter (`model.encoder`); returns how many tensors were frozen."""
+    parameters = list(model.encoder.parameters())
     for parameter in parameters:
         parameter.requires_grad_(False)
     return len(parameters)
@@ -41,6 +53,16 @@ def add_lora(model: SetrForSemanticSegmentation, rank: int, alpha: float = 16.0,
     """`model` wrapped by `peft.get_peft_model`: LoRA on the encoder's projections, neck and heads fully trained."""
     require("peft", "LoRA training (--lora_rank)")
     from peft import LoraConfig, get_peft_model
+
+    from .recipe import encoder_family
+
+    family = encoder_family(model.config)
+    if family == "timm_backbone" and any(name.endswith(".attn.q_bias") for name, _ in model.named_parameters()):
+        # EVA-style attention calls `F.linear` with `qkv.weight` and its own biases: a LoRA on `qkv` would never run
+        raise ValueError(
+            f"--lora_rank: timm {getattr(model.config.backbone_config, 'backbone', '')}'s attention bypasses its qkv module "
+            "(separate q / v biases), so LoRA cannot wrap it; use --freeze_encoder or full fine-tuning"
+        )
 
     modules_to_save = []
     for name in FULLY_TRAINED_MODULES:
@@ -53,7 +75,7 @@ def add_lora(model: SetrForSemanticSegmentation, rank: int, alpha: float = 16.0,
         r=rank,
         lora_alpha=alpha,  # type: ignore[arg-type]  # peft annotates an int but scales by alpha / r: a float is fine
         lora_dropout=dropout,
-        target_modules=LORA_TARGET_MODULES,
+        target_modules=LORA_TARGET_MODULES_BY_FAMILY[family],
         modules_to_save=modules_to_save,
         bias="none",
     )
@@ -101,6 +123,7 @@ def save_trained_model(
 __all__ = [
     "ADAPTER_FOLDER",
     "LORA_TARGET_MODULES",
+    "LORA_TARGET_MODULES_BY_FAMILY",
     "adapt_for_training",
     "add_lora",
     "freeze_encoder",

@@ -59,17 +59,45 @@ SCHEDULES = (
     "warmup_stable_decay",
 )
 WARMUP_START_FACTOR = 1e-6  # mmseg's warmup: `LinearLR(start_factor=1e-6, by_epoch=False, begin=0, end=warmup)`
-_ENCODER_LAYER = re.compile(r"(?:^|\.)setr\.layers\.(\d+)\.")
-_ENCODER_EMBEDDINGS = re.compile(r"(?:^|\.)setr\.embeddings\.")
-_NO_WEIGHT_DECAY = re.compile(r"(?:^|\.)(?:position_embeddings|cls_token)$")
+# BEiT / MAE's layer ids, per encoder family (`encoder_family`): the parameter names of its embeddings (layer 0:
+# patch embedding, position table, cls / register / mask tokens) and of its layer i (layer i + 1), as they appear in
+# a SETR model (`setr.*` built-in, `backbone.*` through transformers' backbone API). Everything else (a final norm, the
+# MLA neck, the heads) is layer L + 1, at the base learning rate.
+ENCODER_LAYER_PATTERNS: dict[str, tuple[str, str]] = {
+    "setr": (r"setr\.embeddings\.", r"setr\.layers\.(\d+)\."),
+    "dinov2": (r"backbone\.embeddings\.", r"backbone\.encoder\.layer\.(\d+)\."),
+    "dinov2_with_registers": (r"backbone\.embeddings\.", r"backbone\.encoder\.layer\.(\d+)\."),
+    "dinov3_vit": (r"backbone\.embeddings\.", r"backbone\.model\.layer\.(\d+)\."),
+    "beit": (r"backbone\.beit\.embeddings\.", r"backbone\.beit\.layers\.(\d+)\."),
+    # timm ViTs (`TimmBackbone`): timm's own `group_matcher` stem and blocks
+    "timm_backbone": (
+        r"backbone\._backbone\.model\.(?:cls_token|reg_token|pos_embed|patch_embed)\b",
+        r"backbone\._backbone\.model\.blocks\.(\d+)\.",
+    ),
+}
+_LAYER_PATTERNS = {
+    family: (re.compile(rf"(?:^|\.){embeddings}"), re.compile(rf"(?:^|\.){layer}"))
+    for family, (embeddings, layer) in ENCODER_LAYER_PATTERNS.items()
+}
+_NO_WEIGHT_DECAY = re.compile(
+    r"(?:^|\.)(?:position_embeddings|cls_token|register_tokens|mask_token|pos_embed|reg_token|relative_position_bias_table)$"
+)
 
 
-def encoder_layer_id(name: str, num_layers: int) -> int:
+def encoder_family(config: Any) -> str:
+    """The key of `ENCODER_LAYER_PATTERNS` for a model's config: "setr" (built-in) or the backbone's model type."""
+    backbone_config = getattr(config, "backbone_config", None)
+    return "setr" if backbone_config is None else backbone_config.model_type
+
+
+def encoder_layer_id(name: str, num_layers: int, family: str = "setr") -> int:
     """BEiT / MAE's layer id of a parameter: 0 for the embeddings, i + 1 for encoder layer i, num_layers + 1 for the
-    rest (MLA neck, decode and auxiliary heads). Also for a LoRA-wrapped model (`base_model.model.setr...`)."""
-    if _ENCODER_EMBEDDINGS.search(name):
+    rest (a final norm, MLA neck, decode and auxiliary heads). Also for a LoRA-wrapped model
+    (`base_model.model.setr...`). `family`: `encoder_family(config)`."""
+    embeddings, layer = _LAYER_PATTERNS[family]
+    if embeddings.search(name):
         return 0
-    match = _ENCODER_LAYER.search(name)
+    match = layer.search(name)
     return int(match.group(1)) + 1 if match else num_layers + 1
 
 
@@ -95,7 +123,8 @@ def parameter_groups(
     Each group records `lr_scale` (its lr / `learning_rate`) and `layer_scale` (the layer decay part alone). Without
     layer decay and weight decay: mmseg's two groups, "encoder" (encoder and MLA neck) and "heads".
     """
-    num_layers = getattr(getattr(model, "config", None), "num_hidden_layers", 0)
+    config = getattr(model, "config", None)
+    num_layers, family = getattr(config, "num_hidden_layers", 0), encoder_family(config)
     groups: dict[tuple, dict[str, Any]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
@@ -103,7 +132,7 @@ def parameter_groups(
         is_head = HEAD_PARAMETER_KEY in name
         layer_scale, part = 1.0, "heads" if is_head else "encoder"
         if layer_decay is not None:
-            layer_id = encoder_layer_id(name, num_layers)
+            layer_id = encoder_layer_id(name, num_layers, family)
             layer_scale = layer_decay ** (num_layers + 1 - layer_id)
             if not is_head:
                 part = "embeddings" if layer_id == 0 else "neck" if layer_id > num_layers else f"layer_{layer_id - 1}"
@@ -769,6 +798,8 @@ __all__ = [
     "build_scheduler",
     "check_recipe_arguments",
     "describe_optimization",
+    "ENCODER_LAYER_PATTERNS",
+    "encoder_family",
     "encoder_layer_id",
     "optimizer_from_arguments",
     "warmup_poly_learning_rate",

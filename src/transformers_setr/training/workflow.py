@@ -20,6 +20,7 @@ from transformers import HfArgumentParser, set_seed
 
 from ..cli import parse_config_overrides
 from ..conversion.from_mmseg import processor_for
+from ..conversion.from_timm import TIMM_VIT_PRESETS
 from ..data.classes import UNDECLARED_COLORS, parse_mask_values
 from ..data.dataset import SegmentationData
 from ..data.errors import DatasetFormatError
@@ -30,9 +31,15 @@ from ..data.splits import DEFAULT_TRAIN_VAL_SPLIT, normalise_split
 from ..evaluation.protocol import SegmentationEvalDataset, eval_collate
 from ..files import write_text_atomically
 from ..hub import push_folder_to_hub
-from ..models.setr.configuration_setr import IGNORE_INDEX, SetrConfig, default_slide_stride
+from ..models.setr.configuration_setr import (
+    BACKBONE_MIRRORED_FIELDS,
+    BUILT_IN_ENCODER_FIELDS,
+    IGNORE_INDEX,
+    SetrConfig,
+    default_slide_stride,
+)
 from ..models.setr.modeling_setr import SetrForSemanticSegmentation
-from ..presets import HUB_DATASETS, PRESETS, CheckpointPreset
+from ..presets import HUB_DATASETS, PRESETS, RELEASED_ENCODER, BackboneRecipe, CheckpointPreset, backbone_recipe
 from .adapt import adapt_for_training, trainable_parameter_count
 from .augmentation import SetrTrainAugmentation
 from .recipe import (
@@ -42,6 +49,7 @@ from .recipe import (
     SetrTrainingArguments,
     config_for_preset,
     describe_optimization,
+    encoder_family,
     recipe_training_defaults,
 )
 from .streaming import StreamingTrainDataset
@@ -69,18 +77,33 @@ class ModelArguments:
     backbone: str | None = field(
         default=None,
         metadata={
-            "help": "encoder initialisation for a fresh model: a timm ViT preset name, URL or .pth ('none': random). "
-            f"Default: {TIMM_BACKBONE_DEFAULT} for a ViT-L/16 encoder, random otherwise"
+            "help": "the encoder of a fresh model: another encoder in place of the built-in ViT (a transformers "
+            "DINOv2 / DINOv3 / BEiT checkpoint as a Hub id or save_pretrained folder, or a timm ViT name), with its "
+            "pretrained weights; or weights for the built-in ViT (a timm ViT preset name, URL or .pth file; 'none': "
+            f"random). Default: {TIMM_BACKBONE_DEFAULT} for a ViT-L/16 encoder, random otherwise"
+        },
+    )
+    backbone_recipe: str = field(
+        default="auto",
+        metadata={
+            "help": "with an encoder --backbone: 'auto' trains with its family's recipe (presets.backbone_recipe: "
+            "DINOv2's frozen protocol, BEiT / MAE's AdamW + layer decay + warm-up...; every value overridable by "
+            "its own flag), 'none' with the preset's SETR recipe",
+            "choices": ["auto", "none"],
         },
     )
     config_overrides: str | None = field(
         default=None,
         metadata={
             "help": 'SetrConfig fields for a fresh model, as a JSON object: \'{"hidden_size": 64, "num_hidden_layers": 4}\'; '
-            'with --model_name_or_path only the loss and inference fields ("loss", "loss_sampler", ...). '
+            'with --model_name_or_path only the loss and inference fields ("loss", "loss_sampler", ...); with an '
+            "encoder --backbone only SETR's own fields (heads, out_indices, loss, inference). "
             '{"num_labels": 1}: a binary model of two-class data'
         },
     )
+    # The recipe `--backbone_recipe auto` applied (set by `parse_arguments`; not an option).
+    recipe: BackboneRecipe | None = field(default=None, init=False, repr=False)
+    recipe_overridden: tuple[str, ...] = field(default=(), init=False, repr=False)  # its values the user replaced
 
 
 @dataclass
@@ -209,7 +232,8 @@ def build_argument_parser(*extra: type) -> HfArgumentParser:
 
 def parse_arguments(argv: list[str], extra=(), parser: HfArgumentParser | None = None) -> tuple:
     """Parse `ModelArguments`, `DataArguments` and the `extra` dataclasses (or the command's `parser`, from its
-    `build_parser()`); the preset's recipe values are the defaults."""
+    `build_parser()`); the preset's recipe values are the defaults, then those of an encoder `--backbone`'s family
+    (`--backbone_recipe auto`), and the options given win over both."""
     json_file = argv[0] if len(argv) == 1 and argv[0].endswith(".json") else None
     if json_file:  # all arguments in one JSON file, as in the Hugging Face examples
         from_file = json.loads(Path(json_file).read_text())
@@ -218,10 +242,16 @@ def parse_arguments(argv: list[str], extra=(), parser: HfArgumentParser | None =
         preset_name = from_file.get("preset", DEFAULT_PRESET)
         if preset_name not in PRESETS:
             raise ValueError(f"{json_file}: preset {preset_name!r} is not one of {', '.join(sorted(PRESETS))}")
+        given = set(from_file)
+        early_fields = ("backbone", "backbone_recipe", "model_name_or_path")
+        early = ModelArguments(**{name: from_file[name] for name in early_fields if name in from_file})
     else:
-        # Only `--preset` is needed first, for the defaults; `--help` is left to the full parser, which lists all.
+        # Only `--preset` (and the encoder) are needed first, for the defaults; `--help` is left to the full parser,
+        # which lists all.
         pre = HfArgumentParser(ModelArguments, add_help=False)  # type: ignore[arg-type]  # (as above)
-        preset_name = pre.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)[0].preset
+        early = pre.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)[0]
+        preset_name = early.preset
+        given = {arg[2:].partition("=")[0].replace("-", "_") for arg in argv if arg.startswith("--")}
     preset = PRESETS[preset_name]
     parser = parser or build_argument_parser(*extra)
     defaults = {
@@ -231,12 +261,90 @@ def parse_arguments(argv: list[str], extra=(), parser: HfArgumentParser | None =
         "eval_strategy": "steps",  # mmseg evaluates every eval_steps (16k / 8k) and logs every 50 iterations
         "logging_steps": 50,
     }
+    recipe = recipe_for_backbone(early, given)
+    if recipe is not None:
+        defaults.update(recipe_defaults(recipe, given))
     defaults = {key: value for key, value in defaults.items() if _has_option(parser, key)}
     if json_file:
-        return parser.parse_dict({**defaults, **from_file})
-    parser.set_defaults(**defaults)
-    _describe_preset_values(parser, preset)
-    return parser.parse_args_into_dataclasses(args=argv)
+        parsed = parser.parse_dict({**defaults, **from_file})
+    else:
+        parser.set_defaults(**defaults)
+        _describe_preset_values(parser, preset)
+        parsed = parser.parse_args_into_dataclasses(args=argv)
+    parsed[0].recipe = recipe
+    if recipe is not None:
+        parsed[0].recipe_overridden = tuple(sorted(set(recipe.arguments) - set(recipe_defaults(recipe, given))))
+    return parsed
+
+
+def is_encoder_backbone(source: str | None) -> bool:
+    """Whether `--backbone` names an encoder that replaces the built-in ViT (a transformers checkpoint folder or Hub
+    id, a timm model name: `SetrForSemanticSegmentation.from_backbone`), rather than weights for the built-in ViT
+    ('none', a timm ViT preset name, an http(s) URL, a checkpoint file)."""
+    if not source or source == "none" or source in TIMM_VIT_PRESETS or source.startswith(("http://", "https://")):
+        return False
+    path = Path(source)
+    return not (path.is_file() or path.suffix in (".pth", ".pt", ".bin", ".npz", ".safetensors"))
+
+
+def recipe_for_backbone(model_args: "ModelArguments", given: set[str]) -> BackboneRecipe | None:
+    """The recipe of the `--backbone` encoder's family with `--backbone_recipe auto`, None otherwise; the
+    contradictions of `--backbone` and `--backbone_recipe` with the other model options are refused here, before
+    anything is read."""
+    encoder = is_encoder_backbone(model_args.backbone)
+    if "backbone_recipe" in given and not encoder:
+        raise CommandLineError(
+            "--backbone_recipe is for an encoder --backbone (a transformers checkpoint or a timm ViT name), "
+            f"not {model_args.backbone or 'the built-in ViT'}"
+        )
+    if model_args.backbone not in (None, "none") and model_args.model_name_or_path:  # "none": nothing to load
+        raise CommandLineError(
+            f"--backbone {model_args.backbone} builds a fresh model and --model_name_or_path "
+            f"{model_args.model_name_or_path} loads a trained one: give one of them"
+        )
+    if not encoder or model_args.backbone_recipe == "none":
+        return None
+    assert model_args.backbone is not None
+    backbone_config = encoder_backbone_config(model_args.backbone)
+    return backbone_recipe(
+        backbone_config.model_type,
+        int(getattr(backbone_config, "num_hidden_layers", 0)),
+        getattr(backbone_config, "backbone", None),
+    )
+
+
+def encoder_backbone_config(source: str) -> Any:
+    """The backbone config of an encoder `--backbone` (read from its folder, the Hub or timm), or a one-line
+    `CommandLineError`."""
+    from ..models.setr.modeling_setr import _pretrained_backbone
+
+    try:
+        return _pretrained_backbone(source)[0]
+    except (OSError, ValueError, ImportError) as error:  # not found, not a supported family, timm missing
+        raise CommandLineError(f"--backbone {source}: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+# A recipe value is left out when the user gave an option it would contradict: the user's option wins.
+RECIPE_VALUE_CONFLICTS = {
+    "freeze_encoder": ("layer_decay", "lora_rank"),
+    "layer_decay": ("freeze_encoder",),
+    "poly_power": ("lr_scheduler_type",),
+    "poly_min_lr": ("lr_scheduler_type",),
+    "optim": ("sgd_momentum",),
+}
+
+
+def recipe_defaults(recipe: BackboneRecipe, given: set[str]) -> dict[str, Any]:
+    """The recipe's option values that become defaults: all but those the user gave or contradicted."""
+    return {
+        name: value
+        for name, value in recipe.arguments.items()
+        if name not in given and not given.intersection(RECIPE_VALUE_CONFLICTS.get(name, ()))
+    }
 
 
 def _has_option(parser, dest: str) -> bool:
@@ -457,6 +565,9 @@ def build_model(
         palette = None  # a binary model's predictions are 0/1 maps; the visualisers colour them
     if model_args.model_name_or_path:
         model = _pretrained_model(model_args.model_name_or_path, overrides, id2label, palette, data)
+    elif is_encoder_backbone(model_args.backbone):
+        assert model_args.backbone is not None
+        model = _model_on_backbone(model_args.backbone, preset, data_args, overrides, id2label, palette)
     else:
         if data_args.crop_size:
             overrides.setdefault("image_size", data_args.crop_size)
@@ -485,6 +596,45 @@ def build_model(
         longest, shortest = _int_pair(data_args.scale, "--scale")
         processor.size = {"shortest_edge": shortest, "longest_edge": longest}
     return model, processor
+
+
+def _model_on_backbone(
+    source: str,
+    preset: CheckpointPreset,
+    data_args: DataArguments,
+    overrides: dict[str, Any],
+    id2label: dict[int, str],
+    palette: list | None,
+) -> SetrForSemanticSegmentation:
+    """A fresh SETR of the preset's decoder and heads whose encoder is the pretrained `--backbone` encoder
+    (`SetrForSemanticSegmentation.from_backbone`); `--config_overrides` may set SETR's own fields only."""
+    encoder_fields = sorted(set(overrides) & {*BACKBONE_MIRRORED_FIELDS, *BUILT_IN_ENCODER_FIELDS, "backbone_config"})
+    if encoder_fields:
+        raise CommandLineError(
+            f"--config_overrides {encoder_fields}: the encoder is --backbone {source}'s; give only SETR's own fields "
+            "(heads, out_indices, loss, inference)"
+        )
+    # The preset's decoder, heads, crop and slide protocol, without its ViT-L encoder (the backbone's instead)
+    kwargs: dict[str, Any] = {
+        name: value for name, value in preset.architecture.items() if name not in RELEASED_ENCODER
+    } | {"id2label": id2label, "palette": palette}
+    if data_args.crop_size:
+        kwargs.update(
+            image_size=data_args.crop_size,
+            slide_crop_size=data_args.crop_size,
+            slide_stride=default_slide_stride(data_args.crop_size),
+        )
+    kwargs.update(overrides)
+    decoder_type = kwargs.pop("decoder_type")
+    try:
+        model = SetrForSemanticSegmentation.from_backbone(source, decoder_type=decoder_type, **kwargs)
+    except (OSError, ImportError) as error:  # not found (offline, a wrong id), timm missing
+        raise CommandLineError(f"--backbone {source}: {_first_line(error)}") from None
+    except (ValueError, TypeError, StrictDataclassError) as error:  # the config's own refusals, one line each
+        reason = error.__cause__ if isinstance(error, StrictDataclassError) and error.__cause__ else error
+        raise CommandLineError(f"--backbone {source}: {_first_line(reason)}") from None
+    logger.info("encoder %s (%s) with its pretrained weights", source, encoder_family(model.config))
+    return model
 
 
 # What `--config_overrides` may change on a model loaded with `--model_name_or_path` (its architecture is the
@@ -663,6 +813,12 @@ def write_model_card(
 ) -> Path:
     from ..cards.model_card import build_trained_model_card
 
+    base_model = model_args.model_name_or_path
+    if is_encoder_backbone(model_args.backbone):
+        assert model_args.backbone is not None
+        facts = backbone_card_facts(model_args.backbone, model_args.recipe, model_args.recipe_overridden)
+        training = {**training, **facts}
+        base_model = training.pop("base_model")
     card = build_trained_model_card(
         model.config,
         preset=PRESETS[model_args.preset],
@@ -671,11 +827,35 @@ def write_model_card(
         metrics=metrics,
         training=training,
         repo_id=repo_id,
-        base_model=model_args.model_name_or_path,
+        base_model=base_model,
     )
     path = Path(output_dir) / "README.md"
     write_text_atomically(path, str(card))
     return path
+
+
+def backbone_card_facts(
+    source: str, recipe: BackboneRecipe | None, overridden: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """What the card of a model trained on an encoder `--backbone` says of it: where the encoder's weights came from
+    (a Hub id or timm name as given; a local folder by its name only, never a machine path), the recipe, and the
+    `base_model` metadata (a Hub id only)."""
+    folder = Path(source)
+    local = folder.is_dir()
+    named = f"a local folder `{folder.name}`" if local else f"`{source}`"
+    hub_id = not local and "/" in source and not source.startswith(("timm/", "hf-hub:"))
+    if recipe is None:
+        recipe_text = "the preset's SETR recipe (`--backbone_recipe none`)"
+    else:
+        changed = (
+            f"; replaced on the command line: {', '.join(f'--{name}' for name in overridden)}" if overridden else ""
+        )
+        recipe_text = f"{recipe.name} (`--backbone_recipe auto`): {recipe.summary}{changed}"
+    return {
+        "init": f"the pretrained encoder from {named} (`from_backbone`), heads initialised as mmsegmentation does",
+        "recipe": recipe_text,
+        "base_model": source if hub_id else None,
+    }
 
 
 def start_command(argv: list[str] | None, parser: HfArgumentParser, resume: Callable[[Any], Any]) -> tuple:
@@ -789,7 +969,10 @@ def data_errors_as_one_line(command: Callable[..., int]) -> Callable[..., int]:
 
 def adapt_model(model: SetrForSemanticSegmentation, args: RecipeArguments):
     """The model with its encoder frozen or LoRA-wrapped as the options ask (`training.adapt`)."""
-    adapted = adapt_for_training(model, args)
+    try:
+        adapted = adapt_for_training(model, args)
+    except ValueError as error:  # an encoder LoRA cannot wrap
+        exit_with_error(str(error))
     if args.freeze_encoder or args.lora_rank:
         trainable, total = trainable_parameter_count(adapted)
         logger.info("training %d of %d parameters (%.2f%%)", trainable, total, 100 * trainable / total)
