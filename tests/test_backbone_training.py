@@ -289,3 +289,52 @@ def test_refusals_are_one_line(dinov2_folder, custom_data, tmp_path, capsys, cha
     assert exit_info.value.code == 2 and len(error) == 1 and re.search(message, error[0]), error
     assert error[0].startswith(f"{Path(sys.argv[0]).name}: error: ")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_processor_and_the_augmentation_normalise_as_the_encoder_was_pretrained(
+    dinov2_folder, custom_data, tmp_path
+):
+    """The saved processor and the training augmentation use the encoder's pretraining statistics: a checkpoint's own
+    preprocessor_config.json, else the family's (BEiT: 0.5 / 0.5; DINOv2: ImageNet, not BitImageProcessor's CLIP
+    default), a timm model's pretrained_cfg; the built-in encoder keeps mmseg's ImageNet values."""
+    from transformers import BitImageProcessor
+
+    from transformers_setr.training.workflow import build_train_dataset, load_data_and_model
+
+    beit_folder = tmp_path / "tiny-beit"
+    AutoModel.from_config(BeitConfig(**SMALL, patch_size=16, use_mask_token=False)).save_pretrained(beit_folder)
+    with_processor = tmp_path / "dinov2-with-processor"
+    AutoModel.from_pretrained(dinov2_folder).save_pretrained(with_processor)
+    BitImageProcessor(image_mean=[0.1, 0.2, 0.3], image_std=[0.4, 0.5, 0.6]).save_pretrained(with_processor)
+    imagenet = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    from test_training import TINY
+
+    cases = {
+        str(dinov2_folder): imagenet,
+        str(with_processor): ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6]),
+        str(beit_folder): ([0.5] * 3, [0.5] * 3),
+        "none": imagenet,  # the built-in encoder (tiny here): mmseg's 123.675 ... / 58.395 ...
+    }
+    for backbone, (mean, std) in cases.items():
+        built_in = {"config_overrides": TINY, "crop_size": 32, "scale": "128,32"} if backbone == "none" else {}
+        model_args, data_args, training_args = parse_arguments(
+            arguments(custom_data, tmp_path / "never", backbone, **TRAINER_ONLY, **built_in)
+        )
+        _, data, model, processor = load_data_and_model(model_args, data_args, training_args.seed)
+        assert list(processor.image_mean) == pytest.approx(mean), backbone
+        assert list(processor.image_std) == pytest.approx(std), backbone
+        augmentation = build_train_dataset(data, data_args, model, processor, seed=0).augmentation
+        assert augmentation.image_mean == pytest.approx(tuple(255 * v for v in mean)), backbone
+        assert augmentation.image_std == pytest.approx(tuple(255 * v for v in std)), backbone
+        if backbone == "none":  # bit for bit the mmseg values the augmentation replay was recorded with
+            assert torch.equal(augmentation._mean.flatten(), torch.tensor((123.675, 116.28, 103.53)))
+            assert torch.equal(augmentation._std.flatten(), torch.tensor((58.395, 57.12, 57.375)))
+    # timm: the model's own pretrained_cfg (AugReg: 0.5 / 0.5; EVA-02: CLIP's), not a family table
+    from types import SimpleNamespace
+
+    from transformers_setr.training.workflow import backbone_normalisation
+
+    augreg = SimpleNamespace(model_type="timm_backbone", backbone="vit_large_patch16_224.augreg_in21k")
+    assert backbone_normalisation("unused", augreg) == ((0.5,) * 3, (0.5,) * 3)
+    eva = SimpleNamespace(model_type="timm_backbone", backbone="eva02_tiny_patch14_224.mim_in22k")
+    assert backbone_normalisation("unused", eva)[0] == pytest.approx((0.48145466, 0.4578275, 0.40821073))

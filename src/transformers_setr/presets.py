@@ -258,6 +258,18 @@ PRESETS: dict[str, CheckpointPreset] = {
 _ADAMW_LAYER_DECAY = {"optim": "adamw_torch", "lr_scheduler_type": "poly", "poly_power": 1.0, "poly_min_lr": 0.0}
 
 
+# The pixel normalisation each encoder family was pretrained with (RGB, 0-1 scale), for a checkpoint that ships no
+# `preprocessor_config.json`: the released DINOv2 / DINOv3 checkpoints use ImageNet's statistics (DINOv2's processor
+# class, `BitImageProcessor`, defaults to CLIP's), BEiT's use 0.5 / 0.5. timm models carry theirs in `pretrained_cfg`.
+IMAGENET_NORMALISATION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+BACKBONE_NORMALISATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "dinov2": IMAGENET_NORMALISATION,
+    "dinov2_with_registers": IMAGENET_NORMALISATION,
+    "dinov3_vit": IMAGENET_NORMALISATION,
+    "beit": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+
 @dataclass(frozen=True)
 class BackboneRecipe:
     name: str  # "beit-large": the family and, where the recipe depends on it, the size

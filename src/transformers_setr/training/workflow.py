@@ -39,7 +39,16 @@ from ..models.setr.configuration_setr import (
     default_slide_stride,
 )
 from ..models.setr.modeling_setr import SetrForSemanticSegmentation
-from ..presets import HUB_DATASETS, PRESETS, RELEASED_ENCODER, BackboneRecipe, CheckpointPreset, backbone_recipe
+from ..presets import (
+    BACKBONE_NORMALISATION,
+    HUB_DATASETS,
+    IMAGENET_NORMALISATION,
+    PRESETS,
+    RELEASED_ENCODER,
+    BackboneRecipe,
+    CheckpointPreset,
+    backbone_recipe,
+)
 from .adapt import adapt_for_training, trainable_parameter_count
 from .augmentation import SetrTrainAugmentation
 from .recipe import (
@@ -595,6 +604,15 @@ def build_model(
     if data_args.scale:
         longest, shortest = _int_pair(data_args.scale, "--scale")
         processor.size = {"shortest_edge": shortest, "longest_edge": longest}
+    # The encoder sees pixels normalised as in its pretraining, in training (the augmentation reads the processor's)
+    # and in every use of the saved processor: a saved model's own processor, a --backbone encoder's.
+    normalisation = None
+    if model_args.model_name_or_path:
+        normalisation = _saved_normalisation(model_args.model_name_or_path)
+    elif model.config.backbone_config is not None and model_args.backbone:
+        normalisation = backbone_normalisation(model_args.backbone, model.config.backbone_config)
+    if normalisation is not None:
+        processor.image_mean, processor.image_std = (list(values) for values in normalisation)
     return model, processor
 
 
@@ -635,6 +653,36 @@ def _model_on_backbone(
         raise CommandLineError(f"--backbone {source}: {_first_line(reason)}") from None
     logger.info("encoder %s (%s) with its pretrained weights", source, encoder_family(model.config))
     return model
+
+
+Normalisation = tuple[tuple[float, ...], tuple[float, ...]]
+
+
+def backbone_normalisation(source: str, backbone_config: Any) -> Normalisation:
+    """The pixel mean and std (RGB, 0-1 scale) the `--backbone` encoder was pretrained with: a timm model's
+    `pretrained_cfg`; a transformers checkpoint's own `preprocessor_config.json`, else its family's
+    (`presets.BACKBONE_NORMALISATION`)."""
+    if backbone_config.model_type == "timm_backbone":
+        from timm.models import get_pretrained_cfg
+
+        pretrained = get_pretrained_cfg(backbone_config.backbone)
+        if pretrained is not None:
+            return tuple(pretrained.mean), tuple(pretrained.std)
+        return _saved_normalisation(source) or IMAGENET_NORMALISATION
+    return _saved_normalisation(source) or BACKBONE_NORMALISATION[backbone_config.model_type]
+
+
+def _saved_normalisation(source: str) -> Normalisation | None:
+    """The mean and std of the image processor saved with a checkpoint (a folder or Hub id), if it has one."""
+    from transformers import AutoImageProcessor
+
+    try:
+        processor = AutoImageProcessor.from_pretrained(source)
+    except (OSError, ValueError):  # no preprocessor_config.json in the checkpoint
+        return None
+    if not getattr(processor, "do_normalize", False) or getattr(processor, "image_mean", None) is None:
+        return None
+    return tuple(processor.image_mean), tuple(processor.image_std)
 
 
 # What `--config_overrides` may change on a model loaded with `--model_name_or_path` (its architecture is the
@@ -735,6 +783,8 @@ def build_train_dataset(
         ratio_range=(low, high),
         ignore_index=data.ignore_index,
         num_labels=data.num_labels,
+        image_mean=tuple(255 * value for value in processor.image_mean),
+        image_std=tuple(255 * value for value in processor.image_std),
     )
     if data_args.streaming:
         buffer = DEFAULT_SHUFFLE_BUFFER if data_args.shuffle_buffer_size is None else data_args.shuffle_buffer_size
