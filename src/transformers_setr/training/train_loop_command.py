@@ -235,9 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _revert_sync_batch_norm(module: torch.nn.Module) -> None:
+def _revert_sync_batch_norm(module: torch.nn.Module) -> torch.nn.Module:
     """Every SyncBatchNorm inside `module` -> BatchNorm2d (same parameters and statistics), in place, so that the
-    saved model loads anywhere."""
+    saved model loads anywhere; returns `module`."""
     for name, child in module.named_children():
         if isinstance(child, torch.nn.SyncBatchNorm):
             plain = torch.nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine)
@@ -245,3 +245,4 @@ def _revert_sync_batch_norm(module: torch.nn.Module) -> None:
             module.add_module(name, plain)
         else:
             _revert_sync_batch_norm(child)
+    return module
