@@ -9,15 +9,22 @@ The graph is the whole-image forward: `pixel_values` (batch, 3, 16·h, 16·w) ->
 dynamo=True)` (torch.export, then onnxscript), opset `OPSET`. `OnnxSetr` pads an image to a multiple of the patch
 size (bottom/right zeros, what the model does inside) and runs `modeling_setr.slide_window_logits` around the session
 for sliding-window inference, so slide logits are averaged exactly as the PyTorch model averages them.
+
+Backbone models (`SetrConfig.backbone_config`) export the same way, patch 14 or 16. transformers' `torch_int`
+(`int()` outside `torch.jit` tracing) would bake the example's patch grid into the graph of the families that size
+their position tables with it (dinov2_with_registers, BEiT's relative position bias): it is kept symbolic during the
+export (`symbolic_torch_int`), and every graph is run at a second input size against the model before it is written
+(`check_other_size`), so a graph fixed to one size is refused, never written.
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +62,8 @@ class WholeImageLogits(torch.nn.Module):
 def export_metadata(config) -> dict[str, Any]:
     crop, stride = config.slide_window
     return {
+        # "built-in" (mmseg's position-table rule, see `OnnxSetr.logits`) or the backbone's model type
+        "encoder": "built-in" if config.backbone_config is None else config.backbone_config.model_type,
         "patch_size": config.patch_size,
         "image_grid": list(config.image_grid),
         "num_labels": config.num_labels,
@@ -75,9 +84,69 @@ def check_opset(opset: int) -> None:
         )
 
 
+def keep_symbolic(value: Any) -> Any:
+    """transformers' `torch_int` for `torch.export`: a symbolic size stays symbolic (`int()` would specialise it)."""
+    return value if isinstance(value, torch.SymInt) else int(value)
+
+
+@contextlib.contextmanager
+def symbolic_torch_int(model: torch.nn.Module) -> Iterator[None]:
+    """During an export: `torch_int` of the modules `model` is built from (a backbone family's modeling file) keeps
+    symbolic sizes symbolic; restored afterwards."""
+    from transformers.utils.generic import torch_int
+
+    modules = {sys.modules[type(module).__module__] for module in model.modules()}
+    patched = [module for module in modules if getattr(module, "torch_int", None) is torch_int]
+    for module in patched:
+        setattr(module, "torch_int", keep_symbolic)  # noqa: B010 (a module global, unknown to the type checker)
+    try:
+        yield
+    finally:
+        for module in patched:
+            setattr(module, "torch_int", torch_int)  # noqa: B010
+
+
+def second_grid(config) -> tuple[int, int]:
+    """A small patch grid unlike the example's, for `check_other_size`: not square, no side of 1 (torch.export
+    specialises sizes 0 and 1), and for the built-in encoder not the position table's token count (where mmseg adds
+    the table unresized)."""
+    grid = (2, 3)
+    return (3, 4) if grid[0] * grid[1] == config.image_grid[0] * config.image_grid[1] else grid
+
+
+def check_other_size(
+    program: torch.export.ExportedProgram, model: SetrForSemanticSegmentation, example: torch.Tensor
+) -> None:
+    """Run the exported program at a second input size against the model: `RuntimeError` (one line) when the graph
+    was fixed to the example's size (a failed guard) or computes something else there."""
+    patch = model.config.patch_size
+    grid = second_grid(model.config)
+    pixel_values = torch.randn(
+        1, example.shape[1], grid[0] * patch, grid[1] * patch, generator=torch.Generator().manual_seed(0)
+    )
+    pixel_values = pixel_values.to(example.device)
+    with torch.no_grad():
+        expected = model(pixel_values=pixel_values, inference_mode="whole").logits
+        try:
+            logits = program.module()(pixel_values)
+        except Exception as error:  # a guard of the example's size: torch.export's AssertionError
+            detail = " ".join(str(error).split())[:200]
+            raise RuntimeError(
+                f"the exported graph works only at the example input size (at {tuple(pixel_values.shape[-2:])}: "
+                f"{detail}); this encoder's forward does not export with a dynamic height and width"
+            ) from error
+    difference = float((logits - expected).abs().max()) if logits.shape == expected.shape else float("inf")
+    if not difference <= 1e-4 * max(1.0, float(expected.abs().max())):
+        raise RuntimeError(
+            f"the exported graph computes other logits at {tuple(pixel_values.shape[-2:])} than the model "
+            f"(max abs difference {difference:.2e}): it was fixed to the example input size"
+        )
+
+
 def export_onnx(model: SetrForSemanticSegmentation, output: str | os.PathLike, opset: int = OPSET) -> Path:
     """Export `model` to `output`, written to a temporary name and renamed;
-    `ValueError` for an opset outside `MIN_OPSET`..`MAX_OPSET`, `RuntimeError` when the graph is not written at it.
+    `ValueError` for an opset outside `MIN_OPSET`..`MAX_OPSET`, `RuntimeError` when the graph is not written at it
+    or does not hold at a second input size (`check_other_size`).
 
     The example input has batch 2 and a patch grid one row and two columns larger than the position table, so that
     the graph keeps the general path (batch not specialised to 1, the table resized to the input's grid).
@@ -97,13 +166,19 @@ def export_onnx(model: SetrForSemanticSegmentation, output: str | os.PathLike, o
             3: patch * dims("width_patches", min=1, max=4096),
         }
     }
+    with torch.no_grad(), symbolic_torch_int(model):
+        # torch.export here, not inside torch.onnx.export: its fallback ("draft export") would silently accept a graph
+        # fixed to the example's size.
+        exported = torch.export.export(
+            WholeImageLogits(model).eval(), (example,), dynamic_shapes=dynamic_shapes, strict=False
+        )
+    check_other_size(exported, model, example)
     with torch.no_grad():
         program = torch.onnx.export(
-            WholeImageLogits(model).eval(),
+            exported,
             (example,),
             dynamo=True,
             opset_version=opset,
-            dynamic_shapes=dynamic_shapes,
             input_names=["pixel_values"],
             output_names=["logits"],
             verbose=False,
@@ -145,6 +220,7 @@ class OnnxSetr:
             raise ValueError(f"{path}: not a graph written by `setr export-onnx` (no {METADATA_KEY} metadata)")
         self.metadata = json.loads(meta[METADATA_KEY])
         self.patch_size = int(self.metadata["patch_size"])
+        self.encoder = self.metadata.get("encoder", "built-in")  # graphs written before backbones: the built-in one
         self.image_grid = tuple(self.metadata["image_grid"])
         self.inference_mode = self.metadata["inference_mode"]
         self.slide_window = check_slide_window(self.metadata["slide_crop_size"], self.metadata["slide_stride"])
@@ -155,8 +231,10 @@ class OnnxSetr:
         pixel_values = torch.as_tensor(pixel_values, dtype=torch.float32)
         height, width = pixel_values.shape[-2:]
         grid = (math.ceil(height / self.patch_size), math.ceil(width / self.patch_size))
-        if grid != self.image_grid and grid[0] * grid[1] == self.image_grid[0] * self.image_grid[1]:
-            # mmseg adds the table unresized when only the token count matches; the graph always resizes it.
+        same_tokens = grid != self.image_grid and grid[0] * grid[1] == self.image_grid[0] * self.image_grid[1]
+        if self.encoder == "built-in" and same_tokens:
+            # mmseg adds the table unresized when only the token count matches; the graph always resizes it. (A
+            # backbone resizes its table by the grid's shape, in the graph as in PyTorch.)
             raise ValueError(
                 f"an input of {height}x{width} has a {grid[0]}x{grid[1]} patch grid with as many tokens as the "
                 f"{self.image_grid[0]}x{self.image_grid[1]} position table but another shape: the exported graph "
