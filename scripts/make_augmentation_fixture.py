@@ -1,4 +1,4 @@
-"""Record mmsegmentation's SETR training pipeline on small synthetic samples, for ``tests/test_augmentation.py``.
+"""Record mmsegmentation's SETR training pipeline on small synthetic samples, for ``tests/training/test_augmentation.py``.
 
 Runs in the reference environment (mmsegmentation 1.2.2, see DEVELOPERS.md) and never imports ``transformers`` or
 ``transformers_setr``::

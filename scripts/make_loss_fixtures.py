@@ -1,4 +1,4 @@
-"""Reference values of mmsegmentation 1.2.2's losses for `tests/test_losses.py` (`SetrConfig.loss`, `loss_setr.py`).
+"""Reference values of mmsegmentation 1.2.2's losses for `tests/models/test_losses.py` (`SetrConfig.loss`, `loss_setr.py`).
 
 Runs in the mmseg reference environment, never imports transformers or transformers_setr:
 

@@ -43,3 +43,12 @@ def randomise_batch_norm(model: torch.nn.Module, seed: int = 0) -> None:
                 module.running_var.uniform_(0.5, 2.0, generator=generator)
                 module.weight.uniform_(0.5, 1.5, generator=generator)
                 module.bias.normal_(0, 0.1, generator=generator)
+
+
+@pytest.fixture(scope="module")
+def ade_root(tmp_path_factory):
+    from transformers_setr.data.synthetic import make_synthetic_ade20k
+
+    return make_synthetic_ade20k(
+        tmp_path_factory.mktemp("ade"), layout="raw", num_train=16, num_validation=4, image_size=(48, 64), seed=0
+    )

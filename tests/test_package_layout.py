@@ -285,9 +285,9 @@ def test_the_shipped_files_import_only_torch_transformers_and_each_other():
 
 
 def test_save_pretrained_ships_every_file_the_model_code_imports(tmp_path):
-    from conftest import tiny_config
-
     from transformers_setr import SetrImageProcessorPil
+
+    from conftest import tiny_config
 
     SetrForSemanticSegmentation(tiny_config("mla")).save_pretrained(tmp_path)
     SetrImageProcessorPil().save_pretrained(tmp_path)
@@ -383,3 +383,12 @@ def test_the_decoder_defaults_are_resolved_explicitly(tmp_path):
     assert (custom.decoder_channels, custom.decoder_num_convs) == (64, 1)
     with pytest.raises(Exception, match="decoder_type"):
         SetrConfig.from_pretrained(tmp_path / "custom", decoder_type="unet")
+
+
+def test_the_tests_mirror_the_package():
+    """tests/<room>/ for each room of the package; shared test code in tests/helpers/, data in tests/fixtures/."""
+    tests = Path(__file__).parent
+    folders = {path.name for path in tests.iterdir() if path.is_dir() and not path.name.startswith((".", "__"))}
+    assert folders - {"helpers", "fixtures"} == {room.split("/")[0] for room in ROOMS}
+    for room in ROOMS:
+        assert list((tests / room).glob("test_*.py")), room

@@ -179,7 +179,7 @@ def build_optimizer(
     )
     if name == "sgd":
         # Not torch's fused SGD (~2x faster on CPU, an update equal up to float32 rounding): with it, the loop resumed
-        # from a checkpoint no longer repeats its losses within 1e-5 (tests/test_training.py, issue 25).
+        # from a checkpoint no longer repeats its losses within 1e-5 (tests/training/test_training.py, issue 25).
         return torch.optim.SGD(groups, lr=learning_rate, momentum=momentum, weight_decay=0.0)
     if name in ("adamw_torch", "adamw_torch_fused"):
         fused = True if name == "adamw_torch_fused" else None

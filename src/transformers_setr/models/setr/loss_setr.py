@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """The losses that `SetrConfig.loss` and `SetrConfig.loss_sampler` name, defined as mmsegmentation 1.2.2 defines them
-(`mmseg/models/losses/`, `OHEMPixelSampler`, `BaseDecodeHead.loss_by_feat`); `tests/test_losses.py` compares them with
+(`mmseg/models/losses/`, `OHEMPixelSampler`, `BaseDecodeHead.loss_by_feat`); `tests/models/test_losses.py` compares them with
 mmseg's own functions (fixtures from `scripts/make_loss_fixtures.py`).
 
 Each head's loss (`head_loss`): the logits resized bilinearly to the labels, OHEM's per-pixel weights when a sampler
