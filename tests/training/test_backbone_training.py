@@ -195,6 +195,22 @@ def test_train_loop_on_two_processes(dinov2_folder, custom_data, tmp_path):
     assert "global batch 4" in card and "- Encoder: DINOv2 (transformers `dinov2`)" in card
 
 
+def test_trainer_on_two_processes(dinov2_folder, custom_data, tmp_path):
+    """`accelerate launch ... -m transformers_setr train --backbone ...`: one group of two processes (global batch 4)
+    trains the heads on the frozen encoder; every encoder weight equals the saved backbone's."""
+    output_dir = tmp_path / "trainer"
+    launcher = [*TWO_CPU_PROCESSES, "--main_process_port", free_port(), "-m", "transformers_setr", "train"]
+    options = {**TRAINER_ONLY, "per_device_train_batch_size": 2, "max_steps": 20, "eval_strategy": "no"}
+    run_script(arguments(custom_data, output_dir, dinov2_folder, **options), *launcher)
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["train_batch_size"] == 2 and state["global_step"] == 20
+    assert "global batch 4," in (output_dir / "README.md").read_text()  # 2 per device x 2 processes
+    losses = trainer_losses(output_dir)
+    assert losses[-1] < losses[0], losses
+    model = SetrForSemanticSegmentation.from_pretrained(output_dir)
+    assert all(torch.equal(model.backbone.state_dict()[k], v) for k, v in encoder_weights(dinov2_folder).items())
+
+
 def expected_layer_id(name: str, num_layers: int) -> int:
     """Written from the printed parameter names of each family, independently of the table under test."""
     if not name.startswith("backbone."):

@@ -12,14 +12,14 @@ mmsegmentation does), then checks that image and annotation sizes agree.
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from .._imports import require
 from ..models.setr.configuration_setr import IGNORE_INDEX
 from ..models.setr.image_processing_base_setr import decode_image
+from ._datasets import datasets
 from .classes import (
     ALLOWED_VALUES,
     CUSTOM_DATASET,
@@ -36,11 +36,6 @@ from .errors import DatasetFormatError
 from .label_tables import DATASETS, generate_palette, id2label_for
 from .masks import cell_file_name, colour_name, open_cell, read_colour_mask, read_label_values
 from .splits import normalise_split
-
-if TYPE_CHECKING:  # the real module for the type checker; at run time, the missing-extra error
-    import datasets
-else:
-    datasets = require("datasets", "loading datasets (transformers_setr.data)")
 
 _EXIF_ORIENTATION = 0x0112
 

@@ -35,13 +35,13 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
 from transformers.utils import logging
 
-from .._imports import require
 from ..models.setr.configuration_setr import IGNORE_INDEX
 from ..presets import HUB_DATASETS
+from ._datasets import datasets
 from .classes import (
     CUSTOM_DATASET,
     CUSTOM_LABEL_FORMAT,
@@ -70,11 +70,6 @@ from .splits import (
     with_validation_split,
 )
 
-if TYPE_CHECKING:  # the real module for the type checker; at run time, the missing-extra error
-    import datasets
-else:
-    datasets = require("datasets", "loading datasets (transformers_setr.data)")
-
 logger = logging.get_logger(__name__)
 
 IN_MEMORY_SOURCE = "in-memory dataset"  # the `source` of a `datasets` object passed in
@@ -89,7 +84,7 @@ ADE20K_PARQUET_REVISION = "refs/convert/parquet"
 ADE20K_PARQUET_DATA_DIR = HUB_DATASETS["ade20k"].hub_config  # "scene_parsing"
 
 # The annotation column of the Parquet layouts: ADE20K's export and the Cityscapes mirrors.
-_ANNOTATION_COLUMNS = {"annotation": "ade20k", "semantic_segmentation": "cityscapes"}
+ANNOTATION_COLUMNS = {"annotation": "ade20k", "semantic_segmentation": "cityscapes"}
 _HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 # What a source is given: a local folder (resolved), a Hub id, or a `datasets` object.
@@ -175,7 +170,7 @@ def _hub_id2label(repo_id: str, revision: str | None) -> dict | None:
         raise DatasetFormatError(f"{repo_id}/{ID2LABEL_FILE}: not JSON: {error}") from None
 
 
-def _undeclared_classes_error(source: str, columns: Sequence[str] | None) -> UndeclaredClassesError:
+def undeclared_classes_error(source: str, columns: Sequence[str] | None) -> UndeclaredClassesError:
     found = f" (columns {list(columns)})" if columns is not None else ""
     return UndeclaredClassesError(
         f"{source}: not ADE20K or Cityscapes by its source or layout{found}, so it is read as custom data, whose "
@@ -191,7 +186,7 @@ def _check_dataset(found: str, asked: str | None, source: str) -> str:
     return found
 
 
-def _custom_data(
+def custom_data(
     splits: datasets.DatasetDict,
     source: str,
     stored_id2label: dict[int, str],
@@ -226,6 +221,16 @@ def _custom_data(
     )
 
 
+def preset_annotation_column(columns: Sequence[str], source: str) -> str:
+    """The mask column of an ADE20K / Cityscapes table (`ANNOTATION_COLUMNS`), beside its `image` column."""
+    annotation_column = next((column for column in ANNOTATION_COLUMNS if column in columns), None)
+    if "image" not in columns or annotation_column is None:
+        raise DatasetFormatError(
+            f"{source}: expected an 'image' column and one of {list(ANNOTATION_COLUMNS)}, found columns {list(columns)}"
+        )
+    return annotation_column
+
+
 def _preset_from_table(
     loaded: datasets.Dataset | datasets.DatasetDict, dataset: str | None, request: LoadRequest, source: str
 ) -> SegmentationData:
@@ -235,12 +240,8 @@ def _preset_from_table(
     chosen = choose_splits(request.splits, list(by_name), source)
 
     columns = by_name[chosen[0]].column_names
-    annotation_column = next((column for column in _ANNOTATION_COLUMNS if column in columns), None)
-    if "image" not in columns or annotation_column is None:
-        raise DatasetFormatError(
-            f"{source}: expected an 'image' column and one of {list(_ANNOTATION_COLUMNS)}, found columns {columns}"
-        )
-    dataset = dataset or _ANNOTATION_COLUMNS[annotation_column]
+    annotation_column = preset_annotation_column(columns, source)
+    dataset = dataset or ANNOTATION_COLUMNS[annotation_column]
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
     # Parquet copies of Cityscapes (the Hub mirrors) store label ids, never train ids.
@@ -272,7 +273,7 @@ def _from_table(
         if cityscapes_mirror and said_nothing:
             logger.info("%s: image + semantic_segmentation columns and no id2label: a Cityscapes mirror", source)
             return _preset_from_table(by_name, "cityscapes", request, source)
-        raise _undeclared_classes_error(source, columns)
+        raise undeclared_classes_error(source, columns)
     stored_id2label, origin = declared
     columns = by_name["train"].column_names if "train" in by_name else columns
     image_column = pick_column(columns, options.image_column, IMAGE_COLUMNS, "image", source)
@@ -283,7 +284,7 @@ def _from_table(
     by_name = with_validation_split(dict(normalised), wanted, options.train_val_split, source)
     chosen = choose_splits(wanted, list(by_name), source)
     splits = first_rows(by_name, chosen, request.max_samples)
-    return _custom_data(
+    return custom_data(
         splits, source, stored_id2label, origin, options, name=hub_id or (folder.name if folder else None)
     )
 
@@ -313,7 +314,7 @@ def _load_hub(source: str, hub_id: str, **kwargs: Any) -> datasets.DatasetDict:
         ) from error
 
 
-def _local_folder(source: str | os.PathLike) -> Path | None:
+def local_folder(source: str | os.PathLike) -> Path | None:
     """The local folder `source` names, or None for a Hub id (`name` or `owner/name` that is not a local path)."""
     if isinstance(source, os.PathLike):
         path = Path(source).expanduser()
@@ -334,7 +335,7 @@ def _location(source: str | os.PathLike | datasets.Dataset | datasets.DatasetDic
     """What the detectors look at: a `datasets` object as it is, a local folder (resolved), else a Hub id."""
     if isinstance(source, datasets.Dataset | datasets.DatasetDict):
         return source
-    folder = _local_folder(source)
+    folder = local_folder(source)
     return str(source) if folder is None else folder
 
 
@@ -549,7 +550,7 @@ def _load_image_mask_folders(found: tuple[Path, dict], request: LoadRequest) -> 
     options = request.custom
     declared = options.declared_id2label(root, None, None)
     if declared is None:
-        raise _undeclared_classes_error(str(root), None)
+        raise undeclared_classes_error(str(root), None)
     stored_id2label, origin = declared
     by_name = {}
     for split, (image_folder, mask_folder) in layout.items():
@@ -580,7 +581,7 @@ def _load_image_mask_folders(found: tuple[Path, dict], request: LoadRequest) -> 
     by_name = with_validation_split(by_name, request.splits, options.train_val_split, str(root))
     chosen = choose_splits(request.splits, list(by_name), str(root))
     splits = first_rows(by_name, chosen, request.max_samples)
-    return _custom_data(splits, str(root), stored_id2label, origin, options, name=root.name)
+    return custom_data(splits, str(root), stored_id2label, origin, options, name=root.name)
 
 
 SOURCES: tuple[Source, ...] = (

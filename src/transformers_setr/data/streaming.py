@@ -25,28 +25,27 @@ from transformers.utils import logging
 
 from .._imports import require
 from ..models.setr.configuration_setr import IGNORE_INDEX
+from ._datasets import datasets
 from .classes import UNDECLARED_COLORS, parse_mask_values
 from .dataset import SegmentationData
 from .errors import DatasetFormatError
 from .label_tables import DATASETS
 from .sources import (
-    _ANNOTATION_COLUMNS,
     ADE20K_HUB_ALIASES,
     ADE20K_HUB_ID,
     ADE20K_PARQUET_DATA_DIR,
     ADE20K_PARQUET_REVISION,
     CustomOptions,
-    _custom_data,
-    _local_folder,
-    _undeclared_classes_error,
+    custom_data,
+    local_folder,
+    preset_annotation_column,
+    undeclared_classes_error,
 )
 from .splits import IMAGE_COLUMNS, LABEL_COLUMNS, is_image_struct, normalise_split, pick_column
 
-if TYPE_CHECKING:  # the real modules for the type checker; at run time, the missing-extra error
-    import datasets
+if TYPE_CHECKING:  # the real module for the type checker; at run time, the missing-extra error
     import pyarrow.parquet as pq
 else:
-    datasets = require("datasets", "streaming data (transformers_setr.data)")
     pq = require("pyarrow.parquet", "streaming data (transformers_setr.data)")
 
 logger = logging.get_logger(__name__)
@@ -160,7 +159,7 @@ def load_streaming_data(
         raise ValueError(
             f"dataset={dataset!r} has its own classes; id2label / reduce_labels / mask_values are for custom data"
         )
-    folder = _local_folder(source)
+    folder = local_folder(source)
     hub_id = None if folder is not None else str(source)
     data_dir = None
     if hub_id in ADE20K_HUB_ALIASES:  # the Parquet export of ADE20K (see `sources`)
@@ -191,13 +190,9 @@ def load_streaming_data(
         elif "image" in columns and "semantic_segmentation" in columns and "label" not in columns and said_nothing:
             dataset = "cityscapes"  # a Cityscapes mirror: label ids as RGB PNGs
         else:
-            raise _undeclared_classes_error(str(source), columns)
+            raise undeclared_classes_error(str(source), columns)
     if dataset is not None:
-        image, label = "image", next((c for c in _ANNOTATION_COLUMNS if c in columns), None)
-        if "image" not in columns or label is None:
-            raise DatasetFormatError(
-                f"{source}: expected an 'image' column and one of {list(_ANNOTATION_COLUMNS)}, found columns {columns}"
-            )
+        image, label = "image", preset_annotation_column(columns, str(source))
     else:
         image = pick_column(columns, custom.image_column, IMAGE_COLUMNS, "image", str(source))
         label = pick_column(columns, custom.label_column, LABEL_COLUMNS, "label", str(source))
@@ -240,7 +235,7 @@ def load_streaming_data(
         label_format = "ade20k" if dataset == "ade20k" else "cityscapes-label-ids"
         return SegmentationData(dataset, label_format, splits_dict, source_name)
     assert stored_id2label is not None, "custom data: declared above"
-    return _custom_data(splits_dict, source_name, stored_id2label, origin, custom, name=name)
+    return custom_data(splits_dict, source_name, stored_id2label, origin, custom, name=name)
 
 
 def _schema(file: str) -> "datasets.Features":

@@ -393,38 +393,27 @@ def load_data(preset: CheckpointPreset, data_args: DataArguments, *, evaluate: b
     try:
         source = data_source_for(preset, data_args)
         default_data = not (data_args.data or data_args.dataset_name)
-        if data_args.streaming:
-            from ..data.streaming import load_streaming_data
-
-            return load_streaming_data(
-                source,
-                data_args.dataset or (preset.dataset if default_data else None),
-                splits=(data_args.train_split, data_args.eval_split) if evaluate else (data_args.train_split,),
-                cache_dir=data_args.data_cache_dir,
-                config_name=data_args.dataset_config_name,
-                max_eval_samples=data_args.max_eval_samples,
-                id2label=data_args.id2label,
-                reduce_labels=data_args.do_reduce_labels,
-                image_column=data_args.image_column,
-                label_column=data_args.label_column,
-                ignore_index=data_args.ignore_index,
-                mask_values=parse_mask_values(data_args.mask_values, "--mask_values"),
-                undeclared_colors=data_args.undeclared_colors,
-            )
-        return load_segmentation_data(
-            source,
-            data_args.dataset or (preset.dataset if default_data else None),
+        # what both loaders take from the data arguments
+        shared: dict[str, Any] = dict(
             cache_dir=data_args.data_cache_dir,
             config_name=data_args.dataset_config_name,
             id2label=data_args.id2label,
             reduce_labels=data_args.do_reduce_labels,
             image_column=data_args.image_column,
             label_column=data_args.label_column,
-            train_val_split=data_args.train_val_split,
             ignore_index=data_args.ignore_index,
             mask_values=parse_mask_values(data_args.mask_values, "--mask_values"),
             undeclared_colors=data_args.undeclared_colors,
         )
+        dataset = data_args.dataset or (preset.dataset if default_data else None)
+        if data_args.streaming:
+            from ..data.streaming import load_streaming_data
+
+            splits = (data_args.train_split, data_args.eval_split) if evaluate else (data_args.train_split,)
+            return load_streaming_data(
+                source, dataset, splits=splits, max_eval_samples=data_args.max_eval_samples, **shared
+            )
+        return load_segmentation_data(source, dataset, train_val_split=data_args.train_val_split, **shared)
     except (DatasetFormatError, FileNotFoundError) as error:
         raise CommandLineError(str(error)) from None
     except ValueError as error:  # bad argument combinations of load_segmentation_data
