@@ -5,6 +5,7 @@ compared with one process on the same folder of real photographs (scikit-image's
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -105,15 +106,19 @@ def run(command: list[str]) -> subprocess.CompletedProcess:
     return result
 
 
+RANK_REPORT = re.compile(
+    r"setr segment: rank (\d+) of (\d+): (\d+) images, (\d+) segmented, (\d+) skipped \(already done\), (\d+) failed"
+)
+
+
 def rank_lines(stderr: str) -> dict[int, list[int]]:
-    """rank -> [images, segmented, skipped, failed] from each rank's report line."""
+    """rank -> [images, segmented, skipped, failed] from each rank's report line (found anywhere in a line: the two
+    processes share stderr, and rank 0's progress bar may stand before rank 1's report without a line break)."""
     reports = {}
-    for line in stderr.splitlines():
-        if line.startswith("setr segment: rank "):
-            words = line.replace(",", "").split()
-            # setr segment: rank R of N: I images S segmented K skipped (already done) F failed
-            reports[int(words[3])] = [int(words[6]), int(words[8]), int(words[10]), int(words[14])]
-            assert words[5] == "2:", line
+    for match in RANK_REPORT.finditer(stderr):
+        rank, world, *counts = (int(value) for value in match.groups())
+        assert world == 2, match.group(0)
+        reports[rank] = counts
     return reports
 
 

@@ -919,10 +919,13 @@ def _pretrained_timm_backbone(
 ) -> tuple[PreTrainedConfig, Callable[[nn.Module, PreTrainedConfig], None]]:
     """A timm ViT as a `timm_backbone` config that records the model name and arguments (never a local path), and
     its weights from `timm.create_model(pretrained=True)` (Hub, cache or `local-dir:`)."""
-    if importlib.util.find_spec("timm") is None:
-        raise ImportError(f"backbone {source!r} is a timm model: pip install timm")
-    # The one use of timm in the shipped files: imported here, only for a timm backbone (a missing timm is named above).
-    import timm
+    # The one use of timm in the shipped files, only for a timm backbone. In a try block: transformers' check of a
+    # `trust_remote_code` file (`check_imports`) skips imports there, so a folder without a timm encoder loads
+    # where timm is not installed.
+    try:
+        import timm
+    except ImportError as error:
+        raise ImportError(f"backbone {source!r} is a timm model: pip install timm") from error
     from transformers import TimmBackboneConfig
 
     if saved is not None:
