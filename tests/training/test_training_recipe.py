@@ -164,15 +164,16 @@ def test_train_script_arguments_default_to_the_preset_recipe_and_can_be_overridd
 
 def test_dataloader_workers_default_follows_the_measured_rates(monkeypatch):
     """Issue 25: the default `dataloader_num_workers` of both training commands is what one GPU's training rate needs
-    at the measured augmentation rate per core (40 / 3.9 images/s -> 11), bounded by the cores of each GPU's process
+    at the measured augmentation rate per core (40 / 14.4 images/s -> 3), bounded by the cores of each GPU's process
     less one; none without a GPU."""
     from transformers_setr.training import SetrTrainingArguments, default_dataloader_workers, recipe
     from transformers_setr.training.train_loop_command import LoopArguments
 
-    assert default_dataloader_workers(cpu_count=16, gpus=1) == 11  # one H100 machine of 16 cores
-    assert default_dataloader_workers(cpu_count=64, gpus=1) == 11  # never more than needed
+    assert default_dataloader_workers(cpu_count=16, gpus=1) == 3  # one H100 machine of 16 cores
+    assert default_dataloader_workers(cpu_count=64, gpus=1) == 3  # never more than needed
     assert default_dataloader_workers(cpu_count=16, gpus=8) == 1  # 2 cores per process: one for the process
-    assert default_dataloader_workers(cpu_count=96, gpus=8) == 11
+    assert default_dataloader_workers(cpu_count=96, gpus=8) == 3
+    assert default_dataloader_workers(cpu_count=24, gpus=8) == 2  # 3 cores per process: 2 workers
     assert default_dataloader_workers(cpu_count=2, gpus=4) == 1  # at least one with a GPU
     assert default_dataloader_workers(cpu_count=2, gpus=0) == 0
     monkeypatch.setattr(recipe.torch.cuda, "device_count", lambda: 0)
@@ -180,5 +181,7 @@ def test_dataloader_workers_default_follows_the_measured_rates(monkeypatch):
     assert LoopArguments().dataloader_num_workers == 0
     monkeypatch.setattr(recipe.torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(recipe.os, "cpu_count", lambda: 16)
-    assert LoopArguments().dataloader_num_workers == 7
-    assert SetrTrainingArguments(output_dir="unused", dataloader_num_workers=3).dataloader_num_workers == 3
+    assert LoopArguments().dataloader_num_workers == 3
+    monkeypatch.setattr(recipe.os, "cpu_count", lambda: 6)
+    assert LoopArguments().dataloader_num_workers == 2  # 3 cores per GPU process, one for the process
+    assert SetrTrainingArguments(output_dir="unused", dataloader_num_workers=5).dataloader_num_workers == 5

@@ -359,14 +359,15 @@ def describe_optimization(args: Any) -> str:
 
 # The DataLoader workers a training process needs (issue 25; `benchmarks/bench_augmentation.py`, RESULTS.md): the
 # images/s one GPU trains at over the images/s one CPU core augments (files decoded to the collated batch).
-AUGMENTATION_IMAGES_PER_CORE = 3.9  # Cityscapes-sized 2048x1024 PNGs, the slower dataset (ADE-sized JPEGs: ~26)
+AUGMENTATION_IMAGES_PER_CORE = 14.4  # Cityscapes-sized 2048x1024 PNGs, the slower dataset (ADE-sized JPEGs: 99),
+# measured on an idle machine of the CI kind (Intel Xeon, one thread), RESULTS.md
 GPU_TRAINING_IMAGES_PER_SECOND = 40.0  # ViT-L SETR on one H100 in bf16 (issue 25: tens of images/s)
 
 
 def default_dataloader_workers(cpu_count: int | None = None, gpus: int | None = None) -> int:
     """`dataloader_num_workers` when not given: 0 without a GPU (a CPU step takes seconds, the augmentation ~1 % of
     it in the main process, and a worker would take a core from the step); with GPUs, per training process (one per
-    GPU), ceil(GPU_TRAINING_IMAGES_PER_SECOND / AUGMENTATION_IMAGES_PER_CORE) = 11, at most the process's share of the
+    GPU), ceil(GPU_TRAINING_IMAGES_PER_SECOND / AUGMENTATION_IMAGES_PER_CORE) = 3, at most the process's share of the
     cores less one for the process itself, at least 1."""
     gpus = torch.cuda.device_count() if gpus is None else gpus
     if gpus == 0:
