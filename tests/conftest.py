@@ -52,3 +52,14 @@ def ade_root(tmp_path_factory):
     return make_synthetic_ade20k(
         tmp_path_factory.mktemp("ade"), layout="raw", num_train=16, num_validation=4, image_size=(48, 64), seed=0
     )
+
+
+@pytest.fixture
+def offline_datasets(monkeypatch, tmp_path):
+    """No Hub, and a fresh `datasets` cache: for the tests that load data (`pytest.mark.usefixtures`)."""
+    import datasets
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets-cache"))
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # read at import time, so set it here too

@@ -26,12 +26,7 @@ CITYSCAPES_SIZE = (32, 64)
 CITYSCAPES_EXPECTED_TRAIN_IDS = {0: 255, 1: 255, 7: 0, 8: 1, 9: 255, 11: 2, 21: 8, 22: 9, 23: 10, 24: 11, 26: 13}
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets-cache"))
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # read at import time, so set it here too
+pytestmark = pytest.mark.usefixtures("offline_datasets")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,15 @@ from PIL import Image
 
 from transformers_setr.cli import main as setr
 
-from helpers.training_runs import TINY, TWO_CPU_PROCESSES, common_args, free_port, run_script, step_losses
+from helpers.training_runs import (
+    TINY,
+    TWO_CPU_PROCESSES,
+    common_args,
+    free_port,
+    one_line_refusal,
+    run_script,
+    step_losses,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -186,16 +194,6 @@ def test_two_process_streaming_trainer_run(shards, tmp_path):
     assert sorted(losses) == [1, 2, 3, 4] and all(np.isfinite(list(losses.values())))
 
 
-def refusal(argv: list[str], capsys) -> str:
-    capsys.readouterr()  # what came before (the shards' writing)
-    with pytest.raises(SystemExit) as exit_info:
-        setr(argv)
-    assert exit_info.value.code == 2
-    error = capsys.readouterr().err.strip().splitlines()
-    assert len(error) == 1 and "Traceback" not in error[0], error
-    return error[0]
-
-
 def test_streaming_refusals_are_one_line(shards, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -207,7 +205,7 @@ def test_streaming_refusals_are_one_line(shards, tmp_path, capsys, monkeypatch):
     Image.new("RGB", (8, 8)).save(raw / "images" / "a.png")
     Image.new("L", (8, 8)).save(raw / "masks" / "a.png")
     (raw / "id2label.json").write_text(json.dumps(CLASSES))
-    assert "no .parquet file" in refusal(loop_args(raw, out), capsys)
+    assert "no .parquet file" in one_line_refusal(loop_args(raw, out), capsys)
     # a Hub id that cannot be reached (offline): one line, naming it
     offline = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     result = subprocess.run(
@@ -219,13 +217,13 @@ def test_streaming_refusals_are_one_line(shards, tmp_path, capsys, monkeypatch):
     assert "nobody-xyz/nothing" in lines[-1] and lines[-1].startswith("setr train-loop: error: --streaming: ")
     # no validation split while evaluating: none is carved out of a stream
     no_validation = write_shards(tmp_path / "novalidation", validation=False)
-    message = refusal([*loop_args(no_validation, out), "--do_eval", "true"], capsys)
+    message = one_line_refusal([*loop_args(no_validation, out), "--do_eval", "true"], capsys)
     assert "no validation split" in message and "--do_eval false" in message
     # options a stream cannot honour
     trainer = ["train", *common_args(shards, out, streaming="true")]
-    assert "--num_train_epochs" in refusal([*trainer, "--num_train_epochs", "2"], capsys)
-    assert "--max_train_samples" in refusal([*loop_args(shards, out), "--max_train_samples", "4"], capsys)
-    assert "--shuffle_buffer_size is for --streaming" in refusal(
+    assert "--num_train_epochs" in one_line_refusal([*trainer, "--num_train_epochs", "2"], capsys)
+    assert "--max_train_samples" in one_line_refusal([*loop_args(shards, out), "--max_train_samples", "4"], capsys)
+    assert "--shuffle_buffer_size is for --streaming" in one_line_refusal(
         ["train-loop", *loop_args(shards, out)[1:][:-2], "--streaming", "false", "--shuffle_buffer_size", "4"], capsys
     )
     assert not out.exists()

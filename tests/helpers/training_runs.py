@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 
@@ -102,3 +104,16 @@ def run_train_script(args: list[str], env: dict | None = None) -> subprocess.Com
     return subprocess.run(
         [PYTHON, "scripts/train.py", *args], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600
     )
+
+
+def one_line_refusal(argv: list[str], capsys) -> str:
+    """`setr ARGV` in-process: exit code 2 and exactly one line on stderr, no traceback; returns that line."""
+    from transformers_setr.cli import main as setr
+
+    capsys.readouterr()  # what came before
+    with pytest.raises(SystemExit) as exit_info:
+        setr(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "Traceback" not in error[0], error
+    return error[0]

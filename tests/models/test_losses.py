@@ -5,7 +5,6 @@ from `scripts/make_loss_fixtures.py`, run in the reference environment."""
 import json
 from pathlib import Path
 
-import datasets
 import numpy as np
 import pytest
 import torch
@@ -25,12 +24,7 @@ FIXTURES = torch.load(Path(__file__).resolve().parents[1] / "fixtures" / "losses
 CASES = {case["name"]: case for case in FIXTURES["cases"]}
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets-cache"))
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+pytestmark = pytest.mark.usefixtures("offline_datasets")
 
 
 # --- definitions: mmseg's values -------------------------------------------------------------------------------

@@ -6,34 +6,24 @@ from pathlib import Path
 
 import pytest
 
-from transformers_setr.cli import main as setr
-
 from helpers.training_runs import (
     PYTHON,
     TWO_CPU_PROCESSES_TORCHRUN,
     common_args,
     free_port,
     loop_args,
+    one_line_refusal,
     run_script,
 )
 
 
-def refusal(argv: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        setr(argv)
-    assert exit_info.value.code == 2
-    error = capsys.readouterr().err.strip().splitlines()
-    assert len(error) == 1 and "Traceback" not in error[0], error
-    return error[0]
-
-
 def test_fsdp_is_refused_on_the_cpu_in_both_commands(ade_root, tmp_path, capsys, monkeypatch):
     out = tmp_path / "never"
-    message = refusal(["train", *common_args(ade_root, out, fsdp="full_shard")], capsys)
+    message = one_line_refusal(["train", *common_args(ade_root, out, fsdp="full_shard")], capsys)
     assert message.startswith("setr train: error: --fsdp: FSDP needs GPUs in accelerate 1.15") and "DDP" in message
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --use_fsdp` sets
     for command, args in (("train", common_args(ade_root, out)), ("train-loop", loop_args(ade_root, out))):
-        message = refusal([command, *args], capsys)
+        message = one_line_refusal([command, *args], capsys)
         assert f"setr {command}: error: accelerate launch --use_fsdp" in message and "silently run DDP" in message
     assert not out.exists()
 
