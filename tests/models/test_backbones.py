@@ -14,6 +14,7 @@ from transformers_setr import SetrConfig, SetrForSemanticSegmentation
 
 from helpers.backbone_families import (
     ALL_FAMILIES,
+    HEADS,
     SMALL,
     TIMM_SMALL,
     TRANSFORMERS_FAMILIES,
@@ -161,3 +162,22 @@ def test_fast_path_on_a_backbone_model():
         plain = model(pixel_values).logits
         fast = optimize_for_inference(model)(pixel_values).logits
     assert torch.allclose(plain, fast, atol=1e-5) and (plain.argmax(1) == fast.argmax(1)).float().mean() > 0.999
+
+
+@pytest.mark.parametrize(
+    ("layers", "decoder_type", "expected"),
+    [(24, "pup", [9, 14, 19, 23]), (24, "mla", [5, 11, 17, 23]), (12, "naive", [2, 5, 8, 11])],
+)
+def test_default_layers_at_the_real_depths(layers, decoder_type, expected):
+    """ViT-L depth (24) reads the decoder's released layers, ViT-B depth (12) the last of each quarter; the maps the
+    heads read are those layers' hidden states (narrow encoders of the real depth: the glue depends on depth only)."""
+    backbone = Dinov2Config(patch_size=14, image_size=28, **{**SMALL, "num_hidden_layers": layers})
+    heads = {**HEADS, "decoder_channels": 32 if decoder_type == "mla" else 16}
+    config = SetrConfig(backbone_config=backbone, decoder_type=decoder_type, **heads)
+    assert config.out_indices == expected
+    model = randomised(SetrForSemanticSegmentation(config))
+    pixel_values = torch.randn(1, 3, 28, 42)
+    with torch.no_grad():
+        maps, _ = model.backbone_feature_maps(pixel_values, None)
+    for got, want in zip(maps, expected_maps(model, pixel_values), strict=True):
+        assert torch.equal(got, want)
