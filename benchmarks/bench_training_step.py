@@ -68,8 +68,23 @@ def run_child(args: argparse.Namespace) -> None:
     from transformers_setr.presets import PRESETS
 
     set_threads(args.threads)
+    if not args.before:  # what both training commands do first (`workflow.start_command`): a CPU run without
+        # activation checkpointing reuses its freed host memory
+        from transformers_setr.training.host_memory import keep_freed_host_memory_for
+
+        keep_freed_host_memory_for(argparse.Namespace(use_cpu=True, activation_checkpointing=args.checkpointing))
     overrides = json.loads(args.overrides) if args.overrides else None
     model = build_converted_model(load_checkpoint_file(args.checkpoint), PRESETS[args.preset], overrides)
+    if args.before:  # the same weights in a git revision's shipped model files, in the process as it was then
+        import tempfile
+
+        from compare_implementations import load_previous
+
+        previous = load_previous(Path(args.before), Path(tempfile.mkdtemp(prefix="setr-before-")))
+        previous_config = sys.modules["setr_previous.configuration_setr"].SetrConfig.from_dict(model.config.to_dict())
+        before = previous.SetrForSemanticSegmentation(previous_config)
+        before.load_state_dict(model.state_dict())
+        model = before
     gflop = count_training_gflop(model.config, args.batch, args.size, args.size)
     if args.checkpointing:
         model.activation_checkpointing_enable()
@@ -93,6 +108,7 @@ def ours_in_child(args: argparse.Namespace, checkpoint: Path, preset: str, overr
     command += ["--overrides", json.dumps(overrides)] if overrides else []
     command += ["--checkpointing"] if variant["checkpointing"] else []
     command += ["--bf16"] if variant["bf16"] else []
+    command += ["--before", variant["before"]] if variant.get("before") else []
     completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     for line in completed.stdout.splitlines():
         if line.startswith(CHILD_PREFIX):
@@ -111,6 +127,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny model only")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--mmseg-python", default=None)
+    parser.add_argument(
+        "--before",
+        default=None,
+        help="also run a git revision's shipped model files (e.g. HEAD~3), without this version's host-memory "
+        "setting: the before/after rows of one run",
+    )
     add_torch_check_argument(parser)
     add_floor_argument(parser)
     # Internal: one of our contestants in a fresh process.
@@ -153,7 +175,16 @@ def main() -> None:
                     size=[args.size, args.size], steps=args.steps, seed=args.seed,
                 )  # fmt: skip
             floor.measure()  # between the contestants, each in its own process, like one more
-            for name, variant in OURS.items():
+            contestants = dict(OURS)
+            if args.before:
+                contestants = {
+                    **{
+                        name.replace("ours", f"before ({args.before})"): {**v, "before": args.before}
+                        for name, v in OURS.items()
+                    },
+                    **OURS,
+                }
+            for name, variant in contestants.items():
                 print(f"[{size}] {name}", flush=True)
                 results[name] = ours_in_child(args, checkpoint, preset, overrides, **variant)
                 floor.measure()

@@ -62,6 +62,7 @@ from transformers_setr.models.setr.fast_inference_setr import optimize_for_infer
 from transformers_setr.models.setr.modeling_setr import SetrForSemanticSegmentation  # noqa: E402
 from transformers_setr.presets import PRESETS  # noqa: E402
 from transformers_setr.training import build_optimizer, config_for_preset  # noqa: E402
+from transformers_setr.training.host_memory import keep_freed_host_memory  # noqa: E402
 
 # Scope labels (profiler annotations opened around the modules' forwards): the `where` of each operator.
 SCOPE_PREFIX = "## "
@@ -126,6 +127,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--optimizer", choices=["recipe", "loop", "foreach", "fused"], default="recipe",
         help="the training step's SGD: the training commands' own (recipe) or one of torch's implementations",
+    )  # fmt: skip
+    parser.add_argument(
+        "--host-memory", choices=["kept", "default"], default="kept",
+        help="training: freed host memory kept for reuse, as the training commands do on the CPU without activation "
+        "checkpointing (`training.host_memory`; for the whole process, so the -ckpt variants too), or glibc's default",
     )  # fmt: skip
     parser.add_argument("--top", type=int, default=0, help="also list the N operators with the most self time")
     parser.add_argument("--smoke", action="store_true", help="reduced encoder (64 wide, 4 layers): checks the script")
@@ -407,6 +413,8 @@ def main() -> None:
     floor.measure()
     cases = [] if args.training_only else inference_cases(args, floor)
     if args.training:
+        if args.host_memory == "kept":
+            keep_freed_host_memory()
         cases += training_cases(args, floor)
     sections = ["\n\n".join([f"### {title}", table]) for title, table in (render(c, floor, args.top) for c in cases)]
     body = "\n\n".join([summary_table(cases, floor), *sections])
@@ -415,6 +423,13 @@ def main() -> None:
         "Shares of the profiled self time; `s` unprofiled (min over the timed calls). Every `× floor` here uses the "
         f"run's best matmul rate{' (reduced encoder: --smoke)' if args.smoke else ''}.",
         *checkpointing_note(cases),
+        *(
+            [
+                f"Training host memory: {'freed blocks kept for reuse' if args.host_memory == 'kept' else 'glibc default'}."
+            ]
+            if args.training
+            else []
+        ),
     ]
     print_report("Where the time goes: torch.profiler, by category", body, notes, threads)
 

@@ -1,6 +1,7 @@
 """Training end to end on a tiny SETR and a synthetic ADE20K tree: the Trainer script, resume, Accelerate."""
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -55,7 +56,8 @@ def test_trainer_run_learns_evaluates_and_writes_a_complete_folder(ade_root, tmp
 def test_resume_after_a_kill_gives_the_same_next_step_loss(ade_root, tmp_path):
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
     shared = {"max_steps": 6, "save_strategy": "steps", "save_steps": 3, "do_eval": "false"}
-    run_script(common_args(ade_root, reference_dir, **shared), PYTHON, "scripts/train.py")
+    result = run_script(common_args(ade_root, reference_dir, **shared), PYTHON, "scripts/train.py")
+    assert "host memory: freed blocks are kept for reuse" in result.stderr  # `training.host_memory` (issue 25)
     reference = step_losses(reference_dir)
 
     # Kill the run (SIGKILL, no clean-up) once its step-3 checkpoint is complete, then resume from it.
@@ -144,7 +146,9 @@ def test_no_trainer_loop_on_two_processes_resumes_and_saves(ade_root, two_proces
     shutil.copytree(output_dir / "step_2", resumed_dir / "step_2")
     launch = (*TWO_CPU_PROCESSES_TORCHRUN, "--master_port", free_port(), "scripts/train_no_trainer.py")
     resumed_args = loop_args(ade_root, resumed_dir, "--resume_from_checkpoint", "last", "--do_eval", "false")
-    run_script(resumed_args, *launch)
+    result = run_script(resumed_args, *launch)
+    # each rank reuses its freed host memory (`training.host_memory`, issue 25)
+    assert result.stderr.count("host memory: freed blocks are kept for reuse") == 2
     resumed = json.loads((resumed_dir / "train_losses.json").read_text())
     assert resumed["num_processes"] == 2 and resumed["first_step"] == 3
     assert resumed["losses"] == pytest.approx(full[2:], rel=1e-5, abs=1e-6)
@@ -289,8 +293,9 @@ def test_epoch_callback_follows_the_trainer_state():
     assert dataset.epoch == 3
 
 
-def test_bf16_activation_checkpointing_and_ms_flip_evaluation(ade_root, tmp_path):
+def test_bf16_activation_checkpointing_and_ms_flip_evaluation(ade_root, tmp_path, caplog):
     output_dir = tmp_path / "bf16"
+    caplog.set_level(logging.INFO, logger="transformers_setr.training.host_memory")
     main_trainer(
         common_args(
             ade_root,
@@ -302,6 +307,8 @@ def test_bf16_activation_checkpointing_and_ms_flip_evaluation(ade_root, tmp_path
             max_eval_samples=1,
         )
     )
+    # checkpointing puts memory first: glibc's allocator is left as it is (`training.host_memory`, issue 25)
+    assert "activation checkpointing puts memory first" in caplog.text
     losses = step_losses(output_dir)
     assert len(losses) == 2 and all(0 < loss < 100 for loss in losses.values())
     results = json.loads((output_dir / "eval_results.json").read_text())

@@ -51,6 +51,7 @@ from ..presets import (
 )
 from .adapt import adapt_for_training, trainable_parameter_count
 from .augmentation import SetrTrainAugmentation
+from .host_memory import keep_freed_host_memory_for
 from .recipe import (
     RecipeArguments,
     SegmentationTrainDataset,
@@ -911,6 +912,7 @@ def start_command(argv: list[str] | None, parser: HfArgumentParser, resume: Call
         check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, resume=bool(resume(args)))
     except CommandLineError as error:
         exit_with_error(str(error))
+    keep_freed_host_memory_for(args)  # a CPU step's large temporaries reuse freed memory (`host_memory`)
     return model_args, data_args, args
 
 

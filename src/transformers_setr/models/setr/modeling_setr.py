@@ -48,7 +48,7 @@ from .configuration_setr import (
     check_slide_window,
     resolved,
 )
-from .loss_setr import head_loss
+from .loss_setr import head_loss, pixel_cross_entropy, resize_to_labels
 
 logger = logging.get_logger(__name__)
 
@@ -987,9 +987,7 @@ def check_labels(labels: torch.Tensor, pixel_values: torch.Tensor, config: SetrC
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
     """mmsegmentation's decode-head loss: logits resized bilinearly to the labels, cross-entropy ignoring
     `ignore_index`, mean over all pixels (ignored pixels count in the denominator with a zero loss)."""
-    if tuple(logits.shape[-2:]) != tuple(labels.shape[-2:]):  # same size: the resize is the identity, skip its copy
-        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-    return F.cross_entropy(logits.float(), labels.long(), ignore_index=ignore_index, reduction="none").mean()
+    return pixel_cross_entropy(resize_to_labels(logits, labels).float(), labels.long(), ignore_index).mean()
 
 
 SetrConfig.register_for_auto_class()
