@@ -1,10 +1,12 @@
 """Host memory of the training commands (issue 25): freed large blocks are reused, not page-faulted in again."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -73,6 +75,28 @@ def test_an_allocator_the_user_chose_is_kept():
     assert kept["applied"] is False
     if not transparent_huge_pages_always():
         assert all(faults >= 0.9 * PAGES for faults, _ in kept["rounds"]), kept
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        ({}, None),
+        ({"activation_checkpointing": True}, "--activation_checkpointing"),
+        ({"gradient_checkpointing": True}, "--gradient_checkpointing"),
+        ({"freeze_encoder": True, "lora_rank": 8}, "--freeze_encoder, --lora_rank"),
+    ],
+)
+def test_a_memory_saver_keeps_glibcs_default(options, expected, caplog, monkeypatch):
+    import transformers_setr.training.host_memory as host_memory
+
+    calls = []
+    monkeypatch.setattr(host_memory, "keep_freed_host_memory", lambda: calls.append(1) or True)
+    caplog.set_level(logging.INFO, logger=host_memory.__name__)
+    arguments = SimpleNamespace(**{"use_cpu": True, "lora_rank": 0, **options})
+    assert host_memory.keep_freed_host_memory_for(arguments) is (expected is None)
+    assert calls == ([1] if expected is None else [])
+    if expected is not None:
+        assert f"({expected} puts memory first)" in caplog.text
 
 
 def test_what_names_a_users_allocator():

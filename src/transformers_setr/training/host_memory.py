@@ -11,8 +11,8 @@ process reaches that peak at every step anyway).
 The price is memory: the heap keeps its high-water mark, holes included (a ViT-L PUP step at batch 2, 512x512:
 12.0 GiB instead of 10.8; a 4-layer model at the same crop, whose 150-class maps dominate: 5.8 instead of 2.5).
 So both training commands apply it (`workflow.start_command` -> `keep_freed_host_memory_for`) only to a run on the
-CPU that did not ask for activation checkpointing (which says memory comes first); on a GPU the host holds no
-large temporaries. A user who chose an allocator keeps it: a preloaded jemalloc / tcmalloc / mimalloc, or glibc's
+CPU that asked for none of the memory savers (activation checkpointing, a frozen encoder, LoRA: each says memory
+comes first); on a GPU the host holds no large temporaries. A user who chose an allocator keeps it: a preloaded jemalloc / tcmalloc / mimalloc, or glibc's
 own settings in the environment (`MALLOC_MMAP_MAX_`, `MALLOC_TRIM_THRESHOLD_`, `MALLOC_MMAP_THRESHOLD_`,
 `GLIBC_TUNABLES=glibc.malloc...`; e.g. `MALLOC_MMAP_MAX_=65536`, glibc's default, turns this off).
 """
@@ -72,12 +72,22 @@ def keep_freed_host_memory() -> bool:
 
 
 def keep_freed_host_memory_for(args: Any) -> bool:
-    """`keep_freed_host_memory()` for a training run (either command's arguments) on the CPU that did not ask for
-    activation checkpointing; True when in effect."""
+    """`keep_freed_host_memory()` for a training run (either command's arguments) on the CPU that asked for none of
+    the memory savers (activation checkpointing, a frozen encoder, LoRA); True when in effect."""
     import torch
 
-    if getattr(args, "activation_checkpointing", False) or getattr(args, "gradient_checkpointing", False):
-        logger.info("host memory: glibc's default (activation checkpointing puts memory first)")
+    memory_first = [
+        flag
+        for flag, asked in (
+            ("--activation_checkpointing", getattr(args, "activation_checkpointing", False)),
+            ("--gradient_checkpointing", getattr(args, "gradient_checkpointing", False)),
+            ("--freeze_encoder", getattr(args, "freeze_encoder", False)),
+            ("--lora_rank", (getattr(args, "lora_rank", 0) or 0) > 0),
+        )
+        if asked
+    ]
+    if memory_first:
+        logger.info("host memory: glibc's default (%s puts memory first)", ", ".join(memory_first))
         return False
     if not getattr(args, "use_cpu", False) and torch.accelerator.is_available():
         return False
