@@ -256,6 +256,28 @@ def test_loss_with_auxiliary_heads_and_ignored_pixels(decoder_type):
         )
 
 
+@pytest.mark.parametrize("decoder_type", DECODERS)
+def test_loss_gradients_equal_the_nchw_reference(decoder_type):
+    """The loss resizes in channels-last memory and reads those classes as the last axis (issue 25): its gradients
+    are the written-out NCHW computation's, to float32 rounding."""
+    model = build(decoder_type).eval()  # BatchNorm on its running statistics: one graph serves both losses
+    labels = torch.randint(0, 5, (2, 50, 77))
+    labels[:, :10] = 255
+    out = model(torch.randn(2, 3, 50, 77), labels=labels)
+    reference = _reference_cross_entropy(out.logits, labels, 255)
+    reference = reference + sum(0.4 * _reference_cross_entropy(aux, labels, 255) for aux in out.auxiliary_logits)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    ours = torch.autograd.grad(out.loss, parameters, retain_graph=True, allow_unused=True)
+    written_out = torch.autograd.grad(reference, parameters, allow_unused=True)
+    compared = 0
+    for mine, theirs in zip(ours, written_out):
+        assert (mine is None) == (theirs is None)
+        if mine is not None:
+            torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-8)
+            compared += 1
+    assert compared > 20
+
+
 def test_tuple_outputs_and_config_return_dict_false():
     model = build("naive")
     pixel_values = torch.randn(1, 3, 32, 32)
