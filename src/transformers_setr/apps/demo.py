@@ -97,7 +97,7 @@ def segment_photo(cache: ModelCache, path: str | None, model_name: str, mode: st
     config = model.config
     id2label = config.prediction_id2label  # a binary model: background and its class
     palette = segment.palette_of(config)
-    overlay = segment.render_overlay(image, labels, id2label, palette, alpha=alpha)
+    overlay = segment.render_overlay(image, labels, config, segment.SegmentOptions(alpha=alpha))
     classes = segment.class_shares(labels, id2label)
     rows = [[c["id"], c["label"], round(100 * c["share"], 2)] for c in classes]
     timing = f"{image.width}×{image.height} segmented in {elapsed:.2f} s ({mode}, {cache.device.type})"

@@ -17,6 +17,7 @@ The driver streams the rows into `class_shares.parquet`: one row per image (name
 and one column of pixel shares per class.
 """
 
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -28,11 +29,11 @@ import torch
 
 from .._imports import require
 from .segment import (
-    DEFAULT_OVERLAY_MAX_SIDE,
     DTYPES,
     ImageSource,
     InputError,
     Outputs,
+    SegmentOptions,
     _processed_size,
     expand_inputs,
     load_image,
@@ -55,27 +56,13 @@ class SegmentPredictor:
     """The `map_batches` class: one model per replica, loaded once. A batch (`location` or `image_bytes`, `name`)
     becomes the same outputs as `setr segment` writes and one row per image for the class-share table."""
 
-    def __init__(
-        self,
-        model: str,
-        output_dir: str,
-        mode: str | None = None,
-        dtype: str = "float32",
-        skip_existing: bool = False,
-        save_confidence: bool = False,
-        alpha: float = 0.5,
-        side_by_side: bool = False,
-        overlay_max_side: int = DEFAULT_OVERLAY_MAX_SIDE,
-    ) -> None:
+    def __init__(self, model: str, output_dir: str, options: SegmentOptions) -> None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # Ray sets CUDA_VISIBLE_DEVICES
         self.model, self.processor = load_model(model, device)
-        self.mode = mode or self.model.config.inference_mode
-        self.dtype = DTYPES[dtype]
-        self.outputs = Outputs(Path(output_dir), confidence=save_confidence)
-        self.skip_existing = skip_existing
-        self.save: dict[str, Any] = dict(
-            model_name=model, mode=self.mode, alpha=alpha, side_by_side=side_by_side, overlay_max_side=overlay_max_side
-        )
+        self.model_name, self.dtype = model, DTYPES[options.dtype]
+        self.mode = options.mode or self.model.config.inference_mode
+        self.options = dataclasses.replace(options, mode=self.mode)
+        self.outputs = Outputs(Path(output_dir), confidence=options.save_confidence)
         id2label = self.model.config.prediction_id2label
         self.columns = dict(zip(sorted(id2label), share_columns(id2label)))
 
@@ -86,7 +73,7 @@ class SegmentPredictor:
             location = str(batch["location"][index])
             source = ImageSource(location, str(name))
             rows.append({"name": source.name, "source": location, "status": "failed", "error": None})
-            if self.skip_existing and (record := self.outputs.existing_record(source.name)) is not None:
+            if self.options.skip_existing and (record := self.outputs.existing_record(source.name)) is not None:
                 rows[index].update(self._shares(record), status="skipped")
                 continue
             try:
@@ -123,7 +110,14 @@ class SegmentPredictor:
             labels, confidence = prediction if isinstance(prediction, tuple) else (prediction, None)
             try:
                 record = save_outputs(
-                    self.outputs, source, image, labels, self.model.config, confidence=confidence, **self.save
+                    self.outputs,
+                    source,
+                    image,
+                    labels,
+                    self.model.config,
+                    self.options,
+                    model_name=self.model_name,
+                    confidence=confidence,
                 )
             except OSError as error:
                 rows[index]["error"] = f"cannot write its outputs: {error}"
@@ -184,19 +178,16 @@ def segment_with_ray(
     concurrency: int = 1,
     num_gpus: float = 0,
     batch_size: int = 1,
-    mode: str | None = None,
-    dtype: str = "float32",
-    skip_existing: bool = False,
-    save_confidence: bool = False,
-    alpha: float = 0.5,
-    side_by_side: bool = False,
-    overlay_max_side: int = DEFAULT_OVERLAY_MAX_SIDE,
+    **options: Any,
 ) -> dict[str, Any]:
     """Segment `inputs` (image files, folders, globs, URLs; or one `.parquet` table, see the module) with the SETR
     `model` (a folder or Hub id) on Ray Data: `concurrency` model replicas of `num_gpus` GPUs each, `batch_size`
     images per `map_batches` call (those of one processed size run through the model together). Writes
     `setr segment`'s files into `output_dir` and `class_shares.parquet`; returns the counts by status and the
-    table's path. Starts a local Ray (`ray.init()`) unless one is running."""
+    table's path. `options`: those of `setr segment` (`SegmentOptions`: `mode`, `dtype`, `skip_existing`,
+    `save_confidence`, `alpha`, `side_by_side`, `overlay_max_side`). Starts a local Ray (`ray.init()`) unless one is
+    running."""
+    segment_options = SegmentOptions(**options)  # a wrong keyword is a TypeError here, before Ray starts
     ray = require("ray", "segment_with_ray")
     pyarrow = require("pyarrow", "segment_with_ray")
     import pyarrow.parquet as parquet
@@ -225,17 +216,7 @@ def segment_with_ray(
     output.mkdir(parents=True, exist_ok=True)
     results = dataset.map_batches(
         SegmentPredictor,
-        fn_constructor_kwargs=dict(
-            model=model,
-            output_dir=str(output),
-            mode=mode,
-            dtype=dtype,
-            skip_existing=skip_existing,
-            save_confidence=save_confidence,
-            alpha=alpha,
-            side_by_side=side_by_side,
-            overlay_max_side=overlay_max_side,
-        ),
+        fn_constructor_kwargs=dict(model=model, output_dir=str(output), options=segment_options),
         batch_size=batch_size,
         batch_format="numpy",
         concurrency=concurrency,
@@ -283,13 +264,7 @@ def segment_command_with_ray(args) -> int:
             concurrency=args.concurrency or 1,
             num_gpus=args.num_gpus or 0,
             batch_size=args.batch_size,
-            mode=args.mode,
-            dtype=args.dtype,
-            skip_existing=args.skip_existing,
-            save_confidence=args.save_confidence,
-            alpha=args.alpha,
-            side_by_side=args.side_by_side,
-            overlay_max_side=args.overlay_max_side,
+            **dataclasses.asdict(SegmentOptions.from_args(args)),
         )
     except (ImportError, ValueError, OSError) as error:
         print(f"setr segment: error: {' '.join(str(error).split())}", file=sys.stderr)

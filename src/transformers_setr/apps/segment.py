@@ -16,6 +16,7 @@ and the exit status is 1 when any image failed.
 
 import argparse
 import contextlib
+import dataclasses
 import glob
 import io
 import json
@@ -74,6 +75,24 @@ CONFIDENCE_SCALE = 65535
 
 class InputError(ValueError):
     """An image that cannot be segmented (unreadable, unsupported, too large for the mode); it is skipped."""
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """What `setr segment` does with each image, on either engine (its flags of the same names): the protocol
+    (`mode`, None: the model's), autocast `dtype`, `skip_existing`, `save_confidence`, and the overlay."""
+
+    mode: str | None = None
+    dtype: str = "float32"
+    skip_existing: bool = False
+    save_confidence: bool = False
+    alpha: float = 0.5  # the overlay's opacity of the colours
+    side_by_side: bool = False  # the photo next to its overlay
+    overlay_max_side: int = DEFAULT_OVERLAY_MAX_SIDE
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "SegmentOptions":
+        return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls)})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -434,21 +453,15 @@ def legend_font_size(image: Image.Image) -> int:
     return int(min(40, max(12, min(image.width, image.height) / 32)))
 
 
-def render_overlay(
-    image: Image.Image,
-    labels: np.ndarray,
-    id2label: dict[int, str],
-    palette: Sequence[Sequence[int]],
-    alpha: float = 0.5,
-    *,
-    side_by_side: bool = False,
-    max_side: int = DEFAULT_OVERLAY_MAX_SIDE,
-) -> Image.Image:
-    """`visualize.overlay_with_legend(image, labels, id2label, palette, alpha)` (the colour overlay with a legend of
-    the classes present) at most `max_side` large, optionally right of the photo itself."""
-    image, labels = fit_for_display(image, labels, max_side)
-    overlay = overlay_with_legend(image, labels, id2label, palette, alpha, font_size=legend_font_size(image))
-    if not side_by_side:
+def render_overlay(image: Image.Image, labels: np.ndarray, config, options: SegmentOptions) -> Image.Image:
+    """`visualize.overlay_with_legend` (the colours of the model's classes over the photo, with a legend of those
+    present) at most `options.overlay_max_side` large, optionally right of the photo itself."""
+    image, labels = fit_for_display(image, labels, options.overlay_max_side)
+    font_size = legend_font_size(image)
+    overlay = overlay_with_legend(
+        image, labels, config.prediction_id2label, palette_of(config), options.alpha, font_size=font_size
+    )
+    if not options.side_by_side:
         return overlay
     gap = 16
     canvas = Image.new("RGB", (image.width + gap + overlay.width, overlay.height), "white")
@@ -497,24 +510,18 @@ def save_outputs(
     image: Image.Image,
     labels: np.ndarray,
     config,
+    options: SegmentOptions,
     *,
     model_name: str,
-    mode: str,
-    alpha: float,
-    side_by_side: bool,
-    overlay_max_side: int,
     confidence: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Write the label map, the overlay, the confidence map (when `outputs.confidence`) and the class shares of one
-    image (each atomically, the JSON last: it marks the image as done); returns the JSON record."""
-    palette = palette_of(config)
+    image (each atomically, the JSON last: it marks the image as done); returns the JSON record. `options.mode` is
+    the mode the image was segmented with."""
     id2label = config.prediction_id2label
     paths = outputs.paths(source.name)
-    write_bytes_atomically(paths["labels"], png_bytes(label_map_image(labels, palette)))
-    overlay = render_overlay(
-        image, labels, id2label, palette, alpha, side_by_side=side_by_side, max_side=overlay_max_side
-    )
-    write_bytes_atomically(paths["overlay"], png_bytes(overlay))
+    write_bytes_atomically(paths["labels"], png_bytes(label_map_image(labels, palette_of(config))))
+    write_bytes_atomically(paths["overlay"], png_bytes(render_overlay(image, labels, config, options)))
     if outputs.confidence:
         if confidence is None:
             raise ValueError("the outputs include confidence maps, but no confidence was computed")
@@ -525,7 +532,7 @@ def save_outputs(
         "width": image.width,
         "height": image.height,
         "model": model_name,
-        "mode": mode,
+        "mode": options.mode,
         "labels": paths["labels"].relative_to(outputs.folder).as_posix(),
         "overlay": paths["overlay"].relative_to(outputs.folder).as_posix(),
         "classes": class_shares(labels, id2label),
@@ -720,13 +727,7 @@ def _segment_share(args: argparse.Namespace, ranks: Ranks) -> int:
     except OSError as error:
         return fail(f"--output {output}: {error}")
     outputs = Outputs(output, confidence=args.save_confidence)
-    save = dict(
-        model_name=args.model,
-        mode=mode,
-        alpha=args.alpha,
-        side_by_side=args.side_by_side,
-        overlay_max_side=args.overlay_max_side,
-    )
+    options = dataclasses.replace(SegmentOptions.from_args(args), mode=mode)
     if ranks.is_main:
         for text, problem in input_problems:
             print(f"setr segment: {text}: {problem}", file=sys.stderr)
@@ -752,7 +753,9 @@ def _segment_share(args: argparse.Namespace, ranks: Ranks) -> int:
 
     def write(source: ImageSource, image: Image.Image, labels: np.ndarray, confidence: np.ndarray | None) -> dict:
         try:
-            record = save_outputs(outputs, source, image, labels, model.config, confidence=confidence, **save)
+            record = save_outputs(
+                outputs, source, image, labels, model.config, options, model_name=args.model, confidence=confidence
+            )
         except OSError as error:
             return failure(source, f"cannot write its outputs: {error}")
         return {**record, "status": "segmented"}

@@ -110,6 +110,22 @@ class CustomOptions:
         """Whether the caller said anything about the classes (then the data is custom)."""
         return self.id2label is not None or self.reduce_labels is not None or self.mask_values is not None
 
+    def checked(self, dataset: str | None) -> "CustomOptions":
+        """These options, parsed (`mask_values`, `ignore_index`) and checked for a load of `dataset` (None: inferred):
+        the one check of both loaders (`load_segmentation_data`, `data.streaming.load_streaming_data`)."""
+        if dataset is not None and dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
+        if self.undeclared_colors not in UNDECLARED_COLORS:
+            raise ValueError(f"undeclared_colors must be one of {UNDECLARED_COLORS}, got {self.undeclared_colors!r}")
+        checked = dataclasses.replace(
+            self, ignore_index=int(self.ignore_index), mask_values=parse_mask_values(self.mask_values)
+        )
+        if dataset is not None and checked.declares_classes:
+            raise ValueError(
+                f"dataset={dataset!r} has its own classes; id2label / reduce_labels / mask_values are for custom data"
+            )
+        return checked
+
     def declared_id2label(
         self, folder: Path | None, hub_id: str | None, revision: str | None
     ) -> tuple[Any, str] | None:
@@ -668,27 +684,19 @@ def load_segmentation_data(
         undeclared_colors: custom colour masks: what a colour that no class has becomes, "error" (the default: the
             decode names the colour, the file and the pixel count) or "ignore" (the ignore index).
     """
-    if dataset is not None and dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples must be at least 1, got {max_samples}")
-    if undeclared_colors not in UNDECLARED_COLORS:
-        raise ValueError(f"undeclared_colors must be one of {UNDECLARED_COLORS}, got {undeclared_colors!r}")
     custom = CustomOptions(
         id2label,
         reduce_labels,
         image_column,
         label_column,
         train_val_split,
-        int(ignore_index),
+        ignore_index,
         palette,
         parse_mask_values(mask_values),
         undeclared_colors,
-    )
-    if dataset is not None and custom.declares_classes:
-        raise ValueError(
-            f"dataset={dataset!r} has its own classes; id2label / reduce_labels / mask_values are for custom data"
-        )
+    ).checked(dataset)
     wanted = [splits] if isinstance(splits, str) else splits
     request = LoadRequest(
         dataset, wanted, max_samples, revision, None if cache_dir is None else str(cache_dir), config_name, custom

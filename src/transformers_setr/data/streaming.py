@@ -24,12 +24,9 @@ from typing import TYPE_CHECKING, Any
 from transformers.utils import logging
 
 from .._imports import require
-from ..models.setr.configuration_setr import IGNORE_INDEX
 from ._datasets import datasets
-from .classes import UNDECLARED_COLORS, parse_mask_values
 from .dataset import SegmentationData
 from .errors import DatasetFormatError
-from .label_tables import DATASETS
 from .sources import (
     ADE20K_HUB_ALIASES,
     ADE20K_HUB_ID,
@@ -128,37 +125,15 @@ def load_streaming_data(
     cache_dir: str | None = None,
     config_name: str | None = None,
     max_eval_samples: int | None = None,
-    id2label: dict[int, str] | str | os.PathLike | None = None,
-    reduce_labels: bool | None = None,
-    image_column: str | None = None,
-    label_column: str | None = None,
-    ignore_index: int = IGNORE_INDEX,
-    mask_values: str | Sequence[int] | None = None,
-    undeclared_colors: str = "error",
+    **custom_options: Any,
 ) -> SegmentationData:
     """The data of `source` (`STREAMING_SOURCES`) as a `SegmentationData` whose first split in `splits` (train) is a
     `datasets.IterableDataset` of rows with the stable key columns `shard` and `position`, not split by rank yet, and
     whose other splits (evaluation) are read into memory (`max_eval_samples`: their first rows only). A split of
-    `splits` after the first that the data lacks is left out. The classes: as `load_segmentation_data`."""
-    if dataset is not None and dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
-    if undeclared_colors not in UNDECLARED_COLORS:
-        raise ValueError(f"undeclared_colors must be one of {UNDECLARED_COLORS}, got {undeclared_colors!r}")
-    custom = CustomOptions(
-        id2label,
-        reduce_labels,
-        image_column,
-        label_column,
-        None,
-        int(ignore_index),
-        None,
-        parse_mask_values(mask_values),
-        undeclared_colors,
-    )
-    if dataset is not None and custom.declares_classes:
-        raise ValueError(
-            f"dataset={dataset!r} has its own classes; id2label / reduce_labels / mask_values are for custom data"
-        )
+    `splits` after the first that the data lacks is left out. The classes: as `load_segmentation_data`, whose custom
+    data keywords `custom_options` are (`id2label`, `reduce_labels`, `image_column`, `label_column`, `ignore_index`,
+    `mask_values`, `undeclared_colors`; a stream has no `train_val_split` or `palette`)."""
+    custom = CustomOptions(train_val_split=None, palette=None, **custom_options).checked(dataset)
     folder = local_folder(source)
     hub_id = None if folder is not None else str(source)
     data_dir = None
@@ -184,7 +159,7 @@ def load_streaming_data(
     origin = ""
     if dataset is None:
         declared = custom.declared_id2label(folder, hub_id, revision)
-        said_nothing = image_column is None and label_column is None and not custom.declares_classes
+        said_nothing = custom.image_column is None and custom.label_column is None and not custom.declares_classes
         if declared is not None:
             stored_id2label, origin = declared
         elif "image" in columns and "semantic_segmentation" in columns and "label" not in columns and said_nothing:

@@ -11,25 +11,20 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""SETR image processor, PIL backend (no torchvision needed; NumPy outputs); the processing is
-`image_processing_base_setr.py`'s, shared with `SetrImageProcessor`. Shipped next to the weights for
-`trust_remote_code`: it imports only numpy, torch, transformers and the other SETR files."""
+"""SETR image processor, PIL backend (no torchvision needed; NumPy outputs): `image_processing_base_setr.py`'s
+processing, shared with `SetrImageProcessor`."""
 
-import numpy as np
-import torch
 from transformers.image_processing_backends import PilBackend
 
-from .image_processing_base_setr import (  # the first five are re-exported: they lived here before 0.2
+from .image_processing_base_setr import (  # re-exported: they lived here before 0.2 (the Kwargs, for transformers)
     SetrImageProcessingMixin,
     SetrImageProcessorKwargs,
     get_setr_resize_output_size,
     nearest_source_indices,
-    processor_docstring,
     reduce_segmentation_labels,
 )
 
 __all__ = [
-    "SetrImageProcessingMixin",
     "SetrImageProcessorKwargs",
     "SetrImageProcessorPil",
     "get_setr_resize_output_size",
@@ -38,14 +33,9 @@ __all__ = [
 ]
 
 
-# The mixin overrides `_preprocess`, `_preprocess_image_like_inputs` (with `segmentation_maps`) and the other hooks
-# with SETR's own signatures, as transformers' BaseImageProcessor docs tell a model's processor to; its backends'
-# hooks are typed with theirs.
+# The mixin's hooks have SETR's signatures (as transformers' docs tell a model's processor to), the backend's its own.
 class SetrImageProcessorPil(SetrImageProcessingMixin, PilBackend):  # type: ignore[misc]
-    __doc__ = processor_docstring("PIL backend: no torchvision needed, NumPy arrays out")
-
-    def _output(self, x: torch.Tensor) -> np.ndarray:
-        return x.cpu().numpy()
+    """SETR image processor, PIL backend: NumPy arrays out (see `SetrImageProcessingMixin`)."""
 
 
 SetrImageProcessorPil.register_for_auto_class("AutoImageProcessor")

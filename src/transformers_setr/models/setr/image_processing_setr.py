@@ -11,22 +11,19 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""SETR image processor, torchvision backend (batched, optionally on GPU); the processing is
-`image_processing_base_setr.py`'s, shared with `SetrImageProcessorPil`."""
+"""SETR image processor, torchvision backend (tensors, on `device` when given): `image_processing_base_setr.py`'s
+processing, shared with `SetrImageProcessorPil`."""
 
 from transformers.image_processing_backends import TorchvisionBackend
 
-from .image_processing_base_setr import SetrImageProcessingMixin, SetrImageProcessorKwargs, processor_docstring
+from .image_processing_base_setr import SetrImageProcessingMixin, SetrImageProcessorKwargs
 
-# transformers looks for `<Processor>Kwargs` in the module of each processor class.
-__all__ = ["SetrImageProcessor", "SetrImageProcessorKwargs"]
+__all__ = ["SetrImageProcessor", "SetrImageProcessorKwargs"]  # transformers looks for `<Processor>Kwargs` here
 
 
-# The mixin overrides `_preprocess`, `_preprocess_image_like_inputs` (with `segmentation_maps`) and the other hooks
-# with SETR's own signatures, as transformers' BaseImageProcessor docs tell a model's processor to; its backends'
-# hooks are typed with theirs.
+# The mixin's hooks have SETR's signatures (as transformers' docs tell a model's processor to), the backend's its own.
 class SetrImageProcessor(SetrImageProcessingMixin, TorchvisionBackend):  # type: ignore[misc]
-    __doc__ = processor_docstring("torchvision backend: tensors, on `device` when given")
+    """SETR image processor, torchvision backend: tensors out (see `SetrImageProcessingMixin`)."""
 
 
 SetrImageProcessor.register_for_auto_class("AutoImageProcessor")
