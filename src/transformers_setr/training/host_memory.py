@@ -2,14 +2,14 @@
 
 glibc's malloc serves every block above its mmap threshold (at most 32 MiB) with a fresh `mmap` and unmaps it on
 `free`. A training step allocates and frees the same large temporaries every time (a 150-class map at 512x512 is
-300 MiB per head, before its gradient), so each one is paid again in page faults at its first touch: 26 % of a ViT-L
-PUP step on CPU (29.3 s -> 21.6 s, `benchmarks/RESULTS.md`, issue 25). With mmap off and the trim threshold at its
-maximum, freed blocks stay in the heap and the next step reuses them, as PyTorch's caching allocator does on GPUs and
-as jemalloc / tcmalloc do when preloaded. The cost: the process keeps its peak heap until it exits (a training
-process reaches that peak at every step anyway).
+300 MiB per head, before its gradient), so each one is paid again in page faults at its first touch. With mmap off
+and the trim threshold at its maximum, freed blocks stay in the heap and the next step reuses them, as PyTorch's
+caching allocator does on GPUs and as jemalloc / tcmalloc do when preloaded. A ViT-L PUP step (batch 2, 512x512,
+fp32, 2 cores) took 21.7 s instead of 23.2 s in one side-by-side run, 22.1 s instead of 29.3 s in the profiler's
+process (`benchmarks/RESULTS.md`, issue 25).
 
-The price is memory: the heap keeps its high-water mark, holes included (a ViT-L PUP step at batch 2, 512x512:
-12.0 GiB instead of 10.8; a 4-layer model at the same crop, whose 150-class maps dominate: 5.8 instead of 2.5).
+The price is memory: the heap keeps its high-water mark, holes included (that run: peak RSS 11.8 GiB instead of
+10.2; a 4-layer model at the same crop, whose 150-class maps dominate: 6.6 instead of 3.3).
 So both training commands apply it (`workflow.start_command` -> `keep_freed_host_memory_for`) only to a run on the
 CPU that asked for none of the memory savers (activation checkpointing, a frozen encoder, LoRA: each says memory
 comes first); on a GPU the host holds no large temporaries. A user who chose an allocator keeps it: a preloaded jemalloc / tcmalloc / mimalloc, or glibc's
