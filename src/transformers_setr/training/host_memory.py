@@ -9,11 +9,11 @@ fp32, 2 cores) took 21.7 s instead of 23.2 s in one side-by-side run, 22.1 s ins
 process (`benchmarks/RESULTS.md`, issue 25).
 
 The price is memory: the heap keeps its high-water mark, holes included (that run: peak RSS 11.8 GiB instead of
-10.2; a 4-layer model at the same crop, whose 150-class maps dominate: 6.6 instead of 3.3).
-So both training commands apply it (`workflow.start_command` -> `keep_freed_host_memory_for`) only to a run on the
-CPU that asked for none of the memory savers (activation checkpointing, a frozen encoder, LoRA: each says memory
-comes first); on a GPU the host holds no large temporaries. A user who chose an allocator keeps it: a preloaded jemalloc / tcmalloc / mimalloc, or glibc's
-own settings in the environment (`MALLOC_MMAP_MAX_`, `MALLOC_TRIM_THRESHOLD_`, `MALLOC_MMAP_THRESHOLD_`,
+10.2; a 4-layer model at the same crop, whose 150-class maps dominate: 6.6 instead of 3.3). So both training
+commands apply it (`workflow.start_command` -> `keep_freed_host_memory_for`) only to a run on the CPU that asked for
+none of the memory savers (activation checkpointing, a frozen encoder, LoRA: each says memory comes first); on a GPU
+the host holds no large temporaries. A user who chose an allocator keeps it: a preloaded jemalloc / tcmalloc /
+mimalloc, or glibc's own settings in the environment (`MALLOC_MMAP_MAX_`, `MALLOC_TRIM_THRESHOLD_`, `MALLOC_MMAP_THRESHOLD_`,
 `GLIBC_TUNABLES=glibc.malloc...`; e.g. `MALLOC_MMAP_MAX_=65536`, glibc's default, turns this off).
 """
 
