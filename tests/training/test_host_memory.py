@@ -81,8 +81,9 @@ def test_an_allocator_the_user_chose_is_kept():
     "options, expected",
     [
         ({}, None),
-        ({"activation_checkpointing": True}, "--activation_checkpointing"),
-        ({"gradient_checkpointing": True}, "--gradient_checkpointing"),
+        ({"activation_checkpointing": True}, "activation checkpointing"),
+        ({"gradient_checkpointing": True}, "activation checkpointing"),
+        ({"activation_checkpointing": True, "gradient_checkpointing": True}, "activation checkpointing"),
         ({"freeze_encoder": True, "lora_rank": 8}, "--freeze_encoder, --lora_rank"),
     ],
 )

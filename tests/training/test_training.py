@@ -308,7 +308,7 @@ def test_bf16_activation_checkpointing_and_ms_flip_evaluation(ade_root, tmp_path
         )
     )
     # checkpointing puts memory first: glibc's allocator is left as it is (`training.host_memory`, issue 25)
-    assert "--activation_checkpointing puts memory first" in caplog.text
+    assert "host memory: glibc's default (activation checkpointing puts memory first)" in caplog.text
     losses = step_losses(output_dir)
     assert len(losses) == 2 and all(0 < loss < 100 for loss in losses.values())
     results = json.loads((output_dir / "eval_results.json").read_text())

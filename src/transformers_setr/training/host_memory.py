@@ -79,8 +79,11 @@ def keep_freed_host_memory_for(args: Any) -> bool:
     memory_first = [
         flag
         for flag, asked in (
-            ("--activation_checkpointing", getattr(args, "activation_checkpointing", False)),
-            ("--gradient_checkpointing", getattr(args, "gradient_checkpointing", False)),
+            # the Trainer's `--gradient_checkpointing`, which `--activation_checkpointing` also sets
+            (
+                "activation checkpointing",
+                getattr(args, "activation_checkpointing", False) or getattr(args, "gradient_checkpointing", False),
+            ),
             ("--freeze_encoder", getattr(args, "freeze_encoder", False)),
             ("--lora_rank", (getattr(args, "lora_rank", 0) or 0) > 0),
         )
