@@ -30,26 +30,12 @@ from transformers_setr.evaluation import (
 from transformers_setr.evaluation.metrics import intersect_and_union
 
 from conftest import tiny_config
+from helpers.miou_reference import mmseg_reference
 
 REPO = Path(__file__).resolve().parents[2]
 ADE_LABELS = 150
 TEST_SCALE = {"shortest_edge": 32, "longest_edge": 64}
 IMAGE_SIZES = ((40, 56), (50, 30), (40, 56))  # (H, W); the processor brings them to 32x45 and 53x32
-
-
-def numpy_miou(predictions, labels, num_labels, ignore_index=255):
-    """mmseg's IoUMetric written out with numpy histograms (independent of transformers_setr.evaluation.metrics)."""
-    total = np.zeros((4, num_labels))
-    for prediction, label in zip(predictions, labels):
-        keep = label != ignore_index
-        prediction, label = prediction[keep], label[keep]
-        bins = dict(bins=num_labels, range=(0, num_labels - 1))
-        intersect = np.histogram(prediction[prediction == label], **bins)[0]
-        area_prediction, area_label = np.histogram(prediction, **bins)[0], np.histogram(label, **bins)[0]
-        total += [intersect, area_prediction + area_label - intersect, area_prediction, area_label]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = total[0] / total[1]
-    return {"mIoU": np.nanmean(iou), "aAcc": total[0].sum() / total[3].sum(), "iou": iou}
 
 
 def png_bytes(array: np.ndarray, image_format: str = "PNG") -> bytes:
@@ -219,7 +205,7 @@ def test_evaluate_segmentation_equals_a_direct_computation():
         size = example.labels.shape
         predictions.append(image_processor.post_process_semantic_segmentation(outputs, target_sizes=[size])[0].numpy())
         labels.append(example.labels)
-    reference = numpy_miou(predictions, labels, ADE_LABELS)
+    reference = mmseg_reference(predictions, labels, ADE_LABELS)
     assert results["num_images"] == 3 and results["mode"] == "whole"
     assert results["mIoU"] == pytest.approx(reference["mIoU"], abs=1e-12)
     assert results["aAcc"] == pytest.approx(reference["aAcc"], abs=1e-12)

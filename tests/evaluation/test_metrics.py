@@ -17,35 +17,14 @@ from transformers_setr.evaluation.metrics import (
     trainer_compute_metrics,
 )
 
+from helpers.miou_reference import mmseg_reference
+
 # datasets' Image feature (what the evaluate module stores maps as, like evaluate's mean_iou) warns on int64 maps.
 pytestmark = pytest.mark.filterwarnings("ignore:Downcasting array dtype:UserWarning")
 
 NUM_LABELS = 7
 ABSENT = 5  # in neither predictions nor labels: NaN IoU and accuracy, skipped by the means
 PREDICTED_ONLY = 3  # predicted but never in the ground truth: IoU 0, accuracy NaN
-
-
-def mmseg_reference(predictions, labels, num_labels, ignore_index=255):
-    """mmseg's IoUMetric, written out: per-image histograms of the non-ignored pixels, dataset sums, nanmean."""
-    total = np.zeros((4, num_labels))
-    for prediction, label in zip(predictions, labels):
-        keep = label != ignore_index
-        prediction, label = prediction[keep], label[keep]
-        bins = dict(bins=num_labels, range=(0, num_labels - 1))
-        intersect = np.histogram(prediction[prediction == label], **bins)[0]
-        area_prediction = np.histogram(prediction, **bins)[0]
-        area_label = np.histogram(label, **bins)[0]
-        total += [intersect, area_prediction + area_label - intersect, area_prediction, area_label]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou, accuracy = total[0] / total[1], total[0] / total[3]
-    return {
-        "areas": total,
-        "mIoU": np.nanmean(iou),
-        "mAcc": np.nanmean(accuracy),
-        "aAcc": total[0].sum() / total[3].sum(),
-        "iou": iou,
-        "accuracy": accuracy,
-    }
 
 
 def random_maps(seed, sizes=((9, 13), (16, 16), (5, 21), (12, 7)), num_labels=NUM_LABELS):

@@ -87,6 +87,17 @@ def test_resume_after_a_kill_gives_the_same_next_step_loss(ade_root, tmp_path):
         assert resumed[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-6), (step, resumed, reference)
 
 
+def assert_same_weights(single_dir: Path, double_dir: Path) -> None:
+    """The saved weights of one process with accumulation and of two processes, within float32 reduction order."""
+    single_weights = load_file(single_dir / "model.safetensors")
+    double_weights = load_file(double_dir / "model.safetensors")
+    assert single_weights.keys() == double_weights.keys()
+    for key, value in single_weights.items():
+        if "running_" in key or "num_batches_tracked" in key:
+            continue  # DDP broadcasts rank 0's BatchNorm statistics; a single process accumulates both micro-batches
+        torch.testing.assert_close(double_weights[key], value, rtol=1e-4, atol=2e-5, msg=key)
+
+
 def test_two_processes_match_one_process_with_the_same_global_batch(ade_root, tmp_path):
     """2 CPU processes (TWO_CPU_PROCESSES) with 2 images each == 1 process, 2 images × 2 accumulation.
 
@@ -110,13 +121,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(ade_root, tm
     assert sorted(single) == sorted(double) == [1, 2, 3, 4, 5, 6]
     for step in single:
         assert double[step] == pytest.approx(single[step], rel=1e-4, abs=1e-5), (step, single, double)
-    single_weights = load_file(single_dir / "model.safetensors")
-    double_weights = load_file(double_dir / "model.safetensors")
-    assert single_weights.keys() == double_weights.keys()
-    for key, value in single_weights.items():
-        if "running_" in key or "num_batches_tracked" in key:
-            continue  # DDP broadcasts rank 0's BatchNorm statistics; a single process accumulates both micro-batches
-        torch.testing.assert_close(double_weights[key], value, rtol=1e-4, atol=2e-5, msg=key)
+    assert_same_weights(single_dir, double_dir)
 
 
 @pytest.fixture(scope="module")
@@ -172,13 +177,7 @@ def test_no_trainer_two_processes_match_one_process_with_the_same_global_batch(a
     assert "global batch 4," in (single_dir / "README.md").read_text()
     assert "global batch 4," in (two_process_loop / "README.md").read_text()
     assert double["losses"] == pytest.approx(single["losses"], rel=1e-4, abs=1e-5)
-    single_weights = load_file(single_dir / "model.safetensors")
-    double_weights = load_file(two_process_loop / "model.safetensors")
-    assert single_weights.keys() == double_weights.keys()
-    for key, value in single_weights.items():
-        if "running_" in key or "num_batches_tracked" in key:
-            continue  # DDP broadcasts rank 0's BatchNorm statistics; a single process accumulates both micro-batches
-        torch.testing.assert_close(double_weights[key], value, rtol=1e-4, atol=2e-5, msg=key)
+    assert_same_weights(single_dir, two_process_loop)
 
 
 def test_no_trainer_loop_forms_a_cpu_group_only_without_an_accelerator(monkeypatch):

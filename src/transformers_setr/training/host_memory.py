@@ -22,6 +22,7 @@ import logging
 import os
 import platform
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ PRELOADED_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 _applied = False
 
 
-def user_chosen_allocator(environ: "os._Environ[str] | dict[str, str]" = os.environ) -> str | None:
+def user_chosen_allocator(environ: Mapping[str, str] = os.environ) -> str | None:
     """What in the environment says the user chose the allocator's behaviour, or None."""
     for name in USER_ALLOCATOR_VARIABLES:
         if name in environ:
