@@ -146,6 +146,12 @@ def main() -> None:
     if args.child:
         run_child(args)
         return
+    if args.before and not Path(args.before).exists():  # a git revision: checked before minutes of mmseg
+        known = subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", f"{args.before}^{{commit}}"], cwd=ROOT, capture_output=True
+        )
+        if known.returncode != 0:
+            parser.error(f"--before {args.before}: no such git revision or folder")
     if args.quick:
         args.sizes = ["tiny"]
     args.threads = set_threads(args.threads)

@@ -219,3 +219,14 @@ def test_gpu_figures_without_cuda_says_so(capsys, tmp_path):
         load("gpu_figures").main(["--output", str(tmp_path / "x.json")])
     assert exit_info.value.code == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_training_step_refuses_an_unknown_before_revision_at_once(monkeypatch, capsys):
+    """`--before` is checked before the minutes of building mmseg's model (issue 25)."""
+    bench = load("bench_training_step")
+    monkeypatch.setattr(sys, "argv", ["bench_training_step.py", "--sizes", "vit-l", "--before", "no-such-revision"])
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main()
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == "bench_training_step.py: error: --before no-such-revision: no such git revision or folder"
